@@ -1,0 +1,234 @@
+/* iis.h -- the whole C API of the iis core.
+ *
+ * Pure C11 + OpenMP; no Python. BLAS reaches the core as a table of function
+ * pointers (filled by the binding, e.g. from scipy.linalg.cython_blas), so the
+ * core never links a particular BLAS. Every function that can fail returns an
+ * int status (IIS_OK on success). Matrices are row-major with an explicit
+ * leading dimension (elements between consecutive rows).
+ */
+#ifndef IIS_H
+#define IIS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum iis_status {
+    IIS_OK = 0,
+    IIS_ENOMEM = 1,     /* an allocation failed */
+    IIS_EINTR = 2,      /* the interrupt hook asked to stop (Ctrl-C) */
+    IIS_EINVAL = 3,     /* an argument is out of range (message in iis_strerror) */
+    IIS_ENOBLAS = 4     /* the BLAS table is not filled */
+};
+
+/* Fortran BLAS gemm signatures (column-major), as exported by OpenBLAS and
+ * scipy.linalg.cython_blas. */
+typedef void (*iis_sgemm_fn)(const char *transa, const char *transb, const int *m, const int *n,
+                             const int *k, const float *alpha, const float *a, const int *lda,
+                             const float *b, const int *ldb, const float *beta, float *c,
+                             const int *ldc);
+typedef void (*iis_dgemm_fn)(const char *transa, const char *transb, const int *m, const int *n,
+                             const int *k, const double *alpha, const double *a, const int *lda,
+                             const double *b, const int *ldb, const double *beta, double *c,
+                             const int *ldc);
+
+typedef struct {
+    iis_sgemm_fn sgemm;
+    iis_dgemm_fn dgemm;
+} iis_blas;
+
+/* Execution context: everything that would otherwise be global state. */
+typedef struct {
+    const iis_blas *blas;
+    int n_threads;                     /* OpenMP threads for elementwise/selection work (>= 1) */
+    int (*interrupt)(void *);          /* called on the calling thread between tiles; !=0 stops */
+    void *interrupt_ctx;
+    void (*progress)(void *, int, int); /* progress(ctx, done, total); may be NULL */
+    void *progress_ctx;
+} iis_ctx;
+
+enum iis_norm { IIS_NORM_NONE = 0, IIS_NORM_LAYERNORM = 1, IIS_NORM_STANDARDIZE = 2 };
+
+/* Solver parameters for multinomial logistic regression. */
+typedef struct {
+    double l2;      /* objective: mean CE + l2/2 ||W||^2 (bias unpenalised) */
+    double tol;     /* stop when max |grad| <= tol */
+    int max_iter;   /* L-BFGS iteration cap */
+    int memory;     /* L-BFGS history length */
+} iis_solver_params;
+
+typedef struct {
+    int n_iter;
+    int converged;  /* 1 when max |grad| <= tol */
+    double loss;    /* final objective */
+    double grad_max;
+} iis_solver_info;
+
+/* Design matrix of the solver: dense rows, or k (index, value) pairs per row
+ * (ELL format) over D columns. Dense rows may carry an implicit column
+ * standardisation x' = (x - mu) / sigma (mu, sigma of length D, or NULL). */
+typedef struct {
+    int64_t n;       /* rows */
+    int d;           /* columns */
+    const void *x;   /* dense: n x d with leading dimension ldx (NULL for ELL) */
+    int64_t ldx;
+    const int32_t *idx; /* ELL: n x k column indices (NULL for dense) */
+    const void *val;    /* ELL: n x k values */
+    int k;
+    const void *mu, *sigma; /* dense only, may be NULL */
+} iis_design;
+
+const char *iis_strerror(int status);
+int iis_blas_ok(const iis_ctx *ctx, int dtype_is_double);
+
+/* ---- project.c ---------------------------------------------------------- */
+/* a = F unit(P)^T, then the normalisation, written into out (n x m, ld m).
+ * unit_p must already hold unit-norm rows (m x d, ld d). mean/std are used for
+ * IIS_NORM_STANDARDIZE (length m). */
+int iis_project_f(const iis_ctx *ctx, const float *f, int64_t n, int d, int64_t ldf,
+                  const float *unit_p, int m, int norm, const float *mean, const float *std,
+                  float *out);
+int iis_project_d(const iis_ctx *ctx, const double *f, int64_t n, int d, int64_t ldf,
+                  const double *unit_p, int m, int norm, const double *mean, const double *std,
+                  double *out);
+/* per-column mean and (population) std of a (n x m); std 0 is reported as 1 */
+int iis_colstats_f(const iis_ctx *ctx, const float *a, int64_t n, int m, int64_t lda,
+                   float *mean, float *std);
+int iis_colstats_d(const iis_ctx *ctx, const double *a, int64_t n, int m, int64_t lda,
+                   double *mean, double *std);
+
+/* ---- mask.c ------------------------------------------------------------- */
+/* k(s): M - floor(M s) (published: one less, clipped at 0) */
+int iis_keep_count(int m, double s, int published);
+/* Per row, the k entries of largest |a| (ties: lower index first), written as
+ * ascending column indices idx (n x k) and values val (n x k). soft != 0 applies
+ * sign(a) max(|a| - tau, 0), tau the (k+1)-th largest |a| (0 when k = m). */
+int iis_topk_f(const iis_ctx *ctx, const float *a, int64_t n, int m, int64_t lda, int k, int soft,
+               int32_t *idx, float *val);
+int iis_topk_d(const iis_ctx *ctx, const double *a, int64_t n, int m, int64_t lda, int k, int soft,
+               int32_t *idx, double *val);
+/* dense masked copy: out (n x m) = mask(a) */
+int iis_mask_dense_f(const iis_ctx *ctx, const float *a, int64_t n, int m, int64_t lda, int k,
+                     int soft, float *out);
+int iis_mask_dense_d(const iis_ctx *ctx, const double *a, int64_t n, int m, int64_t lda, int k,
+                     int soft, double *out);
+
+/* ---- solver.c ----------------------------------------------------------- */
+/* Multinomial logistic regression by L-BFGS. w (d x K, row-major: one row of
+ * class weights per column of the design) and b (K) hold the warm start on
+ * entry and the solution on exit. y in [0, K). */
+int iis_logreg_fit_f(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int n_classes,
+                     const iis_solver_params *prm, float *w, float *b, iis_solver_info *info);
+int iis_logreg_fit_d(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int n_classes,
+                     const iis_solver_params *prm, double *w, double *b, iis_solver_info *info);
+/* logits (n x K, may be NULL) and argmax labels (ties: lower class) */
+int iis_logreg_predict_f(const iis_ctx *ctx, const iis_design *X, int n_classes, const float *w,
+                         const float *b, float *logits, int32_t *pred);
+int iis_logreg_predict_d(const iis_ctx *ctx, const iis_design *X, int n_classes, const double *w,
+                         const double *b, double *logits, int32_t *pred);
+
+/* The sparsity path: for every ratio s[i] (ascending), mask train and eval
+ * activations with k(s), fit the IP warm-started from the previous ratio, and
+ * record the eval accuracy. */
+typedef struct {
+    int soft;
+    int published_keep;
+    iis_solver_params solver;
+} iis_path_params;
+
+typedef struct {
+    double *accuracy;   /* n_s */
+    int *kept;          /* n_s */
+    int *n_iter;        /* n_s */
+    int *converged;     /* n_s */
+} iis_path_result;
+
+int iis_path_f(const iis_ctx *ctx, const float *a_tr, int64_t n_tr, const int32_t *y_tr,
+               const float *a_ev, int64_t n_ev, const int32_t *y_ev, int m, int n_classes,
+               const double *s, int n_s, const iis_path_params *prm, iis_path_result *res);
+int iis_path_d(const iis_ctx *ctx, const double *a_tr, int64_t n_tr, const int32_t *y_tr,
+               const double *a_ev, int64_t n_ev, const int32_t *y_ev, int m, int n_classes,
+               const double *s, int n_s, const iis_path_params *prm, iis_path_result *res);
+
+/* ---- kmeans.c ----------------------------------------------------------- */
+/* k-means++ initialisation (seeded) and Lloyd iterations on x (n x d). */
+int iis_kmeans_f(const iis_ctx *ctx, const float *x, int64_t n, int d, int k, uint64_t seed,
+                 int max_iter, double tol, float *centers, int32_t *labels, double *inertia,
+                 int *n_iter);
+int iis_kmeans_d(const iis_ctx *ctx, const double *x, int64_t n, int d, int k, uint64_t seed,
+                 int max_iter, double tol, double *centers, int32_t *labels, double *inertia,
+                 int *n_iter);
+
+/* ---- curve.c ------------------------------------------------------------ */
+double iis_accuracy(const int32_t *pred, const int32_t *y, int64_t n);
+/* trapezoid integral of arr over ascending s */
+double iis_trapezoid(const double *s, const double *arr, int n);
+
+/* ---- text.c ------------------------------------------------------------- */
+/* Text concept library (Label-free CBM recipe, METHOD.md section 6).
+ * For concept c, prediction column p = F w_c (n rows) and target column t:
+ *   cub(v) = (v - mean(v))^3 / ||(v - mean(v))^3||     (elementwise cube, unit L2 norm)
+ *   sim_c  = <cub(p), cub(t)>                         (LF-CBM cos_similarity_cubed_single)
+ * and the objective J(W) = 1/C sum_c sim_c is MAXIMISED (the published
+ * mean_cubic_loss had the sign reversed). A column with zero spread has sim 0
+ * and zero gradient. W is C x d, row-major (one concept direction per row). */
+typedef struct {
+    int steps;       /* full-batch Adam steps at most (>= 0) */
+    int eval_every;  /* held-out evaluation period in steps (>= 1) */
+    int patience;    /* stop after this many evaluations without improvement (>= 1) */
+    double lr, beta1, beta2, eps; /* Adam (torch defaults: 1e-3, 0.9, 0.999, 1e-8) */
+    uint64_t seed;   /* init W_ij ~ U(-1/sqrt(d), 1/sqrt(d)) (torch nn.Linear), splitmix64 */
+    int init_given;  /* nonzero: w already holds the initial W on entry */
+} iis_text_params;
+
+typedef struct {
+    int n_steps;            /* Adam steps taken */
+    int best_step;          /* steps taken when the returned W was evaluated */
+    int n_evals;            /* entries written to val_history / val_steps */
+    double best_val;        /* held-out J of the returned W */
+    double *train_history;  /* capacity steps, or NULL: train J before step s (index s) */
+    double *val_history;    /* capacity steps / eval_every + 2, or NULL: held-out J */
+    int *val_steps;         /* same capacity, or NULL: steps taken at each evaluation */
+    double *val_sim;        /* C, or NULL: per-concept held-out sim_c of the returned W */
+} iis_text_result;
+
+/* sim (C) and, when grad_w is not NULL, dJ/dW (C x d, ld d) at W for
+ * features f (n x d, ld ldf) and targets t (n x C, ld ldt); J is returned in *obj. */
+int iis_text_objective_f(const iis_ctx *ctx, const float *f, int64_t n, int d, int64_t ldf,
+                         const float *t, int64_t ldt, const float *w, int c, double *sim,
+                         double *obj, float *grad_w);
+int iis_text_objective_d(const iis_ctx *ctx, const double *f, int64_t n, int d, int64_t ldf,
+                         const double *t, int64_t ldt, const double *w, int c, double *sim,
+                         double *obj, double *grad_w);
+/* Adam on -J over (f_tr, t_tr) with early stopping on the held-out (f_va, t_va):
+ * evaluated before the first step, every eval_every steps and after the last;
+ * w (C x d) receives the best evaluated W. */
+int iis_text_fit_f(const iis_ctx *ctx, const float *f_tr, int64_t n_tr, int d, int64_t ldf_tr,
+                   const float *t_tr, int64_t ldt_tr, const float *f_va, int64_t n_va,
+                   int64_t ldf_va, const float *t_va, int64_t ldt_va, int c,
+                   const iis_text_params *prm, float *w, iis_text_result *res);
+int iis_text_fit_d(const iis_ctx *ctx, const double *f_tr, int64_t n_tr, int d, int64_t ldf_tr,
+                   const double *t_tr, int64_t ldt_tr, const double *f_va, int64_t n_va,
+                   int64_t ldf_va, const double *t_va, int64_t ldt_va, int c,
+                   const iis_text_params *prm, double *w, iis_text_result *res);
+
+/* ---- rng (splitmix64), deterministic and state-passing ------------------ */
+static inline uint64_t iis_rng_next(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+static inline double iis_rng_uniform(uint64_t *state)
+{
+    return (double)(iis_rng_next(state) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* IIS_H */

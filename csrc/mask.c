@@ -1,0 +1,31 @@
+/* mask.c -- per-sample sparsity masks: keep the k(s) largest |a| (hard or soft). */
+#include "internal.h"
+#include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* k(s) = M - floor(M s); published code keeps one fewer (never below 0) */
+int iis_keep_count(int m, double s, int published)
+{
+    /* floor of M*s with a guard against representation error (0.7*10 = 7.000000000000001) */
+    double ms = (double)m * s;
+    int64_t fl = (int64_t)floor(ms + 1e-9);
+    int64_t k = (int64_t)m - fl - (published ? 1 : 0);
+    if (k < 0) k = 0;
+    if (k > m) k = m;
+    return (int)k;
+}
+
+#define REAL float
+#define FABS fabsf
+#define FN(name) IIS_CAT(name, _f)
+#include "mask_t.h"
+#undef REAL
+#undef FABS
+#undef FN
+
+#define REAL double
+#define FABS fabs
+#define FN(name) IIS_CAT(name, _d)
+#include "mask_t.h"

@@ -1,0 +1,879 @@
+/* module.c -- the CPython binding of the iis core (the only file that includes Python.h).
+ *
+ * Arguments are checked here (dtype, ndim, layout, shapes) although the Python
+ * layer already validates them, so that no call can crash the interpreter.
+ * Output arrays are allocated with the GIL held, then the GIL is released
+ * around each kernel; Ctrl-C is honoured through the interrupt hook, which the
+ * kernels call between tiles/iterations on the calling thread.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include "iis.h"
+
+#define IIS_BEGIN_ALLOW_THREADS Py_BEGIN_ALLOW_THREADS
+#define IIS_END_ALLOW_THREADS Py_END_ALLOW_THREADS
+
+/* set once at import from scipy.linalg.cython_blas; read-only afterwards */
+static iis_blas g_blas = {NULL, NULL};
+
+typedef struct {
+    PyObject *progress; /* callable(done, total) or NULL */
+    int failed;         /* the progress callable raised */
+} hook_state;
+
+/* Takes the GIL, runs pending signal handlers; nonzero means stop. */
+static int interrupt_hook(void *p)
+{
+    hook_state *st = (hook_state *)p;
+    int stop;
+    PyGILState_STATE g = PyGILState_Ensure();
+    stop = (st && st->failed) || PyErr_Occurred() != NULL || PyErr_CheckSignals() != 0;
+    PyGILState_Release(g);
+    return stop;
+}
+
+static void progress_hook(void *p, int done, int total)
+{
+    hook_state *st = (hook_state *)p;
+    PyGILState_STATE g;
+    PyObject *r;
+    if (!st || !st->progress || st->failed) return;
+    g = PyGILState_Ensure();
+    r = PyObject_CallFunction(st->progress, "ii", done, total);
+    if (!r) st->failed = 1;
+    Py_XDECREF(r);
+    PyGILState_Release(g);
+}
+
+static int max_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* scikit-learn semantics: None/0 -> all cores, negative counts back (-1 = all) */
+static int resolve_threads(int n)
+{
+    int mx = max_threads();
+    if (n > 0) return n;
+    if (n == 0) return mx;
+    n = mx + 1 + n;
+    return n < 1 ? 1 : n;
+}
+
+static void init_ctx(iis_ctx *ctx, hook_state *st, int n_threads)
+{
+    memset(ctx, 0, sizeof(*ctx));
+    ctx->blas = &g_blas;
+    ctx->n_threads = resolve_threads(n_threads);
+    ctx->interrupt = interrupt_hook;
+    ctx->interrupt_ctx = st;
+    ctx->progress = progress_hook;
+    ctx->progress_ctx = st;
+}
+
+/* Turn a status into a Python exception (NULL return convenience). */
+static PyObject *raise_status(int status, const char *where)
+{
+    if (PyErr_Occurred()) return NULL; /* KeyboardInterrupt or a progress error */
+    switch (status) {
+    case IIS_ENOMEM: return PyErr_NoMemory();
+    case IIS_EINTR: PyErr_SetNone(PyExc_KeyboardInterrupt); return NULL;
+    case IIS_EINVAL: PyErr_Format(PyExc_ValueError, "%s: invalid argument", where); return NULL;
+    case IIS_ENOBLAS:
+        PyErr_Format(PyExc_RuntimeError, "%s: the BLAS table is not set (call _set_blas)", where);
+        return NULL;
+    default: PyErr_Format(PyExc_RuntimeError, "%s: error %d", where, status); return NULL;
+    }
+}
+
+/* Borrowed check: a NumPy array of the given type and ndim whose rows are
+ * contiguous (unit stride in the last dimension) and aligned. When rows_only
+ * is 0 the whole array must be C-contiguous. */
+static PyArrayObject *arr(PyObject *o, const char *name, int typenum, int ndim, int rows_only)
+{
+    PyArrayObject *a;
+    if (!PyArray_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy array, got %s", name, Py_TYPE(o)->tp_name);
+        return NULL;
+    }
+    a = (PyArrayObject *)o;
+    if (PyArray_TYPE(a) != typenum) {
+        PyErr_Format(PyExc_TypeError, "%s has dtype %s, expected %s", name,
+                     PyArray_DESCR(a)->typeobj->tp_name,
+                     typenum == NPY_FLOAT32 ? "float32"
+                     : typenum == NPY_FLOAT64 ? "float64"
+                     : typenum == NPY_INT32 ? "int32" : "another dtype");
+        return NULL;
+    }
+    if (PyArray_NDIM(a) != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s must be %d-D, got %d-D", name, ndim, PyArray_NDIM(a));
+        return NULL;
+    }
+    if (!PyArray_ISALIGNED(a) || !PyArray_ISNOTSWAPPED(a)) {
+        PyErr_Format(PyExc_ValueError, "%s must be aligned and in native byte order", name);
+        return NULL;
+    }
+    if (PyArray_SIZE(a) == 0) return a; /* no element is ever read */
+    if (rows_only && ndim == 2) {
+        npy_intp isz = PyArray_ITEMSIZE(a);
+        npy_intp s0 = PyArray_STRIDE(a, 0), s1 = PyArray_STRIDE(a, 1);
+        if ((PyArray_DIM(a, 1) > 1 && s1 != isz) || s0 < 0 || s0 % isz != 0 ||
+            (PyArray_DIM(a, 0) > 1 && s0 / isz < PyArray_DIM(a, 1))) {
+            PyErr_Format(PyExc_ValueError, "%s must have contiguous rows", name);
+            return NULL;
+        }
+    } else if (!PyArray_IS_C_CONTIGUOUS(a)) {
+        PyErr_Format(PyExc_ValueError, "%s must be C-contiguous", name);
+        return NULL;
+    }
+    return a;
+}
+
+static int64_t row_ld(PyArrayObject *a)
+{
+    npy_intp isz = PyArray_ITEMSIZE(a);
+    if (PyArray_DIM(a, 0) <= 1) return PyArray_DIM(a, 1);
+    return (int64_t)(PyArray_STRIDE(a, 0) / isz);
+}
+
+static int float_type(PyObject *o, const char *name)
+{
+    if (!PyArray_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy array, got %s", name, Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    int t = PyArray_TYPE((PyArrayObject *)o);
+    if (t != NPY_FLOAT32 && t != NPY_FLOAT64) {
+        PyErr_Format(PyExc_TypeError, "%s must be float32 or float64", name);
+        return -1;
+    }
+    return t;
+}
+
+/* ---- _set_blas(sgemm_capsule, dgemm_capsule) ----------------------------- */
+static void *capsule_ptr(PyObject *cap)
+{
+    const char *nm;
+    if (!PyCapsule_CheckExact(cap)) {
+        PyErr_SetString(PyExc_TypeError, "expected a PyCapsule holding a BLAS function");
+        return NULL;
+    }
+    nm = PyCapsule_GetName(cap);
+    return PyCapsule_GetPointer(cap, nm);
+}
+
+static PyObject *py_set_blas(PyObject *self, PyObject *args)
+{
+    PyObject *cs, *cd;
+    void *ps, *pd;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OO", &cs, &cd)) return NULL;
+    if (!(ps = capsule_ptr(cs)) || !(pd = capsule_ptr(cd))) return NULL;
+    g_blas.sgemm = (iis_sgemm_fn)ps;
+    g_blas.dgemm = (iis_dgemm_fn)pd;
+    Py_RETURN_NONE;
+}
+
+/* ---- project(F, unit_p, norm, mean, std, n_threads) -> A ----------------- */
+static PyObject *py_project(PyObject *self, PyObject *args)
+{
+    PyObject *of, *op, *om, *os;
+    int norm, nt, t, st = 0;
+    PyArrayObject *f, *p, *mean = NULL, *std = NULL, *out;
+    hook_state hs = {NULL, 0};
+    iis_ctx ctx;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOiOOi", &of, &op, &norm, &om, &os, &nt)) return NULL;
+    if ((t = float_type(of, "features")) < 0) return NULL;
+    if (!(f = arr(of, "features", t, 2, 1)) || !(p = arr(op, "concepts", t, 2, 0))) return NULL;
+    if (PyArray_DIM(f, 1) != PyArray_DIM(p, 1)) {
+        PyErr_Format(PyExc_ValueError, "features have d=%zd but concepts have d=%zd",
+                     (Py_ssize_t)PyArray_DIM(f, 1), (Py_ssize_t)PyArray_DIM(p, 1));
+        return NULL;
+    }
+    if (norm == IIS_NORM_STANDARDIZE) {
+        if (!(mean = arr(om, "mean", t, 1, 0)) || !(std = arr(os, "std", t, 1, 0))) return NULL;
+        if (PyArray_DIM(mean, 0) != PyArray_DIM(p, 0) || PyArray_DIM(std, 0) != PyArray_DIM(p, 0)) {
+            PyErr_SetString(PyExc_ValueError, "mean/std must have one entry per concept");
+            return NULL;
+        }
+    } else if (norm != IIS_NORM_NONE && norm != IIS_NORM_LAYERNORM) {
+        PyErr_Format(PyExc_ValueError, "unknown normalisation code %d", norm);
+        return NULL;
+    }
+    {
+        npy_intp dims[2] = {PyArray_DIM(f, 0), PyArray_DIM(p, 0)};
+        out = (PyArrayObject *)PyArray_EMPTY(2, dims, t, 0);
+    }
+    if (!out) return NULL;
+    init_ctx(&ctx, &hs, nt);
+    IIS_BEGIN_ALLOW_THREADS
+    if (t == NPY_FLOAT32)
+        st = iis_project_f(&ctx, PyArray_DATA(f), PyArray_DIM(f, 0), (int)PyArray_DIM(f, 1),
+                           row_ld(f), PyArray_DATA(p), (int)PyArray_DIM(p, 0), norm,
+                           mean ? PyArray_DATA(mean) : NULL, std ? PyArray_DATA(std) : NULL,
+                           PyArray_DATA(out));
+    else
+        st = iis_project_d(&ctx, PyArray_DATA(f), PyArray_DIM(f, 0), (int)PyArray_DIM(f, 1),
+                           row_ld(f), PyArray_DATA(p), (int)PyArray_DIM(p, 0), norm,
+                           mean ? PyArray_DATA(mean) : NULL, std ? PyArray_DATA(std) : NULL,
+                           PyArray_DATA(out));
+    IIS_END_ALLOW_THREADS
+    if (st != IIS_OK) {
+        Py_DECREF(out);
+        return raise_status(st, "project");
+    }
+    return (PyObject *)out;
+}
+
+/* ---- colstats(A, n_threads) -> (mean, std) -------------------------------- */
+static PyObject *py_colstats(PyObject *self, PyObject *args)
+{
+    PyObject *oa;
+    int nt, t, st = 0;
+    PyArrayObject *a, *mean, *std;
+    hook_state hs = {NULL, 0};
+    iis_ctx ctx;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "Oi", &oa, &nt)) return NULL;
+    if ((t = float_type(oa, "activations")) < 0 || !(a = arr(oa, "activations", t, 2, 1))) return NULL;
+    if (PyArray_DIM(a, 0) < 1) {
+        PyErr_SetString(PyExc_ValueError, "activations must have at least one row");
+        return NULL;
+    }
+    {
+        npy_intp dims[1] = {PyArray_DIM(a, 1)};
+        mean = (PyArrayObject *)PyArray_EMPTY(1, dims, t, 0);
+        std = (PyArrayObject *)PyArray_EMPTY(1, dims, t, 0);
+    }
+    if (!mean || !std) {
+        Py_XDECREF(mean);
+        Py_XDECREF(std);
+        return NULL;
+    }
+    init_ctx(&ctx, &hs, nt);
+    IIS_BEGIN_ALLOW_THREADS
+    if (t == NPY_FLOAT32)
+        st = iis_colstats_f(&ctx, PyArray_DATA(a), PyArray_DIM(a, 0), (int)PyArray_DIM(a, 1),
+                            row_ld(a), PyArray_DATA(mean), PyArray_DATA(std));
+    else
+        st = iis_colstats_d(&ctx, PyArray_DATA(a), PyArray_DIM(a, 0), (int)PyArray_DIM(a, 1),
+                            row_ld(a), PyArray_DATA(mean), PyArray_DATA(std));
+    IIS_END_ALLOW_THREADS
+    if (st != IIS_OK) {
+        Py_DECREF(mean);
+        Py_DECREF(std);
+        return raise_status(st, "colstats");
+    }
+    return Py_BuildValue("NN", mean, std);
+}
+
+/* ---- topk(A, k, soft, dense, n_threads) -> (idx, val) or masked A --------- */
+static PyObject *py_topk(PyObject *self, PyObject *args)
+{
+    PyObject *oa;
+    int k, soft, dense, nt, t, st = 0;
+    PyArrayObject *a, *idx = NULL, *val = NULL;
+    hook_state hs = {NULL, 0};
+    iis_ctx ctx;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "Oiiii", &oa, &k, &soft, &dense, &nt)) return NULL;
+    if ((t = float_type(oa, "activations")) < 0 || !(a = arr(oa, "activations", t, 2, 1))) return NULL;
+    if (k < 0 || k > PyArray_DIM(a, 1)) {
+        PyErr_Format(PyExc_ValueError, "k=%d must be in [0, %zd]", k, (Py_ssize_t)PyArray_DIM(a, 1));
+        return NULL;
+    }
+    if (dense) {
+        npy_intp dims[2] = {PyArray_DIM(a, 0), PyArray_DIM(a, 1)};
+        val = (PyArrayObject *)PyArray_EMPTY(2, dims, t, 0);
+        if (!val) return NULL;
+    } else {
+        npy_intp dims[2] = {PyArray_DIM(a, 0), k};
+        idx = (PyArrayObject *)PyArray_EMPTY(2, dims, NPY_INT32, 0);
+        val = (PyArrayObject *)PyArray_EMPTY(2, dims, t, 0);
+        if (!idx || !val) {
+            Py_XDECREF(idx);
+            Py_XDECREF(val);
+            return NULL;
+        }
+    }
+    init_ctx(&ctx, &hs, nt);
+    IIS_BEGIN_ALLOW_THREADS
+    if (dense)
+        st = t == NPY_FLOAT32
+                 ? iis_mask_dense_f(&ctx, PyArray_DATA(a), PyArray_DIM(a, 0), (int)PyArray_DIM(a, 1),
+                                    row_ld(a), k, soft, PyArray_DATA(val))
+                 : iis_mask_dense_d(&ctx, PyArray_DATA(a), PyArray_DIM(a, 0), (int)PyArray_DIM(a, 1),
+                                    row_ld(a), k, soft, PyArray_DATA(val));
+    else
+        st = t == NPY_FLOAT32
+                 ? iis_topk_f(&ctx, PyArray_DATA(a), PyArray_DIM(a, 0), (int)PyArray_DIM(a, 1),
+                              row_ld(a), k, soft, PyArray_DATA(idx), PyArray_DATA(val))
+                 : iis_topk_d(&ctx, PyArray_DATA(a), PyArray_DIM(a, 0), (int)PyArray_DIM(a, 1),
+                              row_ld(a), k, soft, PyArray_DATA(idx), PyArray_DATA(val));
+    IIS_END_ALLOW_THREADS
+    if (st != IIS_OK) {
+        Py_XDECREF(idx);
+        Py_DECREF(val);
+        return raise_status(st, "topk");
+    }
+    if (dense) return (PyObject *)val;
+    return Py_BuildValue("NN", idx, val);
+}
+
+static PyObject *py_keep_count(PyObject *self, PyObject *args)
+{
+    int m, published;
+    double s;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "idp", &m, &s, &published)) return NULL;
+    if (m < 0 || !(s >= 0.0 && s < 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "keep_count needs m >= 0 and 0 <= s < 1");
+        return NULL;
+    }
+    return PyLong_FromLong(iis_keep_count(m, s, published));
+}
+
+/* Fill a design from (X | idx, val, d) plus optional (mu, sigma). */
+static int make_design(iis_design *D, PyObject *ox, PyObject *oidx, PyObject *oval, int d,
+                       PyObject *omu, PyObject *osg, int t)
+{
+    memset(D, 0, sizeof(*D));
+    if (ox != Py_None) {
+        PyArrayObject *x = arr(ox, "X", t, 2, 1);
+        if (!x) return -1;
+        D->n = PyArray_DIM(x, 0);
+        D->d = (int)PyArray_DIM(x, 1);
+        D->x = PyArray_DATA(x);
+        D->ldx = row_ld(x);
+        if (omu != Py_None || osg != Py_None) {
+            PyArrayObject *mu = arr(omu, "mu", t, 1, 0), *sg;
+            if (!mu || !(sg = arr(osg, "sigma", t, 1, 0))) return -1;
+            if (PyArray_DIM(mu, 0) != D->d || PyArray_DIM(sg, 0) != D->d) {
+                PyErr_SetString(PyExc_ValueError, "mu/sigma must have one entry per column of X");
+                return -1;
+            }
+            D->mu = PyArray_DATA(mu);
+            D->sigma = PyArray_DATA(sg);
+        }
+        return 0;
+    }
+    {
+        PyArrayObject *idx = arr(oidx, "idx", NPY_INT32, 2, 0), *val;
+        if (!idx || !(val = arr(oval, "val", t, 2, 0))) return -1;
+        if (PyArray_DIM(idx, 0) != PyArray_DIM(val, 0) || PyArray_DIM(idx, 1) != PyArray_DIM(val, 1)) {
+            PyErr_SetString(PyExc_ValueError, "idx and val must have the same shape");
+            return -1;
+        }
+        D->n = PyArray_DIM(idx, 0);
+        D->k = (int)PyArray_DIM(idx, 1);
+        D->d = d;
+        D->idx = PyArray_DATA(idx);
+        D->val = PyArray_DATA(val);
+        if (d < D->k || d < 0) {
+            PyErr_SetString(PyExc_ValueError, "d must be >= the number of kept entries per row");
+            return -1;
+        }
+        {
+            const int32_t *ix = D->idx;
+            for (int64_t e = 0; e < D->n * (int64_t)D->k; e++)
+                if (ix[e] < 0 || ix[e] >= d) {
+                    PyErr_Format(PyExc_ValueError, "idx holds %d, outside [0, %d)", ix[e], d);
+                    return -1;
+                }
+        }
+    }
+    return 0;
+}
+
+/* logreg_fit(X, idx, val, d, y, n_classes, l2, tol, max_iter, W0, b0, mu, sigma, n_threads)
+ * -> (W, b, n_iter, converged, loss, grad_max) */
+static PyObject *py_logreg_fit(PyObject *self, PyObject *args)
+{
+    PyObject *ox, *oidx, *oval, *oy, *ow, *ob, *omu, *osg;
+    int d, K, max_iter, nt, t, st = 0;
+    double l2, tol;
+    iis_design D;
+    PyArrayObject *y, *w0, *b0, *w, *b;
+    iis_solver_params prm;
+    iis_solver_info info;
+    hook_state hs = {NULL, 0};
+    iis_ctx ctx;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOiOiddiOOOOi", &ox, &oidx, &oval, &d, &oy, &K, &l2, &tol,
+                          &max_iter, &ow, &ob, &omu, &osg, &nt))
+        return NULL;
+    if ((t = float_type(ox != Py_None ? ox : oval, "X")) < 0) return NULL;
+    if (make_design(&D, ox, oidx, oval, d, omu, osg, t) < 0) return NULL;
+    if (!(y = arr(oy, "y", NPY_INT32, 1, 0))) return NULL;
+    if (PyArray_DIM(y, 0) != D.n || D.n < 1) {
+        PyErr_Format(PyExc_ValueError, "y has %zd entries for %zd rows (need >= 1)",
+                     (Py_ssize_t)PyArray_DIM(y, 0), (Py_ssize_t)D.n);
+        return NULL;
+    }
+    if (K < 1 || !(l2 >= 0.0) || !(tol >= 0.0) || max_iter < 0) {
+        PyErr_SetString(PyExc_ValueError, "need n_classes >= 1, l2 >= 0, tol >= 0, max_iter >= 0");
+        return NULL;
+    }
+    {
+        const int32_t *yy = PyArray_DATA(y);
+        for (int64_t i = 0; i < D.n; i++)
+            if (yy[i] < 0 || yy[i] >= K) {
+                PyErr_Format(PyExc_ValueError, "label %d outside [0, %d)", yy[i], K);
+                return NULL;
+            }
+    }
+    if (!(w0 = arr(ow, "W0", t, 2, 0)) || !(b0 = arr(ob, "b0", t, 1, 0))) return NULL;
+    if (PyArray_DIM(w0, 0) != D.d || PyArray_DIM(w0, 1) != K || PyArray_DIM(b0, 0) != K) {
+        PyErr_SetString(PyExc_ValueError, "W0 must be (d, n_classes) and b0 (n_classes,)");
+        return NULL;
+    }
+    w = (PyArrayObject *)PyArray_NewCopy(w0, NPY_CORDER);
+    b = (PyArrayObject *)PyArray_NewCopy(b0, NPY_CORDER);
+    if (!w || !b) {
+        Py_XDECREF(w);
+        Py_XDECREF(b);
+        return NULL;
+    }
+    prm.l2 = l2;
+    prm.tol = tol;
+    prm.max_iter = max_iter;
+    prm.memory = 10;
+    memset(&info, 0, sizeof(info));
+    init_ctx(&ctx, &hs, nt);
+    IIS_BEGIN_ALLOW_THREADS
+    st = t == NPY_FLOAT32 ? iis_logreg_fit_f(&ctx, &D, PyArray_DATA(y), K, &prm, PyArray_DATA(w),
+                                             PyArray_DATA(b), &info)
+                          : iis_logreg_fit_d(&ctx, &D, PyArray_DATA(y), K, &prm, PyArray_DATA(w),
+                                             PyArray_DATA(b), &info);
+    IIS_END_ALLOW_THREADS
+    if (st != IIS_OK) {
+        Py_DECREF(w);
+        Py_DECREF(b);
+        return raise_status(st, "logreg_fit");
+    }
+    return Py_BuildValue("NNiidd", w, b, info.n_iter, info.converged, info.loss, info.grad_max);
+}
+
+/* logreg_predict(X, idx, val, d, W, b, mu, sigma, n_threads) -> (logits, pred) */
+static PyObject *py_logreg_predict(PyObject *self, PyObject *args)
+{
+    PyObject *ox, *oidx, *oval, *ow, *ob, *omu, *osg;
+    int d, nt, t, st = 0, K;
+    iis_design D;
+    PyArrayObject *w, *b, *logits, *pred;
+    hook_state hs = {NULL, 0};
+    iis_ctx ctx;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOiOOOOi", &ox, &oidx, &oval, &d, &ow, &ob, &omu, &osg, &nt))
+        return NULL;
+    if ((t = float_type(ox != Py_None ? ox : oval, "X")) < 0) return NULL;
+    if (make_design(&D, ox, oidx, oval, d, omu, osg, t) < 0) return NULL;
+    if (!(w = arr(ow, "W", t, 2, 0)) || !(b = arr(ob, "b", t, 1, 0))) return NULL;
+    K = (int)PyArray_DIM(w, 1);
+    if (PyArray_DIM(w, 0) != D.d || PyArray_DIM(b, 0) != K || K < 1) {
+        PyErr_Format(PyExc_ValueError, "W must be (%d, K) and b (K,)", D.d);
+        return NULL;
+    }
+    {
+        npy_intp dl[2] = {D.n, K}, dp[1] = {D.n};
+        logits = (PyArrayObject *)PyArray_EMPTY(2, dl, t, 0);
+        pred = (PyArrayObject *)PyArray_EMPTY(1, dp, NPY_INT32, 0);
+    }
+    if (!logits || !pred) {
+        Py_XDECREF(logits);
+        Py_XDECREF(pred);
+        return NULL;
+    }
+    init_ctx(&ctx, &hs, nt);
+    IIS_BEGIN_ALLOW_THREADS
+    st = t == NPY_FLOAT32 ? iis_logreg_predict_f(&ctx, &D, K, PyArray_DATA(w), PyArray_DATA(b),
+                                                 PyArray_DATA(logits), PyArray_DATA(pred))
+                          : iis_logreg_predict_d(&ctx, &D, K, PyArray_DATA(w), PyArray_DATA(b),
+                                                 PyArray_DATA(logits), PyArray_DATA(pred));
+    IIS_END_ALLOW_THREADS
+    if (st != IIS_OK) {
+        Py_DECREF(logits);
+        Py_DECREF(pred);
+        return raise_status(st, "logreg_predict");
+    }
+    return Py_BuildValue("NN", logits, pred);
+}
+
+/* path(Atr, ytr, Aev, yev, n_classes, s, soft, published, l2, tol, max_iter, n_threads,
+ *      progress) -> (accuracy, kept, n_iter, converged) */
+static PyObject *py_path(PyObject *self, PyObject *args)
+{
+    PyObject *oatr, *oytr, *oaev, *oyev, *os, *oprog;
+    int K, soft, published, max_iter, nt, t, st = 0, m, ns;
+    double l2, tol;
+    PyArrayObject *atr, *ytr, *aev, *yev, *s, *acc = NULL, *kept = NULL, *nit = NULL, *conv = NULL;
+    iis_path_params prm;
+    iis_path_result res;
+    hook_state hs = {NULL, 0};
+    iis_ctx ctx;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOiOppddiiO", &oatr, &oytr, &oaev, &oyev, &K, &os, &soft,
+                          &published, &l2, &tol, &max_iter, &nt, &oprog))
+        return NULL;
+    if ((t = float_type(oatr, "train activations")) < 0) return NULL;
+    if (!(atr = arr(oatr, "train activations", t, 2, 0)) ||
+        !(aev = arr(oaev, "eval activations", t, 2, 0)) || !(ytr = arr(oytr, "y_train", NPY_INT32, 1, 0)) ||
+        !(yev = arr(oyev, "y_eval", NPY_INT32, 1, 0)) || !(s = arr(os, "sparsities", NPY_FLOAT64, 1, 0)))
+        return NULL;
+    m = (int)PyArray_DIM(atr, 1);
+    ns = (int)PyArray_DIM(s, 0);
+    if (PyArray_DIM(aev, 1) != m || PyArray_DIM(ytr, 0) != PyArray_DIM(atr, 0) ||
+        PyArray_DIM(yev, 0) != PyArray_DIM(aev, 0) || PyArray_DIM(atr, 0) < 1 ||
+        PyArray_DIM(aev, 0) < 1 || m < 1 || ns < 1 || K < 1) {
+        PyErr_SetString(PyExc_ValueError, "path: inconsistent or empty shapes");
+        return NULL;
+    }
+    {
+        const double *sv = PyArray_DATA(s);
+        for (int i = 0; i < ns; i++)
+            if (!(sv[i] >= 0.0 && sv[i] < 1.0) || (i > 0 && sv[i] <= sv[i - 1])) {
+                PyErr_SetString(PyExc_ValueError, "sparsities must be increasing and in [0, 1)");
+                return NULL;
+            }
+        const int32_t *y1 = PyArray_DATA(ytr), *y2 = PyArray_DATA(yev);
+        for (npy_intp i = 0; i < PyArray_DIM(ytr, 0); i++)
+            if (y1[i] < 0 || y1[i] >= K) {
+                PyErr_Format(PyExc_ValueError, "train label %d outside [0, %d)", y1[i], K);
+                return NULL;
+            }
+        for (npy_intp i = 0; i < PyArray_DIM(yev, 0); i++)
+            if (y2[i] < 0 || y2[i] >= K) {
+                PyErr_Format(PyExc_ValueError, "eval label %d outside [0, %d)", y2[i], K);
+                return NULL;
+            }
+    }
+    if (oprog != Py_None && !PyCallable_Check(oprog)) {
+        PyErr_SetString(PyExc_TypeError, "progress must be callable or None");
+        return NULL;
+    }
+    {
+        npy_intp dims[1] = {ns};
+        acc = (PyArrayObject *)PyArray_EMPTY(1, dims, NPY_FLOAT64, 0);
+        kept = (PyArrayObject *)PyArray_EMPTY(1, dims, NPY_INT32, 0);
+        nit = (PyArrayObject *)PyArray_EMPTY(1, dims, NPY_INT32, 0);
+        conv = (PyArrayObject *)PyArray_EMPTY(1, dims, NPY_INT32, 0);
+    }
+    if (!acc || !kept || !nit || !conv) goto fail;
+    prm.soft = soft;
+    prm.published_keep = published;
+    prm.solver.l2 = l2;
+    prm.solver.tol = tol;
+    prm.solver.max_iter = max_iter;
+    prm.solver.memory = 10;
+    res.accuracy = PyArray_DATA(acc);
+    res.kept = PyArray_DATA(kept);
+    res.n_iter = PyArray_DATA(nit);
+    res.converged = PyArray_DATA(conv);
+    hs.progress = oprog != Py_None ? oprog : NULL;
+    init_ctx(&ctx, &hs, nt);
+    IIS_BEGIN_ALLOW_THREADS
+    st = t == NPY_FLOAT32
+             ? iis_path_f(&ctx, PyArray_DATA(atr), PyArray_DIM(atr, 0), PyArray_DATA(ytr),
+                          PyArray_DATA(aev), PyArray_DIM(aev, 0), PyArray_DATA(yev), m, K,
+                          PyArray_DATA(s), ns, &prm, &res)
+             : iis_path_d(&ctx, PyArray_DATA(atr), PyArray_DIM(atr, 0), PyArray_DATA(ytr),
+                          PyArray_DATA(aev), PyArray_DIM(aev, 0), PyArray_DATA(yev), m, K,
+                          PyArray_DATA(s), ns, &prm, &res);
+    IIS_END_ALLOW_THREADS
+    if (st != IIS_OK || hs.failed) {
+        raise_status(st != IIS_OK ? st : IIS_EINTR, "path");
+        goto fail;
+    }
+    return Py_BuildValue("NNNN", acc, kept, nit, conv);
+fail:
+    Py_XDECREF(acc);
+    Py_XDECREF(kept);
+    Py_XDECREF(nit);
+    Py_XDECREF(conv);
+    return NULL;
+}
+
+/* kmeans(X, k, seed, max_iter, tol, n_threads) -> (centers, labels, inertia, n_iter) */
+static PyObject *py_kmeans(PyObject *self, PyObject *args)
+{
+    PyObject *ox;
+    int k, max_iter, nt, t, st = 0, nit = 0;
+    unsigned long long seed;
+    double tol, inertia = 0.0;
+    PyArrayObject *x, *cen, *lab;
+    hook_state hs = {NULL, 0};
+    iis_ctx ctx;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OiKidi", &ox, &k, &seed, &max_iter, &tol, &nt)) return NULL;
+    if ((t = float_type(ox, "elements")) < 0 || !(x = arr(ox, "elements", t, 2, 0))) return NULL;
+    if (k < 1 || k > PyArray_DIM(x, 0) || PyArray_DIM(x, 1) < 1 || max_iter < 0 || !(tol >= 0)) {
+        PyErr_Format(PyExc_ValueError, "kmeans needs 1 <= k <= n (k=%d, n=%zd), d >= 1", k,
+                     (Py_ssize_t)PyArray_DIM(x, 0));
+        return NULL;
+    }
+    {
+        npy_intp dc[2] = {k, PyArray_DIM(x, 1)}, dl[1] = {PyArray_DIM(x, 0)};
+        cen = (PyArrayObject *)PyArray_EMPTY(2, dc, t, 0);
+        lab = (PyArrayObject *)PyArray_EMPTY(1, dl, NPY_INT32, 0);
+    }
+    if (!cen || !lab) {
+        Py_XDECREF(cen);
+        Py_XDECREF(lab);
+        return NULL;
+    }
+    init_ctx(&ctx, &hs, nt);
+    IIS_BEGIN_ALLOW_THREADS
+    st = t == NPY_FLOAT32
+             ? iis_kmeans_f(&ctx, PyArray_DATA(x), PyArray_DIM(x, 0), (int)PyArray_DIM(x, 1), k,
+                            (uint64_t)seed, max_iter, tol, PyArray_DATA(cen), PyArray_DATA(lab),
+                            &inertia, &nit)
+             : iis_kmeans_d(&ctx, PyArray_DATA(x), PyArray_DIM(x, 0), (int)PyArray_DIM(x, 1), k,
+                            (uint64_t)seed, max_iter, tol, PyArray_DATA(cen), PyArray_DATA(lab),
+                            &inertia, &nit);
+    IIS_END_ALLOW_THREADS
+    if (st != IIS_OK) {
+        Py_DECREF(cen);
+        Py_DECREF(lab);
+        return raise_status(st, "kmeans");
+    }
+    return Py_BuildValue("NNdi", cen, lab, inertia, nit);
+}
+
+static PyObject *py_trapezoid(PyObject *self, PyObject *args)
+{
+    PyObject *os, *oa;
+    PyArrayObject *s, *a;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OO", &os, &oa)) return NULL;
+    if (!(s = arr(os, "s", NPY_FLOAT64, 1, 0)) || !(a = arr(oa, "arr", NPY_FLOAT64, 1, 0))) return NULL;
+    if (PyArray_DIM(s, 0) != PyArray_DIM(a, 0)) {
+        PyErr_SetString(PyExc_ValueError, "s and arr must have the same length");
+        return NULL;
+    }
+    return PyFloat_FromDouble(iis_trapezoid(PyArray_DATA(s), PyArray_DATA(a), (int)PyArray_DIM(s, 0)));
+}
+
+static PyObject *py_accuracy(PyObject *self, PyObject *args)
+{
+    PyObject *op, *oy;
+    PyArrayObject *p, *y;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OO", &op, &oy)) return NULL;
+    if (!(p = arr(op, "pred", NPY_INT32, 1, 0)) || !(y = arr(oy, "y", NPY_INT32, 1, 0))) return NULL;
+    if (PyArray_DIM(p, 0) != PyArray_DIM(y, 0)) {
+        PyErr_SetString(PyExc_ValueError, "pred and y must have the same length");
+        return NULL;
+    }
+    return PyFloat_FromDouble(iis_accuracy(PyArray_DATA(p), PyArray_DATA(y), PyArray_DIM(p, 0)));
+}
+
+static PyObject *py_config(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+#ifdef _OPENMP
+    return Py_BuildValue("{s:i,s:i,s:O}", "openmp", _OPENMP, "omp_max_threads", omp_get_max_threads(),
+                         "blas_set", (g_blas.sgemm && g_blas.dgemm) ? Py_True : Py_False);
+#else
+    return Py_BuildValue("{s:O,s:i,s:O}", "openmp", Py_None, "omp_max_threads", 1, "blas_set",
+                         (g_blas.sgemm && g_blas.dgemm) ? Py_True : Py_False);
+#endif
+}
+
+/* ---- text_objective(F, T, W, n_threads) -> (sim, J, dJ/dW) ---------------- */
+static PyObject *py_text_objective(PyObject *self, PyObject *args)
+{
+    PyObject *of, *ot, *ow;
+    int nt, t, st = 0, c;
+    double obj = 0.0;
+    PyArrayObject *f, *tg, *w, *sim, *grad;
+    hook_state hs = {NULL, 0};
+    iis_ctx ctx;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOi", &of, &ot, &ow, &nt)) return NULL;
+    if ((t = float_type(of, "features")) < 0) return NULL;
+    if (!(f = arr(of, "features", t, 2, 1)) || !(tg = arr(ot, "targets", t, 2, 1)) ||
+        !(w = arr(ow, "W", t, 2, 0)))
+        return NULL;
+    c = (int)PyArray_DIM(w, 0);
+    if (PyArray_DIM(f, 0) < 1 || PyArray_DIM(f, 1) < 1 || c < 1 ||
+        PyArray_DIM(tg, 0) != PyArray_DIM(f, 0) || PyArray_DIM(tg, 1) != c ||
+        PyArray_DIM(w, 1) != PyArray_DIM(f, 1)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "text_objective needs F (n, d), T (n, C), W (C, d) with n, d, C >= 1");
+        return NULL;
+    }
+    {
+        npy_intp ds[1] = {c}, dg[2] = {c, PyArray_DIM(f, 1)};
+        sim = (PyArrayObject *)PyArray_EMPTY(1, ds, NPY_FLOAT64, 0);
+        grad = (PyArrayObject *)PyArray_EMPTY(2, dg, t, 0);
+    }
+    if (!sim || !grad) {
+        Py_XDECREF(sim);
+        Py_XDECREF(grad);
+        return NULL;
+    }
+    init_ctx(&ctx, &hs, nt);
+    IIS_BEGIN_ALLOW_THREADS
+    st = t == NPY_FLOAT32
+             ? iis_text_objective_f(&ctx, PyArray_DATA(f), PyArray_DIM(f, 0), (int)PyArray_DIM(f, 1),
+                                    row_ld(f), PyArray_DATA(tg), row_ld(tg), PyArray_DATA(w), c,
+                                    PyArray_DATA(sim), &obj, PyArray_DATA(grad))
+             : iis_text_objective_d(&ctx, PyArray_DATA(f), PyArray_DIM(f, 0), (int)PyArray_DIM(f, 1),
+                                    row_ld(f), PyArray_DATA(tg), row_ld(tg), PyArray_DATA(w), c,
+                                    PyArray_DATA(sim), &obj, PyArray_DATA(grad));
+    IIS_END_ALLOW_THREADS
+    if (st != IIS_OK) {
+        Py_DECREF(sim);
+        Py_DECREF(grad);
+        return raise_status(st, "text_objective");
+    }
+    return Py_BuildValue("NdN", sim, obj, grad);
+}
+
+/* text_fit(Ftr, Ttr, Fva, Tva, C, W0, steps, eval_every, patience, lr, beta1, beta2, eps, seed,
+ *          n_threads, progress)
+ * -> (W, val_sim, train_history, val_history, val_steps, n_steps, best_step, best_val, n_evals) */
+static PyObject *py_text_fit(PyObject *self, PyObject *args)
+{
+    PyObject *oftr, *ottr, *ofva, *otva, *ow0, *oprog;
+    int c, steps, every, patience, nt, t, st = 0, d;
+    double lr, b1, b2, eps;
+    unsigned long long seed;
+    PyArrayObject *ftr, *ttr, *fva, *tva, *w0 = NULL, *w = NULL, *vsim = NULL, *th = NULL,
+                                                     *vh = NULL, *vs = NULL;
+    iis_text_params prm;
+    iis_text_result res;
+    hook_state hs = {NULL, 0};
+    iis_ctx ctx;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOiOiiiddddKiO", &oftr, &ottr, &ofva, &otva, &c, &ow0, &steps,
+                          &every, &patience, &lr, &b1, &b2, &eps, &seed, &nt, &oprog))
+        return NULL;
+    if ((t = float_type(oftr, "train features")) < 0) return NULL;
+    if (!(ftr = arr(oftr, "train features", t, 2, 1)) || !(ttr = arr(ottr, "train targets", t, 2, 1)) ||
+        !(fva = arr(ofva, "held-out features", t, 2, 1)) ||
+        !(tva = arr(otva, "held-out targets", t, 2, 1)))
+        return NULL;
+    d = (int)PyArray_DIM(ftr, 1);
+    if (PyArray_DIM(ftr, 0) < 1 || PyArray_DIM(fva, 0) < 1 || d < 1 || c < 1 ||
+        PyArray_DIM(fva, 1) != d || PyArray_DIM(ttr, 0) != PyArray_DIM(ftr, 0) ||
+        PyArray_DIM(tva, 0) != PyArray_DIM(fva, 0) || PyArray_DIM(ttr, 1) != c ||
+        PyArray_DIM(tva, 1) != c) {
+        PyErr_SetString(PyExc_ValueError, "text_fit: inconsistent or empty shapes");
+        return NULL;
+    }
+    if (steps < 0 || every < 1 || patience < 1 || !(lr > 0.0) || !(b1 >= 0.0 && b1 < 1.0) ||
+        !(b2 >= 0.0 && b2 < 1.0) || !(eps >= 0.0)) {
+        PyErr_SetString(PyExc_ValueError, "text_fit needs steps >= 0, eval_every >= 1, patience >= 1, "
+                                          "lr > 0, 0 <= beta < 1, eps >= 0");
+        return NULL;
+    }
+    if (oprog != Py_None && !PyCallable_Check(oprog)) {
+        PyErr_SetString(PyExc_TypeError, "progress must be callable or None");
+        return NULL;
+    }
+    if (ow0 != Py_None) {
+        if (!(w0 = arr(ow0, "W0", t, 2, 0))) return NULL;
+        if (PyArray_DIM(w0, 0) != c || PyArray_DIM(w0, 1) != d) {
+            PyErr_SetString(PyExc_ValueError, "W0 must be (C, d)");
+            return NULL;
+        }
+        w = (PyArrayObject *)PyArray_NewCopy(w0, NPY_CORDER);
+    } else {
+        npy_intp dw[2] = {c, d};
+        w = (PyArrayObject *)PyArray_EMPTY(2, dw, t, 0);
+    }
+    {
+        npy_intp dc[1] = {c}, dh[1] = {steps}, dv[1] = {steps / every + 2};
+        vsim = (PyArrayObject *)PyArray_EMPTY(1, dc, NPY_FLOAT64, 0);
+        th = (PyArrayObject *)PyArray_EMPTY(1, dh, NPY_FLOAT64, 0);
+        vh = (PyArrayObject *)PyArray_EMPTY(1, dv, NPY_FLOAT64, 0);
+        vs = (PyArrayObject *)PyArray_EMPTY(1, dv, NPY_INT32, 0);
+    }
+    if (!w || !vsim || !th || !vh || !vs) goto fail;
+    memset(&prm, 0, sizeof(prm));
+    prm.steps = steps;
+    prm.eval_every = every;
+    prm.patience = patience;
+    prm.lr = lr;
+    prm.beta1 = b1;
+    prm.beta2 = b2;
+    prm.eps = eps;
+    prm.seed = (uint64_t)seed;
+    prm.init_given = w0 != NULL;
+    memset(&res, 0, sizeof(res));
+    res.train_history = PyArray_DATA(th);
+    res.val_history = PyArray_DATA(vh);
+    res.val_steps = PyArray_DATA(vs);
+    res.val_sim = PyArray_DATA(vsim);
+    hs.progress = oprog != Py_None ? oprog : NULL;
+    init_ctx(&ctx, &hs, nt);
+    IIS_BEGIN_ALLOW_THREADS
+    st = t == NPY_FLOAT32
+             ? iis_text_fit_f(&ctx, PyArray_DATA(ftr), PyArray_DIM(ftr, 0), d, row_ld(ftr),
+                              PyArray_DATA(ttr), row_ld(ttr), PyArray_DATA(fva), PyArray_DIM(fva, 0),
+                              row_ld(fva), PyArray_DATA(tva), row_ld(tva), c, &prm, PyArray_DATA(w),
+                              &res)
+             : iis_text_fit_d(&ctx, PyArray_DATA(ftr), PyArray_DIM(ftr, 0), d, row_ld(ftr),
+                              PyArray_DATA(ttr), row_ld(ttr), PyArray_DATA(fva), PyArray_DIM(fva, 0),
+                              row_ld(fva), PyArray_DATA(tva), row_ld(tva), c, &prm, PyArray_DATA(w),
+                              &res);
+    IIS_END_ALLOW_THREADS
+    if (st != IIS_OK || hs.failed) {
+        raise_status(st != IIS_OK ? st : IIS_EINTR, "text_fit");
+        goto fail;
+    }
+    return Py_BuildValue("NNNNNiidi", w, vsim, th, vh, vs, res.n_steps, res.best_step,
+                         res.best_val, res.n_evals);
+fail:
+    Py_XDECREF(w);
+    Py_XDECREF(vsim);
+    Py_XDECREF(th);
+    Py_XDECREF(vh);
+    Py_XDECREF(vs);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"_set_blas", py_set_blas, METH_VARARGS, "Fill the BLAS table from two PyCapsules (sgemm, dgemm)."},
+    {"project", py_project, METH_VARARGS, "project(F, unit_p, norm, mean, std, n_threads) -> A"},
+    {"colstats", py_colstats, METH_VARARGS, "colstats(A, n_threads) -> (mean, std)"},
+    {"topk", py_topk, METH_VARARGS, "topk(A, k, soft, dense, n_threads) -> (idx, val) | masked"},
+    {"keep_count", py_keep_count, METH_VARARGS, "keep_count(m, s, published) -> k"},
+    {"logreg_fit", py_logreg_fit, METH_VARARGS,
+     "logreg_fit(X, idx, val, d, y, K, l2, tol, max_iter, W0, b0, mu, sigma, n_threads)"},
+    {"logreg_predict", py_logreg_predict, METH_VARARGS,
+     "logreg_predict(X, idx, val, d, W, b, mu, sigma, n_threads) -> (logits, pred)"},
+    {"path", py_path, METH_VARARGS,
+     "path(Atr, ytr, Aev, yev, K, s, soft, published, l2, tol, max_iter, n_threads, progress)"},
+    {"kmeans", py_kmeans, METH_VARARGS, "kmeans(X, k, seed, max_iter, tol, n_threads)"},
+    {"trapezoid", py_trapezoid, METH_VARARGS, "trapezoid(s, arr) -> IIS"},
+    {"accuracy", py_accuracy, METH_VARARGS, "accuracy(pred, y) -> float"},
+    {"config", py_config, METH_NOARGS, "OpenMP/BLAS facts of this build"},
+    {"text_objective", py_text_objective, METH_VARARGS,
+     "text_objective(F, T, W, n_threads) -> (sim, J, dJ/dW)"},
+    {"text_fit", py_text_fit, METH_VARARGS,
+     "text_fit(Ftr, Ttr, Fva, Tva, C, W0, steps, eval_every, patience, lr, beta1, beta2, eps, "
+     "seed, n_threads, progress)"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_core",
+                                       "C kernels of iis (projection, masks, solver, k-means, IIS).",
+                                       -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    import_array();
+    return PyModule_Create(&moduledef);
+}

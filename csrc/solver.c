@@ -1,0 +1,23 @@
+/* solver.c -- multinomial logistic regression (the IP and the probe) and the sparsity path. */
+#include "internal.h"
+#include <float.h>
+#include <math.h>
+
+#define REAL float
+#define IS_DOUBLE 0
+#define FTOL (4.0 * FLT_EPSILON)
+#define FN(name) IIS_CAT(name, _f)
+#define GEMM(ctx) (ctx)->blas->sgemm
+#include "solver_t.h"
+#undef REAL
+#undef IS_DOUBLE
+#undef FTOL
+#undef FN
+#undef GEMM
+
+#define REAL double
+#define IS_DOUBLE 1
+#define FTOL (64.0 * DBL_EPSILON)
+#define FN(name) IIS_CAT(name, _d)
+#define GEMM(ctx) (ctx)->blas->dgemm
+#include "solver_t.h"

@@ -1,0 +1,36 @@
+"""iis: the Inherent Interpretability Score (Shen et al., ICLR 2025) with a C core.
+
+>>> import iis
+>>> lib = iis.ConceptLibrary.prototype(elements, element_labels, n_concepts=200)
+>>> res = iis.score(train_x, train_y, eval_x, eval_y, lib)
+>>> res.iis, res.arr
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import _blas
+
+_blas.install()
+
+from ._api import DEFAULT_GRID, ConvergenceWarning, IISResult, activation_stats, project, score  # noqa: E402
+from ._config import show_config  # noqa: E402
+from ._library import ConceptLibrary  # noqa: E402
+from ._predictor import Explanation, InterpretablePredictor  # noqa: E402
+from .concepts import load_concepts  # noqa: E402
+from . import demo  # noqa: E402,F401
+
+__all__ = [
+    "DEFAULT_GRID",
+    "ConceptLibrary",
+    "ConvergenceWarning",
+    "Explanation",
+    "IISResult",
+    "InterpretablePredictor",
+    "activation_stats",
+    "load_concepts",
+    "project",
+    "score",
+    "show_config",
+    "__version__",
+]

@@ -1,0 +1,311 @@
+"""The public pipeline: projection, sparsity path, probe, ARR and IIS."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from . import _core
+from ._library import NORMALIZATIONS, ConceptLibrary
+from ._validation import (as_float_matrix, blas_threads, check_option, check_positive,
+                          check_sparsities, check_threads, encode_labels)
+
+DEFAULT_GRID = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.98)
+_NORM_CODE = {"none": 0, "layernorm": 1, "standardize": 2}
+
+
+class ConvergenceWarning(UserWarning):
+    """The solver stopped at ``max_iter`` before reaching ``tol``."""
+
+
+@dataclass
+class IISResult:
+    """Outcome of :func:`iis.score`.
+
+    Attributes
+    ----------
+    iis : float
+        Trapezoid integral of ARR over the sorted grid (METHOD.md section 5).
+    iis_normalized : float
+        ``iis / (s_max - s_min)``.
+    sparsities, arr, ip_accuracy, kept : arrays over the grid
+        Ratios s, accuracy retention ``acc_IP(s) / acc_probe``, top-1 eval
+        accuracy of the interpretable predictor, concepts kept per sample k(s).
+    probe_accuracy : float
+        Top-1 eval accuracy of the dense probe on standardised features.
+    """
+
+    iis: float
+    iis_normalized: float
+    sparsities: np.ndarray
+    arr: np.ndarray
+    ip_accuracy: np.ndarray
+    probe_accuracy: float
+    kept: np.ndarray
+    n_iter: np.ndarray
+    converged: np.ndarray
+    probe_n_iter: int
+    probe_converged: bool
+    n_concepts: int
+    n_classes: int
+    n_train: int
+    n_eval: int
+    normalize: str
+    mask: str
+    keep: str
+    l2: float
+    library_kind: str
+    timings: Dict[str, float] = field(default_factory=dict)
+    concept_names: List[str] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain-Python dictionary (lists and floats), JSON-serialisable."""
+        out = {}
+        for k, v in self.__dict__.items():
+            if isinstance(v, np.ndarray):
+                v = v.tolist()
+            elif isinstance(v, (np.floating, np.integer, np.bool_)):
+                v = v.item()
+            out[k] = v
+        return out
+
+    def to_json(self, path: Optional[str] = None, indent: int = 2) -> str:
+        """JSON text of :meth:`to_dict`; also written to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=indent)
+        if path is not None:
+            with open(path, "w") as fh:
+                fh.write(text + "\n")
+        return text
+
+    def __repr__(self) -> str:
+        rows = "\n".join(
+            f"  s={s:<5.3g} k={k:<5d} acc_IP={a:.4f}  ARR={r:.4f}"
+            for s, k, a, r in zip(self.sparsities, self.kept, self.ip_accuracy, self.arr))
+        return (f"IISResult(iis={self.iis:.4f}, iis_normalized={self.iis_normalized:.4f}, "
+                f"probe_accuracy={self.probe_accuracy:.4f}, M={self.n_concepts}, K={self.n_classes}, "
+                f"normalize={self.normalize!r}, mask={self.mask!r}, keep={self.keep!r})\n{rows}")
+
+    def plot(self, ax: Any = None, label: Optional[str] = None, **kwargs: Any) -> Any:
+        """Plot the ARR curve (matplotlib); returns the axes."""
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError:  # pragma: no cover - exercised only without matplotlib
+            raise ImportError("IISResult.plot needs matplotlib: pip install matplotlib") from None
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5, 3.5))
+        lab = label or f"IIS={self.iis:.3f} (probe acc {self.probe_accuracy:.3f})"
+        ax.plot(self.sparsities, self.arr, marker="o", label=lab, **kwargs)
+        ax.fill_between(self.sparsities, 0, self.arr, alpha=0.12)
+        ax.set_xlabel("sparsity ratio s")
+        ax.set_ylabel("ARR(s) = acc_IP(s) / acc_probe")
+        ax.set_ylim(0, max(1.05, float(np.nanmax(self.arr)) + 0.05))
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left", fontsize=8)
+        return ax
+
+
+def _resolve_library(library: Any, d: int, dtype: Any) -> ConceptLibrary:
+    if not isinstance(library, ConceptLibrary):
+        library = ConceptLibrary(library)
+    if library.dim != d:
+        raise ValueError(f"features have d={d} but the concept library has d={library.dim}")
+    return library
+
+
+def project(features: Any, library: Any, normalize: Optional[str] = None, *,
+            stats: Optional[tuple] = None, n_threads: Optional[int] = None) -> np.ndarray:
+    """Concept activations ``norm(F @ unit(P).T)`` (METHOD.md section 2).
+
+    Parameters
+    ----------
+    features : array-like (N, d)
+    library : ConceptLibrary or array (M, d)
+    normalize : {"layernorm", "standardize", "none"} or None (library default)
+    stats : (mean, std), optional
+        Per-concept statistics for ``"standardize"``; computed from
+        ``features`` themselves when omitted (pass the train statistics when
+        projecting an evaluation split).
+    """
+    f = as_float_matrix(features, "features")
+    lib = _resolve_library(library, f.shape[1], f.dtype)
+    norm = check_option(normalize or lib.default_normalize, "normalize", NORMALIZATIONS)
+    nt = check_threads(n_threads)
+    with threadpool_limits(limits=blas_threads(nt), user_api="blas"):
+        return _project(f, lib.unit(f.dtype), norm, stats, nt)
+
+
+def _project(f: np.ndarray, unit_p: np.ndarray, norm: str, stats: Optional[tuple], nt: int):
+    """Returns activations (and train stats for 'standardize' when stats is None)."""
+    if norm != "standardize":
+        return _core.project(f, unit_p, _NORM_CODE[norm], None, None, nt)
+    if stats is None:
+        a = _core.project(f, unit_p, 0, None, None, nt)
+        mean, std = _core.colstats(a, nt)
+        a -= mean
+        a /= std
+        return a
+    mean, std = (np.ascontiguousarray(s, dtype=f.dtype).reshape(-1) for s in stats)
+    return _core.project(f, unit_p, 2, mean, std, nt)
+
+
+def activation_stats(features: Any, library: Any, n_threads: Optional[int] = None) -> tuple:
+    """Per-concept (mean, std) of raw activations ``F @ unit(P).T`` (train statistics)."""
+    f = as_float_matrix(features, "features")
+    lib = _resolve_library(library, f.shape[1], f.dtype)
+    nt = check_threads(n_threads)
+    with threadpool_limits(limits=blas_threads(nt), user_api="blas"):
+        a = _core.project(f, lib.unit(f.dtype), 0, None, None, nt)
+        return _core.colstats(a, nt)
+
+
+def _progress_printer(enabled: bool, sparsities: np.ndarray) -> Optional[Callable[[int, int], None]]:
+    if not enabled:
+        return None
+    t0 = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        s = sparsities[done - 1]
+        end = "\n" if done == total else ""
+        sys.stderr.write(f"\r[iis] interpretable predictor {done}/{total} (s={s:.3g}) "
+                         f"{time.perf_counter() - t0:.1f}s{end}")
+        sys.stderr.flush()
+
+    return report
+
+
+def score(train_features: Any, train_labels: Any, eval_features: Any, eval_labels: Any,
+          library: Any, *, sparsities: Sequence[float] = DEFAULT_GRID,
+          normalize: Optional[str] = None, mask: str = "hard", keep: str = "default",
+          l2: float = 1e-4, tol: float = 1e-4, max_iter: int = 1000,
+          n_threads: Optional[int] = None, progress: bool = False) -> IISResult:
+    """Inherent Interpretability Score of a representation (METHOD.md).
+
+    Parameters
+    ----------
+    train_features, eval_features : array-like (N, d), float32 or float64
+        Representation features (NumPy arrays, memmaps or CPU torch tensors;
+        used without copying when rows are contiguous and the dtype matches).
+    train_labels, eval_labels : array-like (N,)
+        Any hashable labels; eval classes must occur in train.
+    library : ConceptLibrary or array (M, d)
+        Concept library ``P``.
+    sparsities : sequence of float in [0, 1)
+        Grid of ratios s (sorted and deduplicated); default
+        ``(0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.98)``.
+    normalize : {"layernorm", "standardize", "none"} or None
+        Normalisation of activations; None takes ``library.default_normalize``
+        (``"layernorm"`` for visual libraries).
+    mask : {"hard", "soft"}
+        Hard top-k mask (published code) or soft threshold (Eq. 4).
+    keep : {"default", "published"}
+        ``k(s) = M - floor(M s)``, or one fewer as the published code does.
+    l2 : float
+        L2 penalty: objective ``mean CE + l2/2 ||W||^2`` (bias unpenalised).
+        The same penalty is used for the probe.
+    tol, max_iter : float, int
+        L-BFGS stops when ``max |grad| <= tol`` (or the relative decrease of
+        the objective falls below machine precision), at most ``max_iter``.
+    n_threads : int or None
+        Threads for the C kernels and BLAS (None = all cores, -1 = all,
+        -2 = all but one ...).
+    progress : bool
+        Print one line per fitted ratio to stderr.
+
+    Returns
+    -------
+    IISResult
+    """
+    t_all = time.perf_counter()
+    ftr = as_float_matrix(train_features, "train_features")
+    fev = as_float_matrix(eval_features, "eval_features")
+    if ftr.shape[1] != fev.shape[1]:
+        raise ValueError(f"train_features have d={ftr.shape[1]} but eval_features have d={fev.shape[1]}")
+    if ftr.dtype != fev.dtype:  # promote the narrower split (explicitly requested by the caller)
+        dt = np.result_type(ftr.dtype, fev.dtype)
+        ftr, fev = ftr.astype(dt, copy=False), fev.astype(dt, copy=False)
+    classes, ytr, (yev,) = encode_labels(train_labels, [eval_labels], ["eval_labels"])
+    if ytr.shape[0] != ftr.shape[0]:
+        raise ValueError(f"train_labels has {ytr.shape[0]} entries but train_features has {ftr.shape[0]} rows")
+    if yev.shape[0] != fev.shape[0]:
+        raise ValueError(f"eval_labels has {yev.shape[0]} entries but eval_features has {fev.shape[0]} rows")
+    if len(classes) < 2:
+        raise ValueError(f"train_labels hold {len(classes)} class; IIS needs at least 2")
+    lib = _resolve_library(library, ftr.shape[1], ftr.dtype)
+    s = check_sparsities(sparsities)
+    norm = check_option(normalize if normalize is not None else lib.default_normalize, "normalize",
+                        NORMALIZATIONS)
+    check_option(mask, "mask", ("hard", "soft"))
+    check_option(keep, "keep", ("default", "published"))
+    check_positive(l2, "l2", strict=False)
+    check_positive(tol, "tol")
+    check_positive(max_iter, "max_iter", integer=True)
+    nt = check_threads(n_threads)
+    if not isinstance(progress, (bool, np.bool_)):
+        raise TypeError(f"progress must be True or False, got {progress!r}")
+    K = len(classes)
+    timings: Dict[str, float] = {}
+
+    with threadpool_limits(limits=blas_threads(nt), user_api="blas"):
+        t0 = time.perf_counter()
+        unit_p = lib.unit(ftr.dtype)
+        if norm == "standardize":
+            atr = _core.project(ftr, unit_p, 0, None, None, nt)
+            stats = _core.colstats(atr, nt)
+            atr -= stats[0]
+            atr /= stats[1]
+            aev = _project(fev, unit_p, norm, stats, nt)
+        else:
+            atr = _project(ftr, unit_p, norm, None, nt)
+            aev = _project(fev, unit_p, norm, None, nt)
+        timings["project"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        acc, kept, n_iter, conv = _core.path(atr, ytr, aev, yev, K, s, mask == "soft",
+                                             keep == "published", float(l2), float(tol),
+                                             int(max_iter), nt, _progress_printer(bool(progress), s))
+        timings["path"] = time.perf_counter() - t0
+        del atr, aev
+
+        t0 = time.perf_counter()
+        probe_acc, p_iter, p_conv = _probe(ftr, ytr, fev, yev, K, float(l2), float(tol), int(max_iter), nt)
+        timings["probe"] = time.perf_counter() - t0
+
+    not_conv = [float(x) for x, c in zip(s, conv) if not c]
+    if not_conv:
+        warnings.warn(f"the interpretable predictor did not reach tol={tol} within max_iter={max_iter} "
+                      f"at s={not_conv}; raise max_iter or tol", ConvergenceWarning, stacklevel=2)
+    if not p_conv:
+        warnings.warn(f"the probe did not reach tol={tol} within max_iter={max_iter}",
+                      ConvergenceWarning, stacklevel=2)
+    if probe_acc == 0.0:
+        warnings.warn("the probe's accuracy is 0: ARR is undefined (NaN)", RuntimeWarning, stacklevel=2)
+        arr = np.full_like(acc, np.nan)
+    else:
+        arr = acc / probe_acc
+    total = float(_core.trapezoid(s, np.ascontiguousarray(arr)))
+    timings["total"] = time.perf_counter() - t_all
+    return IISResult(
+        iis=total, iis_normalized=total / float(s[-1] - s[0]), sparsities=s, arr=arr,
+        ip_accuracy=acc, probe_accuracy=float(probe_acc), kept=kept.astype(np.int64),
+        n_iter=n_iter.astype(np.int64), converged=conv.astype(bool), probe_n_iter=int(p_iter),
+        probe_converged=bool(p_conv), n_concepts=lib.n_concepts, n_classes=K,
+        n_train=int(ftr.shape[0]), n_eval=int(fev.shape[0]), normalize=norm, mask=mask, keep=keep,
+        l2=float(l2), library_kind=lib.kind, timings=timings, concept_names=list(lib.names))
+
+
+def _probe(ftr, ytr, fev, yev, K, l2, tol, max_iter, nt):
+    """Dense probe: the same solver on features standardised with train statistics
+    (applied implicitly inside the kernel, so the features are not copied)."""
+    mu, sigma = _core.colstats(ftr, nt)
+    w0 = np.zeros((ftr.shape[1], K), dtype=ftr.dtype)
+    b0 = np.zeros(K, dtype=ftr.dtype)
+    w, b, n_iter, conv, _, _ = _core.logreg_fit(ftr, None, None, 0, ytr, K, l2, tol, max_iter,
+                                                w0, b0, mu, sigma, nt)
+    _, pred = _core.logreg_predict(fev, None, None, 0, w, b, mu, sigma, nt)
+    return float(_core.accuracy(pred, yev)), n_iter, conv

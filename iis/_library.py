@@ -1,0 +1,263 @@
+"""Concept libraries: named concept vectors in the representation space."""
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from . import _core
+from ._validation import (as_float_matrix, check_option, check_threads, encode_labels,
+                          stratified_choice)
+
+NORMALIZATIONS = ("layernorm", "standardize", "none")
+
+
+class ConceptLibrary:
+    """A concept library ``P`` (M x d) with one name per concept.
+
+    Parameters
+    ----------
+    vectors : array-like of shape (M, d)
+        Concept vectors in the representation space. They need not be unit
+        norm: activations use ``unit(P)`` (METHOD.md section 2). Zero rows are
+        rejected.
+    names : sequence of str, optional
+        One name per concept (default ``concept_0 ...``).
+    kind : str
+        ``"prototype"``, ``"cluster"``, ``"end2end"``, ``"text"``, ``"infodisent"``
+        or ``"custom"``; informational.
+    default_normalize : {"layernorm", "standardize", "none"}
+        Normalisation used by :func:`iis.score` when ``normalize=None``
+        (``"standardize"`` for text libraries, as in Label-free CBM).
+    """
+
+    def __init__(self, vectors: Any, names: Optional[Sequence[str]] = None, kind: str = "custom",
+                 default_normalize: str = "layernorm", meta: Optional[dict] = None) -> None:
+        v = np.array(as_float_matrix(vectors, "concept vectors", row_strided_ok=False), copy=True)
+        norms = np.linalg.norm(v.astype(np.float64), axis=1)
+        zero = np.flatnonzero(norms == 0)
+        if zero.size:
+            raise ValueError(f"concept vectors have zero norm at rows {zero[:10].tolist()}; "
+                             "a zero concept has no direction")
+        if names is None:
+            names = [f"concept_{i}" for i in range(v.shape[0])]
+        names = [str(n) for n in names]
+        if len(names) != v.shape[0]:
+            raise ValueError(f"got {len(names)} names for {v.shape[0]} concept vectors")
+        self.vectors = v
+        self.names = names
+        self.kind = str(kind)
+        self.default_normalize = check_option(default_normalize, "default_normalize", NORMALIZATIONS)
+        self.meta = dict(meta or {})
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def from_array(cls, vectors: Any, names: Optional[Sequence[str]] = None,
+                   default_normalize: str = "layernorm") -> "ConceptLibrary":
+        """Wrap an existing (M, d) array of concept vectors."""
+        return cls(vectors, names, kind="custom", default_normalize=default_normalize)
+
+    @classmethod
+    def prototype(cls, elements: Any, element_labels: Any, n_concepts: int = 200, seed: int = 0,
+                  names: Optional[Sequence[str]] = None) -> "ConceptLibrary":
+        """Prototype library: ``n_concepts`` element embeddings sampled stratified across classes.
+
+        Parameters
+        ----------
+        elements : array-like (n_elements, d)
+            Embeddings of visual elements (segments/patches of train images) by
+            the same model and layer as the features.
+        element_labels : array-like (n_elements,)
+            Class of the image each element comes from.
+        n_concepts : int
+            Number of prototypes M (default 200).
+        seed : int
+            Seed of the stratified sampling (classes visited round-robin, elements
+            drawn at random within a class). The published code takes the first
+            M elements (about two classes); METHOD.md fixes that.
+        """
+        x = as_float_matrix(elements, "elements")
+        _check_count(n_concepts, "n_concepts", x.shape[0])
+        classes, y, _ = encode_labels(element_labels)
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"element_labels has {y.shape[0]} entries for {x.shape[0]} elements")
+        pick = stratified_choice(y, int(n_concepts), seed)
+        vec = x[pick]
+        norms = np.linalg.norm(vec.astype(np.float64), axis=1)
+        if np.any(norms == 0):
+            keep = np.flatnonzero(np.linalg.norm(x, axis=1) > 0)
+            if keep.size < n_concepts:
+                raise ValueError("too few elements with non-zero norm for the prototypes")
+            pick = keep[stratified_choice(y[keep], int(n_concepts), seed)]
+            vec = x[pick]
+        if names is None:
+            names = [f"prototype_{i}[{classes[y[j]]}]" for i, j in enumerate(pick)]
+        return cls(vec, names, kind="prototype",
+                   meta={"element_index": pick.tolist(), "seed": int(seed)})
+
+    @classmethod
+    def cluster(cls, elements: Any, n_concepts: int = 200, seed: int = 0, max_elements: int = 20000,
+                element_labels: Any = None, max_iter: int = 300, tol: float = 1e-4,
+                n_threads: Optional[int] = None) -> "ConceptLibrary":
+        """Cluster library: k-means (k-means++ init, seeded, Lloyd in C) centroids, unit norm.
+
+        Up to ``max_elements`` elements are used, sampled stratified across
+        ``element_labels`` when given (uniformly otherwise).
+        """
+        x = as_float_matrix(elements, "elements")
+        _check_count(n_concepts, "n_concepts", x.shape[0])
+        _check_count(max_elements, "max_elements", None)
+        if x.shape[0] > max_elements:
+            if element_labels is not None:
+                _, y, _ = encode_labels(element_labels)
+                if y.shape[0] != x.shape[0]:
+                    raise ValueError(f"element_labels has {y.shape[0]} entries for {x.shape[0]} elements")
+                pick = stratified_choice(y, int(max_elements), seed)
+            else:
+                pick = np.sort(np.random.default_rng(seed).choice(x.shape[0], max_elements, replace=False))
+            x = x[pick]
+        x = np.ascontiguousarray(x)
+        if n_concepts > x.shape[0]:
+            raise ValueError(f"n_concepts={n_concepts} exceeds the {x.shape[0]} elements used")
+        centers, labels, inertia, n_iter = _core.kmeans(x, int(n_concepts), int(seed) & (2**64 - 1),
+                                                        int(max_iter), float(tol), check_threads(n_threads))
+        norms = np.linalg.norm(centers.astype(np.float64), axis=1, keepdims=True)
+        if np.any(norms == 0):
+            raise ValueError("a k-means centroid is the zero vector; the elements may be degenerate")
+        centers = (centers / norms).astype(x.dtype)
+        return cls(centers, [f"cluster_{i}" for i in range(int(n_concepts))], kind="cluster",
+                   meta={"inertia": float(inertia), "n_iter": int(n_iter), "seed": int(seed),
+                         "sizes": np.bincount(labels, minlength=int(n_concepts)).tolist()})
+
+    @classmethod
+    def text(cls, concepts: Sequence[str], train_features: Any, clip_image_features: Any,
+             clip_text_features: Any, *, top5_cutoff: float = 0.25,
+             interpretability_cutoff: float = 0.45, steps: int = 1000, seed: int = 0,
+             holdout: float = 0.1, lr: float = 1e-3, eval_every: int = 50, patience: int = 1,
+             n_threads: Optional[int] = None, progress: bool = False) -> "ConceptLibrary":
+        """Text library by the Label-free CBM recipe (METHOD.md section 6).
+
+        1. ``T = unit(clip_image_features) @ unit(clip_text_features).T`` (n x C).
+        2. Concepts whose mean top-5 similarity over train is ``<= top5_cutoff`` are dropped.
+        3. ``W_c`` (C x d, no bias) is learned in the C core by full-batch Adam
+           (``lr``, torch's betas) maximising the mean over concepts of the cos^3
+           similarity between the columns of ``train_features @ W_c.T`` and of
+           ``T`` (columns centred, cubed, unit-normalised, then dotted), starting
+           from ``U(-1/sqrt(d), 1/sqrt(d))`` (seeded). A seeded ``holdout``
+           fraction of train is held out; it is evaluated before the first step
+           and every ``eval_every`` steps, the best ``W_c`` is kept and learning
+           stops after ``patience`` evaluations without improvement.
+        4. Concepts whose held-out similarity is ``<= interpretability_cutoff``
+           are dropped.
+
+        Parameters
+        ----------
+        concepts : sequence of str
+            Distinct concept strings (see :func:`iis.load_concepts`).
+        train_features : array-like (n, d)
+            Representation features of the train images (float32/float64).
+        clip_image_features : array-like (n, e)
+            CLIP image embeddings of the same images, in the same order.
+        clip_text_features : array-like (C, e)
+            CLIP text embeddings of ``concepts`` by the same CLIP model
+            (:func:`iis.torch.clip_embeddings` computes both).
+        top5_cutoff, interpretability_cutoff : float
+            Cut-offs on the mean top-5 CLIP similarity and on the held-out cos^3
+            similarity (LF-CBM: 0.25 and 0.45).
+        steps : int
+            Adam steps at most (LF-CBM: 1000).
+        seed : int
+            Seeds the held-out split and the initialisation; the same seed gives
+            the same library.
+        holdout : float in (0, 1)
+            Fraction of train held out for early stopping (at least 2 rows).
+        lr, eval_every, patience
+            Adam learning rate, evaluation period and early-stopping patience.
+        n_threads : int or None
+            Threads for the C core and BLAS.
+        progress : bool
+            Print the step count to stderr.
+
+        Returns
+        -------
+        ConceptLibrary
+            ``kind="text"``, ``default_normalize="standardize"``; ``vectors`` are
+            the learned rows of ``W_c`` kept, ``names`` their concept strings
+            (input order); ``meta`` records the similarities, the dropped
+            concepts, the train/held-out objective histories and the best step.
+
+        Raises
+        ------
+        ValueError
+            When shapes disagree, or no concept survives one of the cut-offs.
+        """
+        from ._text import text_library
+
+        return text_library(concepts, train_features, clip_image_features, clip_text_features,
+                            top5_cutoff=top5_cutoff, interpretability_cutoff=interpretability_cutoff,
+                            steps=steps, seed=seed, holdout=holdout, lr=lr, eval_every=eval_every,
+                            patience=patience, n_threads=n_threads, progress=progress)
+
+    # --------------------------------------------------------------------- misc
+    @property
+    def n_concepts(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return self.n_concepts
+
+    def __repr__(self) -> str:
+        return (f"ConceptLibrary(kind={self.kind!r}, n_concepts={self.n_concepts}, dim={self.dim}, "
+                f"default_normalize={self.default_normalize!r})")
+
+    def unit(self, dtype: Any = None) -> np.ndarray:
+        """Unit-norm concept vectors ``unit(P)`` as a C-contiguous array."""
+        v = self.vectors.astype(np.float64)
+        u = v / np.linalg.norm(v, axis=1, keepdims=True)
+        return np.ascontiguousarray(u, dtype=dtype or self.vectors.dtype)
+
+    def subset(self, index: Any) -> "ConceptLibrary":
+        """A library with the concepts at ``index`` (in that order)."""
+        idx = np.asarray(index).reshape(-1)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        return ConceptLibrary(self.vectors[idx], [self.names[i] for i in idx], kind=self.kind,
+                              default_normalize=self.default_normalize, meta=self.meta)
+
+    def save(self, path: "str | os.PathLike") -> None:
+        """Save to ``.npz`` (vectors, names, kind, default_normalize); no pickles."""
+        np.savez(path, vectors=self.vectors, names=np.asarray(self.names, dtype=str),
+                 kind=np.asarray(self.kind), default_normalize=np.asarray(self.default_normalize),
+                 format=np.asarray("iis.ConceptLibrary/1"))
+
+    @classmethod
+    def load(cls, path: "str | os.PathLike") -> "ConceptLibrary":
+        """Load a library written by :meth:`save`."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if "vectors" not in z.files:
+                    raise ValueError(f"{path}: not an iis concept library (no 'vectors' array)")
+                names = z["names"].tolist() if "names" in z.files else None
+                kind = str(z["kind"]) if "kind" in z.files else "custom"
+                norm = str(z["default_normalize"]) if "default_normalize" in z.files else "layernorm"
+                vectors = z["vectors"]
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise ValueError(f"{path}: corrupt or truncated .npz file ({exc})") from None
+        return cls(vectors, names, kind=kind, default_normalize=norm)
+
+
+def _check_count(value: Any, name: str, upper: Optional[int]) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    if upper is not None and value > upper:
+        raise ValueError(f"{name}={value} exceeds the {upper} elements available")

@@ -1,0 +1,246 @@
+"""Every C kernel against its NumPy reference (iis/_reference.py) over edge cases."""
+import numpy as np
+import pytest
+
+import iis
+from iis import _core
+from iis import _reference as ref
+
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: 2e-4, np.float64: 1e-10}
+
+
+def rand(shape, dtype, seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype(dtype)
+
+
+# ---------------------------------------------------------------- projection
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("norm", ["none", "layernorm"])
+@pytest.mark.parametrize("n", [1, 7, 5000])
+def test_project_matches_reference(dtype, norm, n):
+    f = rand((n, 33), dtype, 1)
+    p = rand((17, 33), dtype, 2) * 3
+    a = iis.project(f, iis.ConceptLibrary(p), norm)
+    assert a.dtype == dtype and a.shape == (n, 17)
+    np.testing.assert_allclose(a, ref.project(f, p, norm), rtol=TOL[dtype] * 10, atol=TOL[dtype] * 10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_project_standardize_and_stats(dtype):
+    f = rand((300, 12), dtype, 3) + 2.0
+    p = rand((9, 12), dtype, 4)
+    lib = iis.ConceptLibrary(p)
+    a = iis.project(f, lib, "standardize")
+    np.testing.assert_allclose(a, ref.project(f, p, "standardize"), atol=TOL[dtype] * 50)
+    mean, std = iis.activation_stats(f, lib)
+    rmean, rstd = ref.colstats(ref.project(f, p, "none"))
+    np.testing.assert_allclose(mean, rmean, atol=TOL[dtype] * 10)
+    np.testing.assert_allclose(std, rstd, rtol=TOL[dtype] * 10)
+    # eval split projected with the train statistics
+    g = rand((50, 12), dtype, 5)
+    b = iis.project(g, lib, "standardize", stats=(mean, std))
+    np.testing.assert_allclose(b, ref.project(g, p, "standardize", (rmean, rstd)), atol=TOL[dtype] * 50)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_project_strided_fortran_and_memmap(dtype, tmp_path):
+    big = rand((40, 50), dtype, 6)
+    p = rand((5, 20), dtype, 7)
+    lib = iis.ConceptLibrary(p)
+    view = big[::2, 5:25]          # row-strided: used without a copy
+    fort = np.asfortranarray(big[:, :20])
+    expected_v = ref.project(view, p, "layernorm")
+    np.testing.assert_allclose(iis.project(view, lib), expected_v, atol=TOL[dtype] * 10)
+    np.testing.assert_allclose(iis.project(fort, lib), ref.project(fort, p, "layernorm"), atol=TOL[dtype] * 10)
+    mm = np.lib.format.open_memmap(tmp_path / "f.npy", mode="w+", dtype=dtype, shape=(40, 20))
+    mm[:] = big[:, :20]
+    mm.flush()
+    ro = np.load(tmp_path / "f.npy", mmap_mode="r")
+    np.testing.assert_allclose(iis.project(ro, lib), ref.project(big[:, :20], p, "layernorm"),
+                               atol=TOL[dtype] * 10)
+
+
+def test_project_float32_no_float64_copy():
+    """A float32 C-contiguous input reaches the kernel as is (same buffer)."""
+    from iis._validation import as_float_matrix
+
+    f = rand((10, 4), np.float32)
+    assert as_float_matrix(f, "f") is f
+    view = rand((20, 8), np.float32)[::2, :4]
+    out = as_float_matrix(view, "f")
+    assert np.shares_memory(out, view)
+
+
+# ---------------------------------------------------------------- masks
+@pytest.mark.parametrize("m,s,pub,k", [(200, 0.0, False, 200), (200, 0.1, False, 180), (200, 0.7, False, 60),
+                                       (200, 0.98, False, 4), (200, 0.98, True, 3), (200, 0.0, True, 199),
+                                       (10, 0.7, False, 3), (3, 0.9, True, 0), (1, 0.5, False, 1)])
+def test_keep_count(m, s, pub, k):
+    assert _core.keep_count(m, s, pub) == k == ref.keep_count(m, s, pub)
+
+
+def _with_ties(n, m, dtype, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(-3, 4, size=(n, m)).astype(dtype)  # many exact ties, both signs
+    return a
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("k", [0, 1, 5, 19, 20])
+@pytest.mark.parametrize("ties", [False, True])
+def test_topk_matches_reference(dtype, soft, k, ties):
+    a = _with_ties(64, 20, dtype, k) if ties else rand((64, 20), dtype, k)
+    idx, val = _core.topk(a, k, soft, 0, 2)
+    dense = _core.topk(a, k, soft, 1, 2)
+    exp_idx = ref.topk_index(a, k)
+    np.testing.assert_array_equal(idx, exp_idx)
+    expected = ref.mask(a, k, soft)
+    np.testing.assert_allclose(dense, expected, atol=1e-6)
+    rows = np.arange(64)[:, None]
+    np.testing.assert_allclose(val, expected[rows, idx], atol=1e-6)
+
+
+def test_topk_one_row_one_column_and_empty():
+    a = np.array([[0.5]], np.float64)
+    idx, val = _core.topk(a, 1, False, 0, 1)
+    assert idx.tolist() == [[0]] and val.tolist() == [[0.5]]
+    e = np.zeros((0, 4), np.float32)
+    idx, val = _core.topk(e, 2, False, 0, 1)
+    assert idx.shape == (0, 2)
+    with pytest.raises(ValueError):
+        _core.topk(a, 2, False, 0, 1)
+
+
+def test_topk_ties_lower_index_wins():
+    a = np.array([[1.0, -1.0, 1.0, 0.5, -1.0]])
+    idx, _ = _core.topk(a, 2, False, 0, 1)
+    assert idx.tolist() == [[0, 1]]
+    idx, _ = _core.topk(a, 3, False, 0, 1)
+    assert idx.tolist() == [[0, 1, 2]]
+
+
+# ---------------------------------------------------------------- solver
+def _design(n, d, K, dtype, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(d, K))
+    x = rng.normal(size=(n, d))
+    y = np.argmax(x @ w + rng.gumbel(size=(n, K)), axis=1).astype(np.int32)
+    return x.astype(dtype), y
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_logreg_matches_scipy_reference(dtype):
+    x, y = _design(400, 8, 3, dtype, 0)
+    l2 = 1e-2
+    tol = 1e-6 if dtype == np.float32 else 1e-10
+    w, b, it, conv, loss, gmax = _core.logreg_fit(x, None, None, 0, y, 3, l2, tol, 2000,
+                                                  np.zeros((8, 3), dtype), np.zeros(3, dtype), None, None, 1)
+    rw, rb = ref.logreg_fit(x, y, 3, l2)
+    assert conv
+    f_core = ref.logreg_objective(w.astype(np.float64), b.astype(np.float64), x, y, l2)
+    f_ref = ref.logreg_objective(rw, rb, x, y, l2)
+    assert f_core <= f_ref + (1e-6 if dtype == np.float32 else 1e-10)
+    np.testing.assert_allclose(w, rw, atol=5e-3 if dtype == np.float32 else 1e-5)
+    # the bias is only defined up to a shift across classes
+    np.testing.assert_allclose(b - b.mean(), rb - rb.mean(), atol=5e-3 if dtype == np.float32 else 1e-5)
+    assert abs(loss - f_ref) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_logreg_implicit_standardisation_equals_explicit(dtype):
+    x, y = _design(300, 6, 4, np.float64, 1)
+    x = x * np.array([1, 10, 0.1, 5, 1, 2]) + np.array([3, -2, 0, 100, 1, 0])
+    mu, sd = ref.colstats(x)
+    xs = ((x - mu) / sd).astype(dtype)
+    args = (4, 1e-3, 1e-7, 3000, np.zeros((6, 4), dtype), np.zeros(4, dtype))
+    w1, b1, *_ = _core.logreg_fit(xs, None, None, 0, y, *args, None, None, 1)
+    w2, b2, *_ = _core.logreg_fit(x.astype(dtype), None, None, 0, y, *args, mu.astype(dtype), sd.astype(dtype), 1)
+    np.testing.assert_allclose(w1, w2, atol=2e-3 if dtype == np.float32 else 1e-6)
+    l1, p1 = _core.logreg_predict(xs, None, None, 0, w1, b1, None, None, 1)
+    l2_, p2 = _core.logreg_predict(x.astype(dtype), None, None, 0, w2, b2, mu.astype(dtype), sd.astype(dtype), 1)
+    assert np.mean(p1 == p2) > 0.99
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_logreg_sparse_design_equals_dense(dtype):
+    a = rand((500, 30), dtype, 3)
+    y = np.random.default_rng(3).integers(0, 5, 500).astype(np.int32)
+    k = 4
+    idx, val = _core.topk(a, k, False, 0, 1)
+    dense = _core.topk(a, k, False, 1, 1)
+    args = (y, 5, 1e-3, 1e-7, 3000, np.zeros((30, 5), dtype), np.zeros(5, dtype), None, None, 2)
+    ws, bs, *_ = _core.logreg_fit(None, idx, val, 30, *args)
+    wd, bd, *_ = _core.logreg_fit(dense, None, None, 0, *args)
+    np.testing.assert_allclose(ws, wd, atol=2e-3 if dtype == np.float32 else 1e-6)
+    ls, ps = _core.logreg_predict(None, idx, val, 30, ws, bs, None, None, 1)
+    ld, pd = _core.logreg_predict(dense, None, None, 0, ws, bs, None, None, 1)
+    np.testing.assert_allclose(ls, ld, atol=1e-4)
+    np.testing.assert_array_equal(ps, np.argmax(ld, axis=1))
+
+
+def test_logreg_warm_start_converges_faster():
+    x, y = _design(800, 10, 4, np.float64, 5)
+    args = (4, 1e-3, 1e-8, 3000)
+    w, b, it_cold, *_ = _core.logreg_fit(x, None, None, 0, y, *args, np.zeros((10, 4)), np.zeros(4), None, None, 1)
+    _, _, it_warm, conv, *_ = _core.logreg_fit(x, None, None, 0, y, *args, w, b, None, None, 1)
+    assert conv and it_warm < it_cold and it_warm <= 2
+
+
+def test_logreg_iteration_cap_reports_not_converged():
+    x, y = _design(300, 10, 4, np.float64, 6)
+    *_, it, conv, loss, gmax = _core.logreg_fit(x, None, None, 0, y, 4, 0.0, 1e-12, 3, np.zeros((10, 4)),
+                                                np.zeros(4), None, None, 1)
+    assert it == 3 and not conv and gmax > 1e-12
+
+
+def test_logreg_one_class_and_one_sample():
+    x = np.ones((1, 3))
+    y = np.zeros(1, np.int32)
+    w, b, it, conv, loss, _ = _core.logreg_fit(x, None, None, 0, y, 2, 1e-2, 1e-8, 500, np.zeros((3, 2)),
+                                               np.zeros(2), None, None, 1)
+    _, pred = _core.logreg_predict(x, None, None, 0, w, b, None, None, 1)
+    assert conv and pred.tolist() == [0]
+
+
+# ---------------------------------------------------------------- kmeans
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kmeans_fixed_point_and_inertia(dtype):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(5, 6)) * 6
+    x = (centers[rng.integers(0, 5, 1000)] + rng.normal(size=(1000, 6))).astype(dtype)
+    c, lab, inertia, it = _core.kmeans(x, 5, 3, 300, 1e-8, 2)
+    rlab, rd = ref.kmeans_assign(x, c)
+    np.testing.assert_array_equal(lab, rlab)
+    assert inertia == pytest.approx(rd.sum(), rel=1e-4)
+    # Lloyd fixed point: each centre is the mean of its members
+    for j in range(5):
+        np.testing.assert_allclose(c[j], x[lab == j].mean(axis=0), atol=1e-3)
+    # k-means++ on well separated blobs finds them: inertia close to n * d
+    assert inertia < 1000 * 6 * 1.3
+    from sklearn.cluster import KMeans
+
+    sk = KMeans(5, n_init=3, random_state=0).fit(x.astype(np.float64))
+    assert inertia <= sk.inertia_ * 1.01
+
+
+def test_kmeans_deterministic_and_k_equals_n():
+    x = np.random.default_rng(1).normal(size=(50, 3))
+    a = _core.kmeans(x, 7, 11, 100, 1e-6, 1)
+    b = _core.kmeans(x, 7, 11, 100, 1e-6, 2)
+    np.testing.assert_array_equal(a[0], b[0])
+    c, lab, inertia, _ = _core.kmeans(x[:6], 6, 0, 100, 1e-6, 1)
+    assert inertia == pytest.approx(0.0, abs=1e-12) and sorted(lab.tolist()) == list(range(6))
+
+
+# ---------------------------------------------------------------- curve
+def test_trapezoid_and_accuracy():
+    s = np.array(iis.DEFAULT_GRID)
+    assert _core.trapezoid(s, np.ones_like(s)) == pytest.approx(0.98)
+    arr = np.random.default_rng(0).uniform(size=s.size)
+    assert _core.trapezoid(s, arr) == pytest.approx(ref.trapezoid(s, arr))
+    assert _core.trapezoid(s, arr) == pytest.approx(np.trapezoid(arr, s))
+    p = np.array([0, 1, 2, 2], np.int32)
+    y = np.array([0, 1, 1, 2], np.int32)
+    assert _core.accuracy(p, y) == 0.75

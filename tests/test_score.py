@@ -1,0 +1,142 @@
+"""iis.score end to end: against an independent NumPy/SciPy implementation of
+METHOD.md (iis/_reference.py) and against scikit-learn, on real data (digits)."""
+import json
+
+import numpy as np
+import pytest
+
+import iis
+from iis import _reference as ref
+from iis.demo import load_digits_split, quadrant_elements
+
+GRID = (0.0, 0.3, 0.7, 0.9, 0.98)
+_REF_CACHE = {}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    xtr, ytr, xev, yev = load_digits_split(0)
+    flat = lambda a: a.reshape(len(a), -1).astype(np.float64)  # noqa: E731
+    el = flat(quadrant_elements(xtr))
+    el_lab = np.repeat(ytr, 4)
+    keep = np.linalg.norm(el, axis=1) > 0
+    lib = iis.ConceptLibrary.prototype(el[keep], el_lab[keep], n_concepts=60, seed=0)
+    return flat(xtr), ytr, flat(xev), yev, lib
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("normalize,mask,keep", [("layernorm", "hard", "default"),
+                                                 ("standardize", "soft", "published"),
+                                                 ("none", "hard", "published")])
+def test_score_matches_independent_reference(digits, dtype, normalize, mask, keep):
+    xtr, ytr, xev, yev, lib = digits
+    l2 = 1e-2 if normalize == "none" else 1e-3  # raw activations are badly scaled: keep the test quick
+    res = iis.score(xtr.astype(dtype), ytr, xev.astype(dtype), yev, lib, sparsities=GRID,
+                    normalize=normalize, mask=mask, keep=keep, l2=l2, tol=1e-5)
+    key = (normalize, mask, keep)
+    if key not in _REF_CACHE:
+        _REF_CACHE[key] = ref.score(xtr, ytr, xev, yev, lib.vectors, GRID, normalize, mask == "soft",
+                                    keep == "published", l2=l2)
+    exp = _REF_CACHE[key]
+    assert abs(res.probe_accuracy - exp["probe_accuracy"]) <= 2 / len(yev)
+    np.testing.assert_allclose(res.arr, exp["arr"], atol=0.01)
+    assert res.iis == pytest.approx(exp["iis"], abs=0.005)
+    assert res.kept.tolist() == [ref.keep_count(60, s, keep == "published") for s in GRID]
+
+
+def test_score_matches_sklearn_logistic_regression(digits):
+    from sklearn.linear_model import LogisticRegression
+
+    xtr, ytr, xev, yev, lib = digits
+    l2 = 1e-3
+    res = iis.score(xtr, ytr, xev, yev, lib, sparsities=GRID, l2=l2, tol=1e-6)
+    atr, aev = ref.project(xtr, lib.vectors), ref.project(xev, lib.vectors)
+    for s, acc in zip(GRID, res.ip_accuracy):
+        k = ref.keep_count(60, s)
+        clf = LogisticRegression(C=1.0 / (l2 * len(ytr)), tol=1e-8, max_iter=5000)
+        clf.fit(ref.mask(atr, k), ytr)
+        assert abs(clf.score(ref.mask(aev, k), yev) - acc) <= 2 / len(yev), s
+
+
+def test_result_object(digits, tmp_path):
+    xtr, ytr, xev, yev, lib = digits
+    res = iis.score(xtr, ytr, xev, yev, lib, sparsities=GRID)
+    assert 0 < res.iis <= 0.98 * 1.2 and res.iis_normalized == pytest.approx(res.iis / 0.98)
+    assert res.iis == pytest.approx(ref.trapezoid(GRID, res.arr))
+    np.testing.assert_allclose(res.arr, res.ip_accuracy / res.probe_accuracy)
+    d = json.loads(res.to_json(tmp_path / "r.json"))
+    assert d["iis"] == res.iis and d["sparsities"] == list(GRID)
+    assert json.loads((tmp_path / "r.json").read_text())["kept"] == res.kept.tolist()
+    assert "IISResult(iis=" in repr(res) and "s=0.98" in repr(res)
+    assert len(res.concept_names) == 60 and res.concept_names[0].startswith("prototype_")
+    assert set(res.timings) >= {"project", "path", "probe", "total"}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = res.plot()
+    assert len(ax.lines) == 1 and np.allclose(ax.lines[0].get_ydata(), res.arr)
+
+
+def test_inputs_not_modified_and_labels_any_hashable(digits):
+    xtr, ytr, xev, yev, lib = digits
+    names = np.array([f"class_{c}" for c in range(10)])  # sorts like the integers
+    copies = [a.copy() for a in (xtr, xev, lib.vectors)]
+    r1 = iis.score(xtr, names[ytr], xev, names[yev].tolist(), lib, sparsities=GRID)
+    r2 = iis.score(xtr, ytr, xev, yev, lib, sparsities=GRID)
+    for a, c in zip((xtr, xev, lib.vectors), copies):
+        np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(r1.ip_accuracy, r2.ip_accuracy)
+
+
+def test_threads_give_identical_results(digits):
+    xtr, ytr, xev, yev, lib = digits
+    a = iis.score(xtr.astype(np.float32), ytr, xev.astype(np.float32), yev, lib, n_threads=1)
+    b = iis.score(xtr.astype(np.float32), ytr, xev.astype(np.float32), yev, lib, n_threads=2)
+    np.testing.assert_array_equal(a.ip_accuracy, b.ip_accuracy)
+    assert a.iis == b.iis and a.probe_accuracy == b.probe_accuracy
+
+
+def test_torch_tensor_input_zero_copy(digits):
+    torch = pytest.importorskip("torch")
+    from iis._validation import as_float_matrix
+
+    xtr, ytr, xev, yev, lib = digits
+    t = torch.from_numpy(xtr.astype(np.float32))
+    arr = as_float_matrix(t, "x")
+    assert np.shares_memory(arr, t.numpy())
+    r_t = iis.score(t, torch.from_numpy(ytr), torch.from_numpy(xev.astype(np.float32)), yev, lib, sparsities=GRID)
+    r_n = iis.score(xtr.astype(np.float32), ytr, xev.astype(np.float32), yev, lib, sparsities=GRID)
+    assert r_t.iis == r_n.iis
+
+
+def test_positive_correlation_on_demo_representations():
+    """The paper's headline, reproduced by the demo: IIS rises with classifiability."""
+    out = iis.demo.run(out_dir=None, stages=(0, 3, 40), n_concepts=100, verbose=False)
+    assert out["spearman_accuracy_iis"] > 0
+    accs = [r["probe_accuracy"] for r in out["rows"]]
+    assert max(accs) - min(accs) > 0.05
+
+
+def test_concept_library_builders_and_io(tmp_path):
+    rng = np.random.default_rng(0)
+    el = rng.normal(size=(500, 8))
+    lab = np.repeat(np.arange(10), 50)
+    lib = iis.ConceptLibrary.prototype(el, lab, n_concepts=20, seed=3)
+    src = np.asarray(lib.meta["element_index"])
+    # stratified: 20 prototypes over 10 classes -> 2 per class
+    assert np.bincount(lab[src], minlength=10).tolist() == [2] * 10
+    np.testing.assert_array_equal(lib.vectors, el[src])
+    assert iis.ConceptLibrary.prototype(el, lab, 20, seed=3).meta == lib.meta
+    assert iis.ConceptLibrary.prototype(el, lab, 20, seed=4).meta != lib.meta
+    lib.save(tmp_path / "lib.npz")
+    back = iis.ConceptLibrary.load(tmp_path / "lib.npz")
+    np.testing.assert_array_equal(back.vectors, lib.vectors)
+    assert back.names == lib.names and back.kind == "prototype"
+    cl = iis.ConceptLibrary.cluster(el, n_concepts=12, seed=0, max_elements=300, element_labels=lab)
+    np.testing.assert_allclose(np.linalg.norm(cl.vectors, axis=1), 1.0, rtol=1e-6)
+    assert sum(cl.meta["sizes"]) == 300 and cl.n_concepts == 12
+    cl2 = iis.ConceptLibrary.cluster(el, n_concepts=12, seed=0, max_elements=300, element_labels=lab)
+    np.testing.assert_array_equal(cl.vectors, cl2.vectors)
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match="corrupt|truncated|not"):
+        iis.ConceptLibrary.load(tmp_path / "bad.npz")
