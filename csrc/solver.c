@@ -6,18 +6,21 @@
 #define REAL float
 #define IS_DOUBLE 0
 #define FTOL (4.0 * FLT_EPSILON)
+#define EXP expf
 #define FN(name) IIS_CAT(name, _f)
 #define GEMM(ctx) (ctx)->blas->sgemm
 #include "solver_t.h"
 #undef REAL
 #undef IS_DOUBLE
 #undef FTOL
+#undef EXP
 #undef FN
 #undef GEMM
 
 #define REAL double
 #define IS_DOUBLE 1
 #define FTOL (64.0 * DBL_EPSILON)
+#define EXP exp
 #define FN(name) IIS_CAT(name, _d)
 #define GEMM(ctx) (ctx)->blas->dgemm
 #include "solver_t.h"

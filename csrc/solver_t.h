@@ -36,7 +36,7 @@ static int FN(work_alloc)(FN(work) * w, const iis_design *X, int K, int need_gra
     w->nch = X->n < IIS_NCHUNK ? (int)(X->n > 0 ? X->n : 1) : IIS_NCHUNK;
     w->z = (REAL *)malloc(sizeof(REAL) * (size_t)X->n * (size_t)K + sizeof(REAL));
     w->weff = (REAL *)malloc(sizeof(REAL) * (dk + 1));
-    w->gw = (REAL *)malloc(sizeof(REAL) * (dk + 1));
+    w->gw = (REAL *)malloc(sizeof(REAL) * (dk + (size_t)K + 1));
     w->part = (double *)malloc(sizeof(double) * (size_t)w->nch * (size_t)(K + 1));
     if (!w->z || !w->weff || !w->gw || !w->part) return IIS_ENOMEM;
     if (X->idx && need_grad) {
@@ -70,7 +70,7 @@ static void FN(effective)(const iis_design *X, int K, const double *theta, REAL 
 
 /* z (n x K) = X weff + c */
 static void FN(logits)(const iis_ctx *ctx, const iis_design *X, int K, const REAL *weff,
-                       const double *c, REAL *z)
+                       const double *c, REAL *z, int add_bias)
 {
     int64_t i, n = X->n;
     int nt = iis_nt_for(ctx, n * (int64_t)K * (X->idx ? (X->k > 0 ? X->k : 1) : 1));
@@ -101,6 +101,7 @@ static void FN(logits)(const iis_ctx *ctx, const iis_design *X, int K, const REA
     } else {
         memset(z, 0, sizeof(REAL) * (size_t)n * (size_t)K);
     }
+    if (!add_bias) return; /* the caller adds c in its own pass over z */
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (i = 0; i < n; i++) {
         REAL *zi = z + i * (int64_t)K;
@@ -121,25 +122,41 @@ static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
     const REAL *mu = (const REAL *)X->mu, *sg = (const REAL *)X->sigma;
 
     FN(effective)(X, K, theta, w->weff, cvec);
-    FN(logits)(ctx, X, K, w->weff, cvec, w->z);
-    /* per row: loss_i = lse(z_i) - z_iy; z_i <- softmax(z_i) - e_y; chunk partials */
+    FN(logits)(ctx, X, K, w->weff, cvec, w->z, 0);
+    /* per row: z_i += c (dense); loss_i = lse(z_i) - z_iy; z_i <- softmax(z_i) - e_y;
+     * one exp per entry; partial sums per fixed chunk */
+    {
+        const int add_c = X->idx == NULL;
+        REAL *cr = w->gw; /* c in REAL, borrowed scratch (gw is rewritten below) */
+        for (int q = 0; q < K; q++) cr[q] = (REAL)cvec[q];
 #pragma omp parallel for num_threads(nt) schedule(static)
-    for (c = 0; c < w->nch; c++) {
-        int64_t lo, hi;
-        double *p = w->part + (size_t)c * (K + 1);
-        iis_chunk(n, w->nch, c, &lo, &hi);
-        memset(p, 0, sizeof(double) * (size_t)(K + 1));
-        for (int64_t i = lo; i < hi; i++) {
-            REAL *zi = w->z + i * (int64_t)K;
-            double mx = zi[0], s = 0.0;
-            for (int q = 1; q < K; q++) mx = zi[q] > mx ? zi[q] : mx;
-            for (int q = 0; q < K; q++) s += exp((double)zi[q] - mx);
-            p[K] += mx + log(s) - (double)zi[y[i]];
-            double inv = 1.0 / s;
-            for (int q = 0; q < K; q++) {
-                double g = exp((double)zi[q] - mx) * inv - (q == y[i] ? 1.0 : 0.0);
-                zi[q] = (REAL)g;
-                p[q] += g;
+        for (c = 0; c < w->nch; c++) {
+            int64_t lo, hi;
+            double *p = w->part + (size_t)c * (K + 1);
+            iis_chunk(n, w->nch, c, &lo, &hi);
+            memset(p, 0, sizeof(double) * (size_t)(K + 1));
+            for (int64_t i = lo; i < hi; i++) {
+                REAL *zi = w->z + i * (int64_t)K;
+                REAL mx, zy;
+                double sr = 0.0;
+                if (add_c)
+                    for (int q = 0; q < K; q++) zi[q] += cr[q];
+                mx = zi[0];
+                zy = zi[y[i]];
+                for (int q = 1; q < K; q++) mx = zi[q] > mx ? zi[q] : mx;
+                for (int q = 0; q < K; q++) {
+                    REAL e = EXP(zi[q] - mx);
+                    zi[q] = e;
+                    sr += e;
+                }
+                p[K] += (double)mx + log(sr) - (double)zy;
+                REAL inv = (REAL)(1.0 / sr);
+                for (int q = 0; q < K; q++) {
+                    zi[q] *= inv;
+                    p[q] += zi[q];
+                }
+                zi[y[i]] -= 1;
+                p[y[i]] -= 1.0;
             }
         }
     }
@@ -383,7 +400,7 @@ int FN(iis_logreg_predict)(const iis_ctx *ctx, const iis_design *X, int n_classe
     for (size_t e = 0; e < dk; e++) theta[e] = w[e];
     for (int q = 0; q < K; q++) theta[dk + q] = b[q];
     FN(effective)(X, K, theta, weff, c);
-    FN(logits)(ctx, X, K, weff, c, z);
+    FN(logits)(ctx, X, K, weff, c, z, 1);
     if (pred) {
         int nt = iis_nt_for(ctx, n * (int64_t)K);
 #pragma omp parallel for num_threads(nt) schedule(static)
