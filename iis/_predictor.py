@@ -1,0 +1,555 @@
+"""Interpretable predictions (METHOD.md section 7): ``InterpretablePredictor``.
+
+``logits = W @ mask_s(a(x)) + b`` with ``a(x) = norm(x @ unit(P).T)``; the
+explanation of a prediction is the list of kept concepts ranked by their
+contribution ``W[y, m] * a_m`` to the logit of the predicted class ``y``.
+Fitting, masking and prediction run in the C core (the same solver, penalty
+and tolerance as :func:`iis.score`).
+"""
+from __future__ import annotations
+
+import json
+import numbers
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from . import _core
+from ._library import NORMALIZATIONS, ConceptLibrary
+from ._validation import (as_float_matrix, blas_threads, check_option, check_positive,
+                          check_threads, encode_labels, _labels_1d)
+
+_FORMAT = "iis.InterpretablePredictor/1"
+_NORM_CODE = {"none": 0, "layernorm": 1, "standardize": 2}
+_PARAMS = ("library", "sparsity", "normalize", "mask", "keep", "l2", "tol", "max_iter", "n_threads")
+_ORDERS = ("signed", "magnitude")
+
+
+def _py(v: Any) -> Any:
+    """NumPy scalars as Python scalars (readable reprs, JSON)."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A method that needs a fitted model was called before ``fit`` (as scikit-learn's)."""
+
+
+# ----------------------------------------------------------------------------- explanations
+@dataclass
+class Explanation:
+    """Why one sample got its prediction: the kept concepts ranked by contribution.
+
+    ``sum(contribution) + rest + bias == logit`` (up to rounding), where
+    ``rest`` sums the contributions of the kept concepts not listed.
+
+    Attributes
+    ----------
+    sample : int
+        Row of the sample in the array passed to :meth:`InterpretablePredictor.explain`.
+    predicted : label
+        Predicted class (original label).
+    probability : float
+        Softmax probability of the predicted class.
+    logit, bias : float
+        Logit of the predicted class and the class bias ``b[y]``.
+    concepts : list of str
+        Names of the listed concepts, best first.
+    concept_index : ndarray of int
+        Their indices in the library.
+    activation, weight, contribution : ndarray of float
+        ``a_m`` (normalised, masked activation), ``W[y, m]`` and ``W[y, m] * a_m``.
+    rest : float
+        Sum of the contributions of the kept concepts not listed.
+    n_kept : int
+        Concepts kept by the sparsity mask for this sample (k).
+    order : {"signed", "magnitude"}
+        How the concepts were ranked.
+    """
+
+    sample: int
+    predicted: Any
+    probability: float
+    logit: float
+    bias: float
+    concepts: List[str]
+    concept_index: np.ndarray
+    activation: np.ndarray
+    weight: np.ndarray
+    contribution: np.ndarray
+    rest: float
+    n_kept: int
+    order: str = "signed"
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain-Python dictionary, JSON-serialisable."""
+        return {
+            "sample": int(self.sample), "predicted": _py(self.predicted), "probability": float(self.probability),
+            "logit": float(self.logit), "bias": float(self.bias), "rest": float(self.rest),
+            "n_kept": int(self.n_kept), "order": self.order,
+            "concepts": [
+                {"name": n, "index": int(i), "activation": float(a), "weight": float(w),
+                 "contribution": float(c)}
+                for n, i, a, w, c in zip(self.concepts, self.concept_index, self.activation,
+                                         self.weight, self.contribution)],
+        }
+
+    def to_text(self, width: int = 32) -> str:
+        """Short text form (what ``iis explain`` prints)."""
+        lines = [f"sample {self.sample}: predicted {self.predicted!r} "
+                 f"(p={self.probability:.3f}, logit {self.logit:+.3f})"]
+        width = min(width, max([len(n) for n in self.concepts] + [1]))
+        for n, a, w, c in zip(self.concepts, self.activation, self.weight, self.contribution):
+            shown = n if len(n) <= width else n[:width - 1] + "\u2026"
+            lines.append(f"  {c:+8.3f}  {shown:<{width}}  (a={a:+.2f}, w={w:+.2f})")
+        hidden = self.n_kept - len(self.concepts)
+        if hidden > 0:
+            lines.append(f"  {self.rest:+8.3f}  other {hidden} kept concepts")
+        lines.append(f"  {self.bias:+8.3f}  bias")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    def plot(self, ax: Any = None, show_rest: bool = True, max_label: int = 40) -> Any:
+        """Horizontal bar chart of the listed contributions (matplotlib); returns the axes.
+
+        Bars to the right push towards the predicted class, bars to the left
+        against it; the remaining kept concepts and the bias are drawn in grey.
+        """
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError:  # pragma: no cover - exercised only without matplotlib
+            raise ImportError("Explanation.plot needs matplotlib: pip install matplotlib") from None
+        labels = [n if len(n) <= max_label else n[:max_label - 1] + "\u2026" for n in self.concepts]
+        values = [float(c) for c in self.contribution]
+        colors = ["#2a7ab9" if v >= 0 else "#d0573c" for v in values]
+        hidden = self.n_kept - len(self.concepts)
+        if show_rest and hidden > 0:
+            labels.append(f"other {hidden} kept concepts")
+            values.append(float(self.rest))
+            colors.append("#9a9a9a")
+        if show_rest:
+            labels.append("bias")
+            values.append(float(self.bias))
+            colors.append("#c8c8c8")
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6.4, 0.42 * len(values) + 1.3))
+        pos = np.arange(len(values))[::-1]
+        bars = ax.barh(pos, values, color=colors, height=0.7)
+        ax.set_yticks(pos)
+        ax.set_yticklabels(labels, fontsize=9)
+        ax.axvline(0.0, color="black", lw=0.8)
+        lo, hi = min(0.0, min(values)), max(0.0, max(values))
+        span = max(hi - lo, 1e-12)
+        for b, v in zip(bars, values):
+            ax.text(v + (0.02 if v >= 0 else -0.02) * span, b.get_y() + b.get_height() / 2,
+                    f"{v:+.2f}", va="center", ha="left" if v >= 0 else "right", fontsize=8)
+        ax.set_xlim(lo - (0.2 * span if lo < 0 else 0.03 * span), hi + (0.2 * span if hi > 0 else 0.03 * span))
+        ax.set_xlabel(f"contribution W[y, m] \u00b7 a_m to the logit of {self.predicted!r} "
+                      "(blue: for, red: against)", fontsize=9)
+        ax.set_title(f"predicted {self.predicted!r}  (p={self.probability:.2f}, logit {self.logit:+.2f})",
+                     fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        return ax
+
+
+# ----------------------------------------------------------------------------- the estimator
+class InterpretablePredictor:
+    """Sparse concept-bottleneck classifier of METHOD.md section 7, scikit-learn style.
+
+    ``logits = W @ mask_s(norm(x @ unit(P).T)) + b``: multinomial logistic
+    regression (L-BFGS in the C core, the interpretable predictor of
+    :func:`iis.score`) on the k(s) concept activations of largest magnitude per
+    sample.
+
+    Parameters
+    ----------
+    library : ConceptLibrary or array (M, d)
+        Concept library ``P`` (a text library gives named concepts).
+    sparsity : float in [0, 1)
+        Ratio s; each sample keeps ``k = M - floor(M s)`` concepts.
+    normalize : {"layernorm", "standardize", "none"} or None
+        Normalisation of the activations; None takes ``library.default_normalize``.
+        ``"standardize"`` uses the train statistics, stored in the model.
+    mask : {"hard", "soft"}
+        Hard top-k mask or soft threshold (METHOD.md section 3).
+    keep : {"default", "published"}
+        ``k = M - floor(M s)``, or one fewer as the published code does.
+    l2, tol, max_iter
+        Penalty ``mean CE + l2/2 ||W||^2`` and L-BFGS stopping rule, as :func:`iis.score`.
+    n_threads : int or None
+        Threads for the C core and BLAS (None = all cores).
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        The class labels seen in ``fit`` (sorted).
+    coef_ : ndarray (n_classes, M)
+        ``W``; ``intercept_`` (n_classes,) is ``b``.
+    library_ : ConceptLibrary
+        The library in use (``concept_names_`` are its names).
+    k_ : int
+        Concepts kept per sample.
+    mean_, std_ : ndarray (M,) or None
+        Train statistics of the raw activations for ``normalize="standardize"``.
+    n_iter_, converged_ : int, bool
+        Solver diagnostics.
+
+    Examples
+    --------
+    >>> clf = iis.InterpretablePredictor(lib, sparsity=0.9).fit(x_train, y_train)
+    >>> clf.score(x_eval, y_eval)
+    >>> print(clf.explain(x_eval[:1], top=5)[0])
+    """
+
+    # scikit-learn is optional and never imported here (it is slow to import):
+    # the protocol below is what clone, cross_val_score and the meta-estimators use.
+    _estimator_type = "classifier"  # scikit-learn < 1.6
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn >= 1.6 tags: a multi-class classifier of 2-D float input."""
+        from sklearn.utils import ClassifierTags, InputTags, Tags, TargetTags
+
+        return Tags(estimator_type="classifier", target_tags=TargetTags(required=True),
+                    classifier_tags=ClassifierTags(), input_tags=InputTags())
+
+    def __init__(self, library: Any = None, sparsity: float = 0.0, normalize: Optional[str] = None,
+                 mask: str = "hard", keep: str = "default", l2: float = 1e-4, tol: float = 1e-4,
+                 max_iter: int = 1000, n_threads: Optional[int] = None) -> None:
+        self.library = library
+        self.sparsity = sparsity
+        self.normalize = normalize
+        self.mask = mask
+        self.keep = keep
+        self.l2 = l2
+        self.tol = tol
+        self.max_iter = max_iter
+        self.n_threads = n_threads
+
+    # ------------------------------------------------------------ scikit-learn protocol
+    def get_params(self, deep: bool = True) -> Dict[str, Any]:
+        """Constructor parameters (scikit-learn protocol)."""
+        return {name: getattr(self, name) for name in _PARAMS}
+
+    def set_params(self, **params: Any) -> "InterpretablePredictor":
+        """Set constructor parameters (scikit-learn protocol); returns self."""
+        for name, value in params.items():
+            if name not in _PARAMS:
+                raise ValueError(f"invalid parameter {name!r} for InterpretablePredictor; "
+                                 f"valid parameters are {list(_PARAMS)}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        lib = self.library
+        lib_s = repr(lib) if isinstance(lib, ConceptLibrary) or lib is None else \
+            f"<array {getattr(lib, 'shape', '?')}>"
+        args = [f"library={lib_s}"] + [f"{n}={getattr(self, n)!r}" for n in _PARAMS[1:]]
+        fitted = ", fitted" if hasattr(self, "coef_") else ""
+        return f"InterpretablePredictor({', '.join(args)}{fitted})"
+
+    # -------------------------------------------------------------------------- fitting
+    def _check_params(self, d: int) -> Tuple[ConceptLibrary, str, int]:
+        if self.library is None:
+            raise ValueError("InterpretablePredictor needs a concept library (library=...)")
+        lib = self.library if isinstance(self.library, ConceptLibrary) else ConceptLibrary(self.library)
+        if lib.dim != d:
+            raise ValueError(f"features have d={d} but the concept library has d={lib.dim}")
+        s = self.sparsity
+        if isinstance(s, bool) or not isinstance(s, numbers.Real) or not (0.0 <= float(s) < 1.0):
+            raise ValueError(f"sparsity must be a number in [0, 1), got {s!r}")
+        norm = check_option(self.normalize if self.normalize is not None else lib.default_normalize,
+                            "normalize", NORMALIZATIONS)
+        check_option(self.mask, "mask", ("hard", "soft"))
+        check_option(self.keep, "keep", ("default", "published"))
+        check_positive(self.l2, "l2", strict=False)
+        check_positive(self.tol, "tol")
+        check_positive(self.max_iter, "max_iter", integer=True)
+        nt = check_threads(self.n_threads)
+        k = int(_core.keep_count(lib.n_concepts, float(s), self.keep == "published"))
+        if k < 1:
+            raise ValueError(f"sparsity={s} with keep={self.keep!r} keeps no concept of the "
+                             f"{lib.n_concepts}; lower the sparsity")
+        return lib, norm, nt
+
+    def fit(self, X: Any, y: Any) -> "InterpretablePredictor":
+        """Fit ``W, b`` on the masked concept activations of ``X``.
+
+        Parameters
+        ----------
+        X : array-like (n, d)
+            Representation features (float32/float64).
+        y : array-like (n,)
+            Any hashable labels (at least 2 classes).
+
+        Returns
+        -------
+        self
+        """
+        from ._api import ConvergenceWarning
+
+        x = as_float_matrix(X, "X")
+        lib, norm, nt = self._check_params(x.shape[1])
+        classes, yy, _ = encode_labels(y)
+        if yy.shape[0] != x.shape[0]:
+            raise ValueError(f"y has {yy.shape[0]} entries but X has {x.shape[0]} rows")
+        if len(classes) < 2:
+            raise ValueError(f"y holds {len(classes)} class; a classifier needs at least 2")
+        M, K = lib.n_concepts, len(classes)
+        k = int(_core.keep_count(M, float(self.sparsity), self.keep == "published"))
+        with threadpool_limits(limits=blas_threads(nt), user_api="blas"):
+            unit_p = lib.unit(x.dtype)
+            mean = std = None
+            if norm == "standardize":
+                a = _core.project(x, unit_p, 0, None, None, nt)
+                mean, std = _core.colstats(a, nt)
+                a -= mean
+                a /= std
+            else:
+                a = _core.project(x, unit_p, _NORM_CODE[norm], None, None, nt)
+            idx, val = _core.topk(a, k, self.mask == "soft", 0, nt)
+            del a
+            w0 = np.zeros((M, K), dtype=x.dtype)
+            b0 = np.zeros(K, dtype=x.dtype)
+            w, b, n_iter, conv, loss, _ = _core.logreg_fit(
+                None, idx, val, M, yy, K, float(self.l2), float(self.tol), int(self.max_iter),
+                w0, b0, None, None, nt)
+        if not conv:
+            warnings.warn(f"the interpretable predictor did not reach tol={self.tol} within "
+                          f"max_iter={self.max_iter}; raise max_iter or tol", ConvergenceWarning,
+                          stacklevel=2)
+        self.library_ = lib
+        self.normalize_ = norm
+        self.classes_ = classes
+        self.n_features_in_ = int(x.shape[1])
+        self.k_ = k
+        self.mean_, self.std_ = mean, std
+        self.coef_ = np.ascontiguousarray(w.T)
+        self.intercept_ = b
+        self.n_iter_ = int(n_iter)
+        self.converged_ = bool(conv)
+        self.loss_ = float(loss)
+        return self
+
+    # ------------------------------------------------------------------------ predicting
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "coef_"):
+            raise NotFittedError("this InterpretablePredictor is not fitted yet; call fit(X, y) first")
+
+    def _masked(self, X: Any, dense: bool = False):
+        """(idx, val) ELL masked activations of X (or the dense masked matrix)."""
+        self._check_fitted()
+        dt = self.coef_.dtype
+        x = as_float_matrix(X, "X", dtype=dt)
+        if x.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {x.shape[1]} features but the predictor was fitted on "
+                             f"{self.n_features_in_}")
+        nt = check_threads(self.n_threads)
+        with threadpool_limits(limits=blas_threads(nt), user_api="blas"):
+            unit_p = self.library_.unit(dt)
+            if self.normalize_ == "standardize":
+                a = _core.project(x, unit_p, 2, np.ascontiguousarray(self.mean_, dtype=dt),
+                                  np.ascontiguousarray(self.std_, dtype=dt), nt)
+            else:
+                a = _core.project(x, unit_p, _NORM_CODE[self.normalize_], None, None, nt)
+            return _core.topk(a, self.k_, self.mask == "soft", int(dense), nt)
+
+    def _logits(self, idx: np.ndarray, val: np.ndarray) -> np.ndarray:
+        w = np.ascontiguousarray(self.coef_.T)
+        logits, _ = _core.logreg_predict(None, idx, val, self.library_.n_concepts, w,
+                                         np.ascontiguousarray(self.intercept_), None, None,
+                                         check_threads(self.n_threads))
+        return logits
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Logits ``W @ mask_s(a(x)) + b`` (n, n_classes), in the model's dtype."""
+        return self._logits(*self._masked(X))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted class labels (ties: the lower class)."""
+        logits = self.decision_function(X)
+        return self.classes_[np.argmax(logits, axis=1)]
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Softmax of the logits, columns in the order of ``classes_`` (float64)."""
+        z = self.decision_function(X).astype(np.float64)
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        return z
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Top-1 accuracy on ``(X, y)`` (labels outside ``classes_`` count as errors)."""
+        yy = _labels_1d(y, "y")
+        pred = self.predict(X)
+        if yy.shape[0] != pred.shape[0]:
+            raise ValueError(f"y has {yy.shape[0]} entries but X has {pred.shape[0]} rows")
+        hit = (pred == yy).astype(np.float64)
+        if sample_weight is None:
+            return float(hit.mean())
+        sw = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
+        if sw.shape[0] != hit.shape[0] or not np.all(np.isfinite(sw)) or np.any(sw < 0) or sw.sum() <= 0:
+            raise ValueError("sample_weight must be finite, non-negative, one per row, not all zero")
+        return float(np.dot(hit, sw) / sw.sum())
+
+    # ---------------------------------------------------------------------- explaining
+    @property
+    def concept_names_(self) -> List[str]:
+        self._check_fitted()
+        return list(self.library_.names)
+
+    def explain(self, X: Any, top: Optional[int] = 5, by: str = "signed") -> List[Explanation]:
+        """Per sample, the predicted class and the kept concepts ranked by contribution.
+
+        Parameters
+        ----------
+        X : array-like (n, d)
+        top : int or None
+            How many concepts to list (None: all k kept ones).
+        by : {"signed", "magnitude"}
+            Rank by ``W[y, m] * a_m`` (largest support first) or by its absolute value.
+
+        Returns
+        -------
+        list of Explanation
+            One per row; ``sum(contribution) + rest + bias`` equals the logit
+            of the predicted class.
+        """
+        if top is not None and (isinstance(top, bool) or not isinstance(top, numbers.Integral) or top < 1):
+            raise ValueError(f"top must be a positive integer or None, got {top!r}")
+        check_option(by, "by", _ORDERS)
+        idx, val = self._masked(X)
+        logits = self._logits(idx, val).astype(np.float64)
+        w = self.coef_.astype(np.float64)
+        b = self.intercept_.astype(np.float64)
+        val = val.astype(np.float64)
+        names = self.library_.names
+        pred = np.argmax(logits, axis=1)
+        zs = logits - logits.max(axis=1, keepdims=True)
+        prob = np.exp(zs) / np.exp(zs).sum(axis=1, keepdims=True)
+        out = []
+        for i in range(idx.shape[0]):
+            yi = int(pred[i])
+            wy = w[yi, idx[i]]
+            contrib = wy * val[i]
+            key = -np.abs(contrib) if by == "magnitude" else -contrib
+            order = np.lexsort((idx[i], key))  # ties: lower concept index first
+            shown = order if top is None else order[:top]
+            rest = float(contrib.sum() - contrib[shown].sum()) if len(shown) < len(order) else 0.0
+            out.append(Explanation(
+                sample=i, predicted=_py(self.classes_[yi]), probability=float(prob[i, yi]),
+                logit=float(logits[i, yi]), bias=float(b[yi]),
+                concepts=[names[j] for j in idx[i, shown]], concept_index=idx[i, shown].astype(np.int64),
+                activation=val[i, shown], weight=wy[shown], contribution=contrib[shown], rest=rest,
+                n_kept=int(idx.shape[1]), order=by))
+        return out
+
+    def global_explanation(self, top: Optional[int] = 10, by: str = "signed") -> Dict[Any, List[Tuple[str, float]]]:
+        """For each class, the concepts whose weights ``W[c, m]`` weigh most.
+
+        Parameters
+        ----------
+        top : int or None
+            Concepts per class (None: all M).
+        by : {"signed", "magnitude"}
+            Largest weights first (evidence for the class when the activation
+            is positive), or largest ``|W[c, m]|``.
+
+        Returns
+        -------
+        dict
+            ``{class label: [(concept name, weight), ...]}``, best first.
+        """
+        self._check_fitted()
+        if top is not None and (isinstance(top, bool) or not isinstance(top, numbers.Integral) or top < 1):
+            raise ValueError(f"top must be a positive integer or None, got {top!r}")
+        check_option(by, "by", _ORDERS)
+        w = self.coef_.astype(np.float64)
+        names = self.library_.names
+        cols = np.arange(w.shape[1])
+        out: Dict[Any, List[Tuple[str, float]]] = {}
+        for c, label in enumerate(self.classes_):
+            key = -np.abs(w[c]) if by == "magnitude" else -w[c]
+            order = np.lexsort((cols, key))
+            if top is not None:
+                order = order[:top]
+            out[_py(label)] = [(names[j], float(w[c, j])) for j in order]
+        return out
+
+    def global_explanation_text(self, top: Optional[int] = 10, by: str = "signed") -> str:
+        """:meth:`global_explanation` as short text, one block per class."""
+        lines = []
+        for label, items in self.global_explanation(top, by).items():
+            lines.append(f"class {label!r}:")
+            lines.extend(f"  {wt:+8.3f}  {name}" for name, wt in items)
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------------ save/load
+    def save(self, path: "str | os.PathLike") -> None:
+        """Write the fitted model to ``.npz`` (plain arrays and JSON text; no pickles)."""
+        self._check_fitted()
+        classes = np.asarray(self.classes_)
+        if classes.dtype.kind not in "biufUS":
+            raise ValueError(f"classes of dtype {classes.dtype} cannot be saved without pickles; "
+                             "use integer or string labels")
+        params = {n: getattr(self, n) for n in _PARAMS[1:]}
+        info = {"normalize_": self.normalize_, "k_": self.k_, "n_features_in_": self.n_features_in_,
+                "n_iter_": self.n_iter_, "converged_": self.converged_, "loss_": self.loss_}
+        arrays = dict(
+            format=np.asarray(_FORMAT), params=np.asarray(json.dumps(params)),
+            info=np.asarray(json.dumps(info)), coef=self.coef_, intercept=self.intercept_,
+            classes=classes, library_vectors=self.library_.vectors,
+            library_names=np.asarray(self.library_.names, dtype=str),
+            library_kind=np.asarray(self.library_.kind),
+            library_default_normalize=np.asarray(self.library_.default_normalize))
+        if self.mean_ is not None:
+            arrays["mean"] = self.mean_
+            arrays["std"] = self.std_
+        np.savez(path, **arrays)
+
+    @classmethod
+    def load(cls, path: "str | os.PathLike") -> "InterpretablePredictor":
+        """Read a model written by :meth:`save`."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                files = set(z.files)
+                if "format" not in files or str(z["format"]) != _FORMAT:
+                    raise ValueError(f"{path}: not an iis InterpretablePredictor file "
+                                     f"(expected format {_FORMAT!r})")
+                data = {k: z[k] for k in z.files}
+        except FileNotFoundError:
+            raise
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise ValueError(f"{path}: corrupt or truncated .npz file ({exc})") from None
+        lib = ConceptLibrary(data["library_vectors"], data["library_names"].tolist(),
+                             kind=str(data["library_kind"]),
+                             default_normalize=str(data["library_default_normalize"]))
+        params = json.loads(str(data["params"]))
+        info = json.loads(str(data["info"]))
+        model = cls(library=lib, **params)
+        coef, intercept = data["coef"], data["intercept"]
+        M, K = lib.n_concepts, len(data["classes"])
+        if coef.shape != (K, M) or intercept.shape != (K,):
+            raise ValueError(f"{path}: coef has shape {coef.shape} and intercept {intercept.shape} "
+                             f"for {K} classes and {M} concepts")
+        model.library_ = lib
+        model.normalize_ = info["normalize_"]
+        model.classes_ = data["classes"]
+        model.n_features_in_ = int(info["n_features_in_"])
+        model.k_ = int(info["k_"])
+        model.mean_ = data.get("mean")
+        model.std_ = data.get("std")
+        if model.normalize_ == "standardize" and model.mean_ is None:
+            raise ValueError(f"{path}: a standardize model without its train statistics")
+        model.coef_ = np.ascontiguousarray(coef)
+        model.intercept_ = np.ascontiguousarray(intercept)
+        model.n_iter_ = int(info["n_iter_"])
+        model.converged_ = bool(info["converged_"])
+        model.loss_ = float(info["loss_"])
+        return model
+
