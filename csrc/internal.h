@@ -16,7 +16,7 @@
 
 /* Parallel regions below this much work (elements touched) run on one thread:
  * a barrier costs more than the work, and far more on a loaded machine. */
-#define IIS_PAR_MIN 200000
+#define IIS_PAR_MIN (1 << 20)
 
 static inline int iis_nthreads(const iis_ctx *ctx)
 {

@@ -1,6 +1,9 @@
 /* kmeans.c -- k-means++ and Lloyd for the Cluster concept library. */
 #include "internal.h"
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define REAL float
 #define IS_DOUBLE 0

@@ -17,28 +17,39 @@ static void FN(update_mind)(const REAL *x, int64_t n, int d, const REAL *c, doub
 }
 
 /* labels_i = argmin_c ||x_i - c||^2 (ties: lower c), via one GEMM per tile;
- * dist_i receives the minimum. */
-static void FN(assign)(const iis_ctx *ctx, const REAL *x, int64_t n, int d, const REAL *cen, int k,
+ * dist_i receives the minimum. Checks the interrupt hook between tiles (IIS_EINTR). */
+static int FN(assign)(const iis_ctx *ctx, const REAL *x, int64_t n, int d, const REAL *cen, int k,
                        const double *xn, const double *cn, REAL *tilebuf, int64_t tile,
                        int32_t *labels, double *dist)
 {
-    int nt = iis_nthreads(ctx);
-    for (int64_t r0 = 0; r0 < n; r0 += tile) {
+    /* tiles in parallel, each a single-threaded GEMM into its own buffer (nt x tile x k) */
+    int nt = iis_nt_for(ctx, n * (int64_t)d * k / 32);
+    int64_t ntiles = (n + tile - 1) / tile, t;
+    int stop = 0;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (t = 0; t < ntiles; t++) {
+        int halt;
+#pragma omp atomic read
+        halt = stop;
+        if (halt) continue; /* Ctrl-C: skip the remaining tiles */
+#ifdef _OPENMP
+        REAL *buf = tilebuf + (size_t)omp_get_thread_num() * (size_t)tile * (size_t)k;
+#else
+        REAL *buf = tilebuf;
+#endif
+        int64_t r0 = t * tile;
         int rows = (int)(n - r0 < tile ? n - r0 : tile);
-        int64_t i;
         /* column-major view: T^T (k x rows) = C (d x k)^T X^T (d x rows) */
         char ta = 'T', tb = 'N';
         int mm = k, nn = rows, kk = d, lda = d, ldb = d, ldc = k;
         REAL one = 1, zero = 0;
-        GEMM(ctx)(&ta, &tb, &mm, &nn, &kk, &one, cen, &lda, x + r0 * d, &ldb, &zero, tilebuf,
-                  &ldc);
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (i = 0; i < rows; i++) {
-            const REAL *t = tilebuf + i * (int64_t)k;
+        GEMM(ctx)(&ta, &tb, &mm, &nn, &kk, &one, cen, &lda, x + r0 * d, &ldb, &zero, buf, &ldc);
+        for (int i = 0; i < rows; i++) {
+            const REAL *tr = buf + (int64_t)i * k;
             double best = 0.0;
             int bi = 0;
             for (int c = 0; c < k; c++) {
-                double v = xn[r0 + i] - 2.0 * (double)t[c] + cn[c];
+                double v = xn[r0 + i] - 2.0 * (double)tr[c] + cn[c];
                 if (c == 0 || v < best) {
                     best = v;
                     bi = c;
@@ -47,14 +58,22 @@ static void FN(assign)(const iis_ctx *ctx, const REAL *x, int64_t n, int d, cons
             labels[r0 + i] = bi;
             dist[r0 + i] = best > 0.0 ? best : 0.0;
         }
+#ifdef _OPENMP
+        if (omp_get_thread_num() == 0) /* the calling thread, which may take the GIL */
+#endif
+            if (t + 1 < ntiles && iis_interrupted(ctx)) {
+#pragma omp atomic write
+                stop = 1;
+            }
     }
+    return stop ? IIS_EINTR : IIS_OK;
 }
 
 int FN(iis_kmeans)(const iis_ctx *ctx, const REAL *x, int64_t n, int d, int k, uint64_t seed,
                    int max_iter, double tol, REAL *centers, int32_t *labels, double *inertia,
                    int *n_iter)
 {
-    const int64_t tile = 2048;
+    const int64_t tile = n < 1024 ? (n > 0 ? n : 1) : 1024; /* per-thread buffers of tile x k */
     int nt = iis_nt_for(ctx, n * (int64_t)d), err = IIS_OK, it = 0;
     uint64_t rng = seed;
     double *mind = NULL, *xn = NULL, *cn = NULL, *sums = NULL, tolv = 0.0;
@@ -66,7 +85,7 @@ int FN(iis_kmeans)(const iis_ctx *ctx, const REAL *x, int64_t n, int d, int k, u
     xn = (double *)malloc(sizeof(double) * (size_t)n);
     cn = (double *)malloc(sizeof(double) * (size_t)k);
     sums = (double *)malloc(sizeof(double) * (size_t)k * (size_t)d);
-    tilebuf = (REAL *)malloc(sizeof(REAL) * (size_t)(n < tile ? n : tile) * (size_t)k);
+    tilebuf = (REAL *)malloc(sizeof(REAL) * (size_t)iis_nthreads(ctx) * (size_t)tile * (size_t)k);
     count = (int64_t *)malloc(sizeof(int64_t) * (size_t)k);
     start = (int64_t *)malloc(sizeof(int64_t) * ((size_t)k + 1));
     order = (int64_t *)malloc(sizeof(int64_t) * (size_t)n);
@@ -135,7 +154,8 @@ int FN(iis_kmeans)(const iis_ctx *ctx, const REAL *x, int64_t n, int d, int k, u
             for (int j = 0; j < d; j++) s += (double)centers[(size_t)c * d + j] * centers[(size_t)c * d + j];
             cn[c] = s;
         }
-        FN(assign)(ctx, x, n, d, centers, k, xn, cn, tilebuf, tile, labels, mind);
+        if ((err = FN(assign)(ctx, x, n, d, centers, k, xn, cn, tilebuf, tile, labels, mind)) != IIS_OK)
+            goto cleanup;
         /* counting sort of the rows by label: deterministic per-cluster sums */
         memset(count, 0, sizeof(int64_t) * (size_t)k);
         for (int64_t i = 0; i < n; i++) count[labels[i]]++;
@@ -143,11 +163,15 @@ int FN(iis_kmeans)(const iis_ctx *ctx, const REAL *x, int64_t n, int d, int k, u
         for (c = 0; c < k; c++) start[c + 1] = start[c] + count[c];
         for (c = 0; c < k; c++) count[c] = start[c];
         for (int64_t i = 0; i < n; i++) order[count[labels[i]]++] = i;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 4) reduction(+ : shift)
+        /* per-cluster shifts go to cn (recomputed before its next use) and are
+         * added in cluster order: an OpenMP reduction would make the stopping
+         * test depend on the thread count */
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 4)
         for (c = 0; c < k; c++) {
-            double *sc = sums + (size_t)c * d;
+            double *sc = sums + (size_t)c * d, sh = 0.0;
             int64_t cnt = start[c + 1] - start[c];
             memset(sc, 0, sizeof(double) * (size_t)d);
+            cn[c] = 0.0;
             if (cnt == 0) continue;
             for (int64_t r = start[c]; r < start[c + 1]; r++) {
                 const REAL *xi = x + order[r] * d;
@@ -156,10 +180,12 @@ int FN(iis_kmeans)(const iis_ctx *ctx, const REAL *x, int64_t n, int d, int k, u
             for (int j = 0; j < d; j++) {
                 double nv = sc[j] / (double)cnt;
                 double t = nv - (double)centers[(size_t)c * d + j];
-                shift += t * t;
+                sh += t * t;
                 centers[(size_t)c * d + j] = (REAL)nv;
             }
+            cn[c] = sh;
         }
+        for (c = 0; c < k; c++) shift += cn[c];
         /* empty clusters: move to the row farthest from its centre (ties: first) */
         for (c = 0; c < k; c++) {
             if (start[c + 1] - start[c] > 0) continue;
@@ -185,7 +211,8 @@ int FN(iis_kmeans)(const iis_ctx *ctx, const REAL *x, int64_t n, int d, int k, u
         for (int j = 0; j < d; j++) s += (double)centers[(size_t)c * d + j] * centers[(size_t)c * d + j];
         cn[c] = s;
     }
-    FN(assign)(ctx, x, n, d, centers, k, xn, cn, tilebuf, tile, labels, mind);
+    if ((err = FN(assign)(ctx, x, n, d, centers, k, xn, cn, tilebuf, tile, labels, mind)) != IIS_OK)
+        goto cleanup;
     {
         double tot = 0.0;
         for (int64_t i = 0; i < n; i++) tot += mind[i];

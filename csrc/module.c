@@ -59,11 +59,17 @@ static int max_threads(void)
 #endif
 }
 
-/* scikit-learn semantics: None/0 -> all cores, negative counts back (-1 = all) */
+/* scikit-learn semantics: None/0 -> all cores, negative counts back (-1 = all).
+ * Counts above 4x the processors are clamped there: asking OpenMP for 100000
+ * threads crashed the interpreter (thread creation fails inside libgomp), and
+ * the results do not depend on the thread count anyway. */
 static int resolve_threads(int n)
 {
-    int mx = max_threads();
-    if (n > 0) return n;
+    int mx = max_threads(), cap = 4 * (mx > 1 ? mx : 1);
+#ifdef _OPENMP
+    if (4 * omp_get_num_procs() > cap) cap = 4 * omp_get_num_procs();
+#endif
+    if (n > 0) return n < cap ? n : cap;
     if (n == 0) return mx;
     n = mx + 1 + n;
     return n < 1 ? 1 : n;

@@ -29,75 +29,91 @@ static void FN(standardize_rows)(REAL *a, int64_t rows, int m, const REAL *mean,
     }
 }
 
-/* out = norm(F unit(P)^T), one GEMM per tile of rows, normalisation fused after it */
+/* out = norm(F unit(P)^T): tiles of rows run in parallel, each one single-threaded
+ * GEMM into its slice of out followed by the normalisation while it is in cache;
+ * the interrupt hook runs between groups of tiles */
 int FN(iis_project)(const iis_ctx *ctx, const REAL *f, int64_t n, int d, int64_t ldf,
                     const REAL *unit_p, int m, int norm, const REAL *mean, const REAL *std,
                     REAL *out)
 {
-    const int64_t tile = 4096;
-    int nt = iis_nt_for(ctx, (n < tile ? n : tile) * (int64_t)m);
+    const int64_t tile = 1024;
+    int nt = iis_nt_for(ctx, n * (int64_t)m * (d > 0 ? d : 1) / 32);
+    int64_t ntiles = (n + tile - 1) / tile, group = 8 * (int64_t)nt;
     if (n < 0 || d < 0 || m < 0 || ldf < d || !iis_fits_int(ldf)) return IIS_EINVAL;
     if (norm == IIS_NORM_STANDARDIZE && (!mean || !std)) return IIS_EINVAL;
     if (norm < IIS_NORM_NONE || norm > IIS_NORM_STANDARDIZE) return IIS_EINVAL;
     if (n == 0 || m == 0) return IIS_OK;
     if (d > 0 && !iis_blas_ok(ctx, IS_DOUBLE)) return IIS_ENOBLAS;
-    for (int64_t r0 = 0; r0 < n; r0 += tile) {
-        int rows = (int)(n - r0 < tile ? n - r0 : tile);
-        REAL *o = out + r0 * (int64_t)m;
-        if (d == 0) {
-            memset(o, 0, sizeof(REAL) * (size_t)rows * (size_t)m);
-        } else {
-            /* column-major view: O^T (m x rows) = P (d x m)^T F^T (d x rows) */
-            char ta = 'T', tb = 'N';
-            int mm = m, nn = rows, kk = d, lda = d, ldb = (int)ldf, ldc = m;
-            REAL one = 1, zero = 0;
-            GEMM(ctx)(&ta, &tb, &mm, &nn, &kk, &one, unit_p, &lda, f + r0 * ldf, &ldb, &zero, o,
-                      &ldc);
+    for (int64_t g0 = 0; g0 < ntiles; g0 += group) {
+        int64_t g1 = g0 + group < ntiles ? g0 + group : ntiles, t;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+        for (t = g0; t < g1; t++) {
+            int64_t r0 = t * tile;
+            int rows = (int)(n - r0 < tile ? n - r0 : tile);
+            REAL *o = out + r0 * (int64_t)m;
+            if (d == 0) {
+                memset(o, 0, sizeof(REAL) * (size_t)rows * (size_t)m);
+            } else {
+                /* column-major view: O^T (m x rows) = P (d x m)^T F^T (d x rows) */
+                char ta = 'T', tb = 'N';
+                int mm = m, nn = rows, kk = d, lda = d, ldb = (int)ldf, ldc = m;
+                REAL one = 1, zero = 0;
+                GEMM(ctx)(&ta, &tb, &mm, &nn, &kk, &one, unit_p, &lda, f + r0 * ldf, &ldb, &zero,
+                          o, &ldc);
+            }
+            if (norm == IIS_NORM_LAYERNORM) FN(layernorm_rows)(o, rows, m, 1);
+            else if (norm == IIS_NORM_STANDARDIZE) FN(standardize_rows)(o, rows, m, mean, std, 1);
         }
-        if (norm == IIS_NORM_LAYERNORM) FN(layernorm_rows)(o, rows, m, nt);
-        else if (norm == IIS_NORM_STANDARDIZE) FN(standardize_rows)(o, rows, m, mean, std, nt);
         if (iis_interrupted(ctx)) return IIS_EINTR;
     }
     return IIS_OK;
 }
 
 /* mean_j = 1/n sum_i a_ij, std_j = sqrt(1/n sum_i (a_ij - mean_j)^2) (1 where 0);
- * row-wise partial sums per fixed chunk, added in chunk order (deterministic) */
+ * row-wise partial sums per fixed chunk, added in chunk order (deterministic).
+ * A column whose entries all equal its first one gets exactly that mean and std 1:
+ * the rounded mean of a constant 0.1 column is off by an ulp, which gave a std of
+ * 1e-17 and standardised values of +-1 instead of 0. */
 int FN(iis_colstats)(const iis_ctx *ctx, const REAL *a, int64_t n, int m, int64_t lda, REAL *mean,
                      REAL *std)
 {
     int nt = iis_nt_for(ctx, n * (int64_t)m), c;
     int nch = n < IIS_NCHUNK ? (int)n : IIS_NCHUNK;
+    size_t sec = (size_t)nch * (size_t)m;
     double *part, *mu;
     if (n <= 0 || m < 0 || lda < m) return IIS_EINVAL;
     if (m == 0) return IIS_OK;
-    part = (double *)calloc((size_t)nch * (size_t)m * 2 + (size_t)m, sizeof(double));
+    part = (double *)calloc(sec * 3 + (size_t)m, sizeof(double));
     if (!part) return IIS_ENOMEM;
-    mu = part + (size_t)nch * (size_t)m * 2;
+    mu = part + sec * 3;
     for (int pass = 0; pass < 2; pass++) {
-        double *acc = part + (size_t)pass * (size_t)nch * (size_t)m;
+        double *acc = part + (size_t)pass * sec, *dif = part + 2 * sec;
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (c = 0; c < nch; c++) {
             int64_t lo, hi;
-            double *p = acc + (size_t)c * (size_t)m;
+            double *p = acc + (size_t)c * (size_t)m, *q = dif + (size_t)c * (size_t)m;
             iis_chunk(n, nch, c, &lo, &hi);
             for (int64_t i = lo; i < hi; i++) {
                 const REAL *r = a + i * lda;
                 if (pass == 0)
-                    for (int j = 0; j < m; j++) p[j] += r[j];
+                    for (int j = 0; j < m; j++) {
+                        p[j] += r[j];
+                        q[j] += r[j] != a[j]; /* entries that differ from row 0 */
+                    }
                 else
                     for (int j = 0; j < m; j++) p[j] += (r[j] - mu[j]) * (r[j] - mu[j]);
             }
         }
         for (int j = 0; j < m; j++) {
-            double t = 0.0;
+            double t = 0.0, nd = 0.0;
             for (c = 0; c < nch; c++) t += acc[(size_t)c * (size_t)m + j];
+            for (c = 0; c < nch; c++) nd += dif[(size_t)c * (size_t)m + j];
             if (pass == 0) {
-                mu[j] = t / (double)n;
+                mu[j] = nd == 0.0 ? (double)a[j] : t / (double)n;
                 mean[j] = (REAL)mu[j];
             } else {
                 double v = sqrt(t / (double)n);
-                std[j] = (REAL)(v > 0.0 ? v : 1.0);
+                std[j] = (REAL)(v > 0.0 && nd > 0.0 ? v : 1.0);
             }
         }
     }

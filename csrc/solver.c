@@ -9,6 +9,7 @@
 #define EXP expf
 #define FN(name) IIS_CAT(name, _f)
 #define GEMM(ctx) (ctx)->blas->sgemm
+#include "gemm_t.h"
 #include "solver_t.h"
 #undef REAL
 #undef IS_DOUBLE
@@ -23,4 +24,5 @@
 #define EXP exp
 #define FN(name) IIS_CAT(name, _d)
 #define GEMM(ctx) (ctx)->blas->dgemm
+#include "gemm_t.h"
 #include "solver_t.h"

@@ -14,7 +14,9 @@
 typedef struct {
     REAL *z;       /* n x K logits, then softmax - onehot */
     REAL *weff;    /* d x K effective weights (W / sigma) */
-    REAL *gw;      /* d x K gradient from GEMM */
+    REAL *gw;      /* scratch of K + 1 entries */
+    REAL *gpart;   /* dense: natz x d x K partial products of X^T G */
+    int natz;
     double *part;  /* chunk partials: nch x (K + 1) (colsum of G, loss) */
     double *ellacc; /* ELL: nch_ell x d x K */
     int nch, nch_ell;
@@ -25,6 +27,7 @@ static void FN(work_free)(FN(work) * w)
     free(w->z);
     free(w->weff);
     free(w->gw);
+    free(w->gpart);
     free(w->part);
     free(w->ellacc);
 }
@@ -39,6 +42,11 @@ static int FN(work_alloc)(FN(work) * w, const iis_design *X, int K, int need_gra
     w->gw = (REAL *)malloc(sizeof(REAL) * (dk + (size_t)K + 1));
     w->part = (double *)malloc(sizeof(double) * (size_t)w->nch * (size_t)(K + 1));
     if (!w->z || !w->weff || !w->gw || !w->part) return IIS_ENOMEM;
+    if (!X->idx && need_grad && X->d > 0) {
+        w->natz = FN(atz_chunks)(X->n, X->d, K);
+        w->gpart = (REAL *)malloc(sizeof(REAL) * ((size_t)w->natz * dk + 1));
+        if (!w->gpart) return IIS_ENOMEM;
+    }
     if (X->idx && need_grad) {
         /* cap the scatter buffers at ~64 MB; the chunk count depends only on the
          * problem size, never on the thread count */
@@ -91,16 +99,8 @@ static void FN(logits)(const iis_ctx *ctx, const iis_design *X, int K, const REA
         }
         return;
     }
-    if (X->d > 0) {
-        /* column-major view: Z^T (K x n) = Weff^T (K x d) X^T (d x n) */
-        char ta = 'N', tb = 'N';
-        int mm = K, nn = (int)n, kk = X->d, lda = K, ldb = (int)X->ldx, ldc = K;
-        REAL one = 1, zero = 0;
-        GEMM(ctx)(&ta, &tb, &mm, &nn, &kk, &one, weff, &lda, (const REAL *)X->x, &ldb, &zero, z,
-                  &ldc);
-    } else {
-        memset(z, 0, sizeof(REAL) * (size_t)n * (size_t)K);
-    }
+    FN(par_gemm_ab)(ctx, iis_nt_for(ctx, n * (int64_t)K * X->d / 32), n, X->d, K, (const REAL *)X->x,
+                    X->ldx, weff, z);
     if (!add_bias) return; /* the caller adds c in its own pass over z */
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (i = 0; i < n; i++) {
@@ -193,18 +193,14 @@ static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
             grad[e] = t;
         }
     } else if (d > 0 && n > 0) {
-        /* column-major view: GW^T (K x d) = G^T (K x n) X (n x d) */
-        char ta = 'N', tb = 'T';
-        int mm = K, nn = d, kk = (int)n, lda = K, ldb = (int)X->ldx, ldc = K;
-        REAL one = 1, zero = 0;
-        GEMM(ctx)(&ta, &tb, &mm, &nn, &kk, &one, w->z, &lda, (const REAL *)X->x, &ldb, &zero,
-                  w->gw, &ldc);
-        for (int j = 0; j < d; j++) {
-            double inv = sg ? 1.0 / (double)sg[j] : 1.0, m0 = mu ? (double)mu[j] : 0.0;
-            for (int q = 0; q < K; q++)
-                grad[(size_t)j * K + q] =
-                    ((double)w->gw[(size_t)j * K + q] - m0 * grad[dk + q]) * inv;
-        }
+        FN(par_gemm_atz)(ctx, iis_nt_for(ctx, n * (int64_t)K * d / 32), n, d, K, (const REAL *)X->x,
+                         X->ldx, w->z, w->gpart, w->natz, grad);
+        if (sg || mu)
+            for (int j = 0; j < d; j++) {
+                double inv = sg ? 1.0 / (double)sg[j] : 1.0, m0 = mu ? (double)mu[j] : 0.0;
+                for (int q = 0; q < K; q++)
+                    grad[(size_t)j * K + q] = (grad[(size_t)j * K + q] - m0 * grad[dk + q]) * inv;
+            }
     } else {
         for (size_t e = 0; e < dk; e++) grad[e] = 0.0;
     }
@@ -314,6 +310,11 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
                 break;
             }
             step *= 0.5;
+            /* a line search can take up to 40 passes over the data: keep Ctrl-C prompt */
+            if (iis_interrupted(ctx)) {
+                err = IIS_EINTR;
+                goto cleanup;
+            }
         }
         if (!accepted) break; /* no decrease possible at this precision */
         /* curvature pair */

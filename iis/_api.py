@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 
 from . import _core
 from ._library import NORMALIZATIONS, ConceptLibrary
-from ._validation import (as_float_matrix, blas_threads, check_option, check_positive,
+from ._validation import (single_blas, as_float_matrix, blas_threads, check_option, check_positive,
                           check_sparsities, check_threads, encode_labels)
 
 DEFAULT_GRID = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.98)
@@ -136,8 +136,24 @@ def project(features: Any, library: Any, normalize: Optional[str] = None, *,
     lib = _resolve_library(library, f.shape[1], f.dtype)
     norm = check_option(normalize or lib.default_normalize, "normalize", NORMALIZATIONS)
     nt = check_threads(n_threads)
-    with threadpool_limits(limits=blas_threads(nt), user_api="blas"):
+    if stats is not None and norm == "standardize":
+        stats = _check_stats(stats, lib.n_concepts)
+    with single_blas():
         return _project(f, lib.unit(f.dtype), norm, stats, nt)
+
+
+def _check_stats(stats: Any, m: int) -> tuple:
+    """(mean, std) of M finite entries each, std > 0 (a zero std would divide by zero)."""
+    try:
+        mean, std = stats
+        mean, std = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (mean, std))
+    except (TypeError, ValueError):
+        raise TypeError("stats must be a pair (mean, std) of arrays, as iis.activation_stats returns") from None
+    if mean.shape != (m,) or std.shape != (m,):
+        raise ValueError(f"stats have {mean.size} means and {std.size} stds for {m} concepts")
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+        raise ValueError("stats must be finite with std > 0")
+    return mean, std
 
 
 def _project(f: np.ndarray, unit_p: np.ndarray, norm: str, stats: Optional[tuple], nt: int):
@@ -159,7 +175,7 @@ def activation_stats(features: Any, library: Any, n_threads: Optional[int] = Non
     f = as_float_matrix(features, "features")
     lib = _resolve_library(library, f.shape[1], f.dtype)
     nt = check_threads(n_threads)
-    with threadpool_limits(limits=blas_threads(nt), user_api="blas"):
+    with single_blas():
         a = _core.project(f, lib.unit(f.dtype), 0, None, None, nt)
         return _core.colstats(a, nt)
 
@@ -182,7 +198,7 @@ def _progress_printer(enabled: bool, sparsities: np.ndarray) -> Optional[Callabl
 def score(train_features: Any, train_labels: Any, eval_features: Any, eval_labels: Any,
           library: Any, *, sparsities: Sequence[float] = DEFAULT_GRID,
           normalize: Optional[str] = None, mask: str = "hard", keep: str = "default",
-          l2: float = 1e-4, tol: float = 1e-4, max_iter: int = 1000,
+          l2: float = 1e-4, tol: float = 1e-5, max_iter: int = 1000,
           n_threads: Optional[int] = None, progress: bool = False) -> IISResult:
     """Inherent Interpretability Score of a representation (METHOD.md).
 
@@ -251,7 +267,7 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
     K = len(classes)
     timings: Dict[str, float] = {}
 
-    with threadpool_limits(limits=blas_threads(nt), user_api="blas"):
+    with single_blas():
         t0 = time.perf_counter()
         unit_p = lib.unit(ftr.dtype)
         if norm == "standardize":
@@ -266,9 +282,10 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         timings["project"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        max_iter = min(int(max_iter), 2**31 - 1)  # the core counts iterations in a C int
         acc, kept, n_iter, conv = _core.path(atr, ytr, aev, yev, K, s, mask == "soft",
                                              keep == "published", float(l2), float(tol),
-                                             int(max_iter), nt, _progress_printer(bool(progress), s))
+                                             max_iter, nt, _progress_printer(bool(progress), s))
         timings["path"] = time.perf_counter() - t0
         del atr, aev
 

@@ -1,6 +1,7 @@
 """Concept libraries: named concept vectors in the representation space."""
 from __future__ import annotations
 
+import numbers
 import os
 import zipfile
 from typing import Any, Optional, Sequence
@@ -8,7 +9,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from . import _core
-from ._validation import (as_float_matrix, check_option, check_threads, encode_labels,
+from ._validation import (single_blas, as_float_matrix, check_option, check_threads, encode_labels,
                           stratified_choice)
 
 NORMALIZATIONS = ("layernorm", "standardize", "none")
@@ -35,14 +36,17 @@ class ConceptLibrary:
 
     def __init__(self, vectors: Any, names: Optional[Sequence[str]] = None, kind: str = "custom",
                  default_normalize: str = "layernorm", meta: Optional[dict] = None) -> None:
-        v = np.array(as_float_matrix(vectors, "concept vectors", row_strided_ok=False), copy=True)
-        norms = np.linalg.norm(v.astype(np.float64), axis=1)
-        zero = np.flatnonzero(norms == 0)
+        # any finite scale is fine: only the directions unit(P) are used
+        v = np.array(as_float_matrix(vectors, "concept vectors", row_strided_ok=False, max_abs=None),
+                     copy=True)
+        zero = np.flatnonzero(np.abs(v).max(axis=1) == 0)
         if zero.size:
             raise ValueError(f"concept vectors have zero norm at rows {zero[:10].tolist()}; "
                              "a zero concept has no direction")
         if names is None:
             names = [f"concept_{i}" for i in range(v.shape[0])]
+        if isinstance(names, (str, bytes)):  # would be split into characters
+            raise TypeError("names must be a sequence of strings, one per concept, got a single string")
         names = [str(n) for n in names]
         if len(names) != v.shape[0]:
             raise ValueError(f"got {len(names)} names for {v.shape[0]} concept vectors")
@@ -85,9 +89,8 @@ class ConceptLibrary:
             raise ValueError(f"element_labels has {y.shape[0]} entries for {x.shape[0]} elements")
         pick = stratified_choice(y, int(n_concepts), seed)
         vec = x[pick]
-        norms = np.linalg.norm(vec.astype(np.float64), axis=1)
-        if np.any(norms == 0):
-            keep = np.flatnonzero(np.linalg.norm(x, axis=1) > 0)
+        if np.any(np.abs(vec).max(axis=1) == 0):  # max |v|: a norm can underflow to 0
+            keep = np.flatnonzero(np.abs(x).max(axis=1) > 0)
             if keep.size < n_concepts:
                 raise ValueError("too few elements with non-zero norm for the prototypes")
             pick = keep[stratified_choice(y[keep], int(n_concepts), seed)]
@@ -109,6 +112,10 @@ class ConceptLibrary:
         x = as_float_matrix(elements, "elements")
         _check_count(n_concepts, "n_concepts", x.shape[0])
         _check_count(max_elements, "max_elements", None)
+        if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 0:
+            raise ValueError(f"max_iter must be an integer >= 0, got {max_iter!r}")
+        if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (0 <= tol < np.inf):
+            raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
         if x.shape[0] > max_elements:
             if element_labels is not None:
                 _, y, _ = encode_labels(element_labels)
@@ -121,8 +128,10 @@ class ConceptLibrary:
         x = np.ascontiguousarray(x)
         if n_concepts > x.shape[0]:
             raise ValueError(f"n_concepts={n_concepts} exceeds the {x.shape[0]} elements used")
-        centers, labels, inertia, n_iter = _core.kmeans(x, int(n_concepts), int(seed) & (2**64 - 1),
-                                                        int(max_iter), float(tol), check_threads(n_threads))
+        with single_blas():
+            centers, labels, inertia, n_iter = _core.kmeans(x, int(n_concepts), int(seed) & (2**64 - 1),
+                                                            min(int(max_iter), 2**31 - 1), float(tol),
+                                                            check_threads(n_threads))
         norms = np.linalg.norm(centers.astype(np.float64), axis=1, keepdims=True)
         if np.any(norms == 0):
             raise ValueError("a k-means centroid is the zero vector; the elements may be degenerate")
@@ -219,13 +228,20 @@ class ConceptLibrary:
     def unit(self, dtype: Any = None) -> np.ndarray:
         """Unit-norm concept vectors ``unit(P)`` as a C-contiguous array."""
         v = self.vectors.astype(np.float64)
-        u = v / np.linalg.norm(v, axis=1, keepdims=True)
-        return np.ascontiguousarray(u, dtype=dtype or self.vectors.dtype)
+        with np.errstate(over="ignore", under="ignore"):
+            nrm = np.linalg.norm(v, axis=1, keepdims=True)
+        if not (np.all(np.isfinite(nrm)) and np.all(nrm > 1e-150)):
+            # the norm of a 1e200 (1e-200) row overflows (underflows): scale by max |v| first
+            v = v / np.abs(v).max(axis=1, keepdims=True)
+            nrm = np.linalg.norm(v, axis=1, keepdims=True)
+        return np.ascontiguousarray(v / nrm, dtype=dtype or self.vectors.dtype)
 
     def subset(self, index: Any) -> "ConceptLibrary":
         """A library with the concepts at ``index`` (in that order)."""
         idx = np.asarray(index).reshape(-1)
         if idx.dtype == bool:
+            if idx.size != self.n_concepts:
+                raise ValueError(f"a boolean index needs {self.n_concepts} entries, got {idx.size}")
             idx = np.flatnonzero(idx)
         return ConceptLibrary(self.vectors[idx], [self.names[i] for i in idx], kind=self.kind,
                               default_normalize=self.default_normalize, meta=self.meta)
@@ -239,8 +255,13 @@ class ConceptLibrary:
     @classmethod
     def load(cls, path: "str | os.PathLike") -> "ConceptLibrary":
         """Load a library written by :meth:`save`."""
+        if (isinstance(path, (str, os.PathLike)) and os.path.isfile(path)
+                and not zipfile.is_zipfile(path)):  # .npy, text, truncated ...
+            raise ValueError(f"{path}: not an .npz archive (corrupt, truncated or another format); "
+                             "write libraries with ConceptLibrary.save")
         try:
-            with np.load(path, allow_pickle=False) as z:
+            # our own handle: np.load leaves its file open when the zip directory is corrupt
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
                 if "vectors" not in z.files:
                     raise ValueError(f"{path}: not an iis concept library (no 'vectors' array)")
                 names = z["names"].tolist() if "names" in z.files else None

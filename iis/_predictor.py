@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from . import _core
 from ._library import NORMALIZATIONS, ConceptLibrary
-from ._validation import (as_float_matrix, blas_threads, check_option, check_positive,
+from ._validation import (single_blas, as_float_matrix, blas_threads, check_option, check_positive,
                           check_threads, encode_labels, _labels_1d)
 
 _FORMAT = "iis.InterpretablePredictor/1"
@@ -219,7 +219,7 @@ class InterpretablePredictor:
                     classifier_tags=ClassifierTags(), input_tags=InputTags())
 
     def __init__(self, library: Any = None, sparsity: float = 0.0, normalize: Optional[str] = None,
-                 mask: str = "hard", keep: str = "default", l2: float = 1e-4, tol: float = 1e-4,
+                 mask: str = "hard", keep: str = "default", l2: float = 1e-4, tol: float = 1e-5,
                  max_iter: int = 1000, n_threads: Optional[int] = None) -> None:
         self.library = library
         self.sparsity = sparsity
@@ -302,7 +302,7 @@ class InterpretablePredictor:
             raise ValueError(f"y holds {len(classes)} class; a classifier needs at least 2")
         M, K = lib.n_concepts, len(classes)
         k = int(_core.keep_count(M, float(self.sparsity), self.keep == "published"))
-        with threadpool_limits(limits=blas_threads(nt), user_api="blas"):
+        with single_blas():
             unit_p = lib.unit(x.dtype)
             mean = std = None
             if norm == "standardize":
@@ -350,7 +350,7 @@ class InterpretablePredictor:
             raise ValueError(f"X has {x.shape[1]} features but the predictor was fitted on "
                              f"{self.n_features_in_}")
         nt = check_threads(self.n_threads)
-        with threadpool_limits(limits=blas_threads(nt), user_api="blas"):
+        with single_blas():
             unit_p = self.library_.unit(dt)
             if self.normalize_ == "standardize":
                 a = _core.project(x, unit_p, 2, np.ascontiguousarray(self.mean_, dtype=dt),

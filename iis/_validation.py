@@ -11,6 +11,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 _FLOATS = (np.float32, np.float64)
+# Larger entries overflow the computation (float32 activations, float64 variances
+# and the cubes of the text objective) and would give a wrong score silently.
+MAX_ABS = 1e30
 
 
 def _from_torch(x: Any, name: str) -> Any:
@@ -27,12 +30,14 @@ def _from_torch(x: Any, name: str) -> Any:
 
 
 def as_float_matrix(x: Any, name: str, *, dtype: Any = None, check_finite: bool = True,
-                    allow_empty: bool = False, row_strided_ok: bool = True) -> np.ndarray:
+                    allow_empty: bool = False, row_strided_ok: bool = True,
+                    max_abs: "float | None" = MAX_ABS) -> np.ndarray:
     """Return ``x`` as a 2-D float32/float64 array whose rows are contiguous.
 
     No copy is made when ``x`` already is such an array (NumPy array, memmap or
     CPU tensor view) of the requested dtype; otherwise one copy is made. The
-    input is never written to.
+    input is never written to. With ``check_finite``, NaN/Inf and entries larger
+    than ``max_abs`` in magnitude are rejected.
     """
     x = _from_torch(x, name)
     if isinstance(x, (str, bytes)) or x is None:
@@ -57,20 +62,32 @@ def as_float_matrix(x: Any, name: str, *, dtype: Any = None, check_finite: bool 
     isz = x.itemsize
     rows_ok = (x.shape[1] <= 1 or x.strides[1] == isz) and x.strides[0] >= 0 and (
         x.shape[0] <= 1 or (x.strides[0] % isz == 0 and x.strides[0] >= x.shape[1] * isz))
-    if not x.flags.aligned or not (x.flags.c_contiguous or (row_strided_ok and rows_ok)):
+    if not x.flags.aligned:  # ascontiguousarray would keep an unaligned C-contiguous array as is
+        x = np.array(x, order="C", copy=True)
+    elif not (x.flags.c_contiguous or (row_strided_ok and rows_ok)):
         x = np.ascontiguousarray(x)
     if check_finite:
-        check_finite_rows(x, name)
+        check_finite_rows(x, name, max_abs=max_abs)
     return x
 
 
-def check_finite_rows(x: np.ndarray, name: str, block: int = 8192) -> None:
-    """Raise ValueError naming the first row with NaN/Inf (block-wise, small temporaries)."""
+def check_finite_rows(x: np.ndarray, name: str, block: int = 8192,
+                      max_abs: "float | None" = MAX_ABS) -> None:
+    """Raise ValueError naming the first row with NaN/Inf, or with an entry above
+    ``max_abs`` in magnitude (block-wise max/min, no temporaries on the clean path)."""
     for r0 in range(0, x.shape[0], block):
         part = x[r0:r0 + block]
-        if not np.isfinite(part.sum()) and not np.isfinite(part).all():
+        if part.size == 0:
+            continue
+        hi, lo = part.max(), part.min()  # NaN propagates through max/min
+        if not (np.isfinite(hi) and np.isfinite(lo)):
             bad = np.flatnonzero(~np.isfinite(part).all(axis=1))[0] + r0
             raise ValueError(f"{name} contains NaN or Inf (first in row {bad})")
+        if max_abs is not None and max(float(hi), -float(lo)) > max_abs:
+            bad = np.flatnonzero(np.abs(part).max(axis=1) > max_abs)[0] + r0
+            raise ValueError(f"{name} has entries as large as {max(float(hi), -float(lo)):.3g} (first in "
+                             f"row {bad}); magnitudes above {max_abs:.0e} overflow the computation, "
+                             "rescale the array")
 
 
 def encode_labels(train: Any, evals: Sequence[Any] = (), names: Sequence[str] = ()) -> tuple:
@@ -116,6 +133,8 @@ def _labels_1d(lab: Any, name: str) -> np.ndarray:
     if a.dtype.kind == "O":
         if any(v is None for v in a):
             raise ValueError(f"{name} contain None")
+        if any(isinstance(v, (float, np.floating)) and not np.isfinite(v) for v in a):
+            raise ValueError(f"{name} contain NaN or Inf")  # NaN breaks the sorted class list
     return a
 
 
@@ -157,7 +176,16 @@ def check_threads(n_threads: Any) -> int:
         return 0
     if isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral) or n_threads == 0:
         raise ValueError(f"n_threads must be None or a non-zero integer, got {n_threads!r}")
-    return int(n_threads)
+    # the core takes a C int (and clamps large counts); -2**30 still means "one thread"
+    return int(max(-2**30, min(int(n_threads), 2**30)))
+
+
+def single_blas():
+    """Context in which BLAS runs on one thread: the C kernels split their GEMMs
+    over OpenMP threads themselves (one thread pool, no oversubscription)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def blas_threads(n_threads: int) -> int | None:
@@ -168,7 +196,7 @@ def blas_threads(n_threads: int) -> int | None:
     if n_threads == 0:
         return None
     if n_threads > 0:
-        return n_threads
+        return min(n_threads, 4 * total)  # as the core clamps its OpenMP threads
     return max(1, total + 1 + n_threads)
 
 

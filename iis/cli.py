@@ -10,6 +10,7 @@ library file:        as written by ``ConceptLibrary.save`` (``vectors``, ``names
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import zipfile
 from typing import List, Optional
@@ -18,8 +19,12 @@ import numpy as np
 
 
 def _load_npz(path: str, what: str, need_labels: bool = True) -> tuple:
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):  # a .npy, text, truncated ...
+        raise ValueError(f"{what} file {path} is not an .npz archive (corrupt, truncated or another "
+                         "format); write it with numpy.savez(path, features=..., labels=...)")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        # our own handle: np.load leaves its file open when the zip directory is corrupt
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
             files = set(z.files)
             if "features" not in files:
                 raise ValueError(f"{what} file {path} has no 'features' array (keys: {sorted(files)})")
@@ -160,7 +165,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OSError) as exc:  # OSError: a missing file or output folder
         print(f"iis: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

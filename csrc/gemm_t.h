@@ -1,0 +1,80 @@
+/* gemm_t.h -- row-parallel GEMMs, instantiated for REAL by the kernels that need them.
+ *
+ * One thread pool: BLAS runs single-threaded (the Python layer limits it to one
+ * thread) and OpenMP splits the rows into fixed blocks, one BLAS call per block.
+ * Two pools (OpenBLAS workers spinning after a call while OpenMP threads start)
+ * collapse on a 2-core machine. Blocks and chunks depend only on the problem
+ * size, never on the thread count, so results are identical for any n_threads.
+ */
+
+#define IIS_GEMM_BLOCK 512
+
+/* C (n x K) = A (n x d, ld lda) B (d x K); all row-major */
+static void FN(par_gemm_ab)(const iis_ctx *ctx, int nt, int64_t n, int d, int K, const REAL *A,
+                            int64_t lda, const REAL *B, REAL *C)
+{
+    int64_t nb = (n + IIS_GEMM_BLOCK - 1) / IIS_GEMM_BLOCK, b;
+    if (n <= 0 || K <= 0) return;
+    if (d <= 0) {
+        memset(C, 0, sizeof(REAL) * (size_t)n * (size_t)K);
+        return;
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (b = 0; b < nb; b++) {
+        int64_t r0 = b * IIS_GEMM_BLOCK;
+        /* column-major view: C^T (K x rows) = B^T (K x d) A^T (d x rows) */
+        char ta = 'N', tb = 'N';
+        int mm = K, nn = (int)(n - r0 < IIS_GEMM_BLOCK ? n - r0 : IIS_GEMM_BLOCK), kk = d, la = K,
+            lb = (int)lda, lc = K;
+        REAL one = 1, zero = 0;
+        GEMM(ctx)(&ta, &tb, &mm, &nn, &kk, &one, B, &la, A + r0 * lda, &lb, &zero, C + r0 * K, &lc);
+    }
+}
+
+/* number of row chunks for A^T Z: grows with n (up to 16), capped so the
+ * partial products stay under ~64 MB */
+static int FN(atz_chunks)(int64_t n, int d, int K)
+{
+    size_t dk = (size_t)d * (size_t)K + 1;
+    int64_t c = n / 2048;
+    size_t cap = ((size_t)64 << 20) / (sizeof(REAL) * dk);
+    if (c > 16) c = 16;
+    if ((size_t)c > cap) c = (int64_t)cap;
+    return c < 1 ? 1 : (int)c;
+}
+
+/* G (d x K, double) = A^T Z with A (n x d, ld lda), Z (n x K): one GEMM per fixed
+ * row chunk into part (nch x d x K), chunks added in order */
+static void FN(par_gemm_atz)(const iis_ctx *ctx, int nt, int64_t n, int d, int K, const REAL *A,
+                             int64_t lda, const REAL *Z, REAL *part, int nch, double *G)
+{
+    size_t dk = (size_t)d * (size_t)K;
+    int c;
+    int64_t e, edk = (int64_t)dk;
+    if (d <= 0 || K <= 0) return;
+    if (n <= 0) {
+        for (size_t i = 0; i < dk; i++) G[i] = 0.0;
+        return;
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (c = 0; c < nch; c++) {
+        int64_t lo, hi;
+        iis_chunk(n, nch, c, &lo, &hi);
+        if (hi <= lo) {
+            memset(part + (size_t)c * dk, 0, sizeof(REAL) * dk);
+            continue;
+        }
+        /* column-major view: G^T (K x d) = Z^T (K x rows) A (rows x d) */
+        char ta = 'N', tb = 'T';
+        int mm = K, nn = d, kk = (int)(hi - lo), la = K, lb = (int)lda, lc = K;
+        REAL one = 1, zero = 0;
+        GEMM(ctx)(&ta, &tb, &mm, &nn, &kk, &one, Z + lo * K, &la, A + lo * lda, &lb, &zero,
+                  part + (size_t)c * dk, &lc);
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (e = 0; e < edk; e++) {
+        double t = 0.0;
+        for (int c2 = 0; c2 < nch; c2++) t += (double)part[(size_t)c2 * dk + (size_t)e];
+        G[e] = t;
+    }
+}
