@@ -662,7 +662,7 @@ def main(argv=None) -> int:
                          "else 10, 20 with --quick (a capped fit that did not converge gives a LOWER BOUND)")
     ap.add_argument("--sklearn-warm-start", action="store_true", help="(b) warm-starts each ratio from the previous one")
     ap.add_argument("--l2", type=float, default=1e-4)
-    ap.add_argument("--tol", type=float, default=1e-4, help="stopping tolerance for iis and (b) (max |grad|)")
+    ap.add_argument("--tol", type=float, default=1e-5, help="stopping tolerance for iis and (b) (max |grad|); iis.score default")
     ap.add_argument("--max-iter", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=1, help="iis.score runs per workload (best time kept)")
     ap.add_argument("--proj-repeat", type=int, default=3)

@@ -22,3 +22,32 @@ def small_problem():
     yev = r2.integers(0, 4, 300)
     xev = means[yev] + r2.normal(size=(300, 24))
     return xtr, ytr, xev, yev
+
+
+def pytest_runtest_makereport(item, call):
+    """On CI every optional dependency is installed by .ci/run: a test skipped
+    because an import failed is a broken install, so it fails there instead."""
+    import os
+
+    if not os.environ.get("CI") or call.excinfo is None:
+        return None
+    exc = call.excinfo.value
+    if call.excinfo.typename == "Skipped" and "could not import" in str(exc):
+        from _pytest.reports import TestReport
+
+        rep = TestReport.from_item_and_call(item, call)
+        rep.outcome = "failed"
+        rep.longrepr = f"required dependency missing on CI: {exc}"
+        return rep
+    return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a module-level importorskip (a skip at collection time)."""
+    import os
+
+    outcome = yield
+    rep = outcome.get_result()
+    if os.environ.get("CI") and rep.skipped and "could not import" in str(rep.longrepr):
+        rep.outcome = "failed"
