@@ -75,7 +75,8 @@ static void FN(tx_colmean)(FN(tx_work) * w, const REAL *a, int64_t lda, int c, i
     for (int j = 0; j < c; j++) w->mean[j] /= (double)w->n;
 }
 
-/* tc = cub(t) per column: (t - mean)^3 / ||(t - mean)^3|| (0 for a constant column) */
+/* tc = cub(t) per column: (t - mean)^3 / ||(t - mean)^3|| (0 for a constant column: its
+ * rounded mean is off by an ulp, and normalising the cubed ulps gave a unit column of noise) */
 static void FN(tx_target)(const iis_ctx *ctx, FN(tx_work) * w, const REAL *t, int64_t ldt, int c)
 {
     int nt = iis_nt_for(ctx, w->n * (int64_t)c), ch;
@@ -83,9 +84,9 @@ static void FN(tx_target)(const iis_ctx *ctx, FN(tx_work) * w, const REAL *t, in
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (ch = 0; ch < w->nch; ch++) {
         int64_t lo, hi;
-        double *q = w->part + (size_t)ch * 2 * (size_t)c;
+        double *q = w->part + (size_t)ch * 2 * (size_t)c, *q1 = q + c;
         iis_chunk(w->n, w->nch, ch, &lo, &hi);
-        for (int j = 0; j < c; j++) q[j] = 0.0;
+        for (int j = 0; j < c; j++) q[j] = q1[j] = 0.0;
         for (int64_t i = lo; i < hi; i++) {
             const REAL *r = t + i * ldt;
             REAL *o = w->tc + i * (int64_t)c;
@@ -93,11 +94,14 @@ static void FN(tx_target)(const iis_ctx *ctx, FN(tx_work) * w, const REAL *t, in
                 double x = (double)r[j] - w->mean[j], u = x * x * x;
                 o[j] = (REAL)u;
                 q[j] += u * u;
+                q1[j] += r[j] != t[j]; /* entries that differ from row 0 */
             }
         }
     }
     FN(tx_reduce)(w, c, 0, w->nu);
-    for (int j = 0; j < c; j++) w->nu[j] = w->nu[j] > 0.0 ? 1.0 / sqrt(w->nu[j]) : 0.0;
+    FN(tx_reduce)(w, c, 1, w->mean); /* the mean is no longer needed: count of such entries */
+    for (int j = 0; j < c; j++)
+        w->nu[j] = w->nu[j] > 0.0 && w->mean[j] > 0.0 ? 1.0 / sqrt(w->nu[j]) : 0.0;
     {
         int64_t i;
 #pragma omp parallel for num_threads(nt) schedule(static)

@@ -9,11 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from . import _core
 from ._library import NORMALIZATIONS, ConceptLibrary
-from ._validation import (single_blas, as_float_matrix, blas_threads, check_option, check_positive,
+from ._validation import (single_blas, as_float_matrix, check_option, check_positive,
                           check_sparsities, check_threads, encode_labels)
 
 DEFAULT_GRID = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.98)

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import zipfile
 from typing import List
 
 import numpy as np
@@ -48,25 +47,25 @@ def add_explain_parser(subparsers: "argparse._SubParsersAction") -> argparse.Arg
 def _load_features(path: str, key: str | None) -> np.ndarray:
     if not os.path.exists(path):
         raise ValueError(f"features file {path} does not exist")
-    try:
-        if path.endswith(".npy"):
+    if path.endswith(".npy"):
+        try:
             return np.load(path, allow_pickle=False)
-        with np.load(path, allow_pickle=False) as z:
-            files = list(z.files)
-            if key is None:
-                key = "features" if "features" in files else (files[0] if len(files) == 1 else None)
-                if key is None:
-                    raise ValueError(f"features file {path} has arrays {files} and none named "
-                                     "'features'; choose one with --key")
-            if key not in files:
-                raise ValueError(f"features file {path} has no array {key!r} (arrays: {files})")
-            return z[key]
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise ValueError(f"features file {path} is not a readable .npz/.npy ({exc})") from None
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise ValueError(f"features file {path} holds object arrays; save plain numeric arrays") from None
-        raise
+        except (OSError, EOFError) as exc:
+            raise ValueError(f"features file {path} is not a readable .npy ({exc})") from None
+        except ValueError as exc:
+            raise ValueError(f"features file {path} is not a readable .npy ({exc})") from None
+    from ._validation import read_npz
+
+    z = read_npz(path, "features")
+    files = list(z)
+    if key is None:
+        key = "features" if "features" in files else (files[0] if len(files) == 1 else None)
+        if key is None:
+            raise ValueError(f"features file {path} has arrays {files} and none named "
+                             "'features'; choose one with --key")
+    if key not in files:
+        raise ValueError(f"features file {path} has no array {key!r} (arrays: {files})")
+    return z[key]
 
 
 def _parse_rows(spec: str | None, n: int) -> np.ndarray:

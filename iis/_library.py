@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import numbers
 import os
-import zipfile
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from . import _core
-from ._validation import (single_blas, as_float_matrix, check_option, check_threads, encode_labels,
+from ._validation import (read_npz, single_blas, as_float_matrix, check_option, check_threads, encode_labels,
                           stratified_choice)
 
 NORMALIZATIONS = ("layernorm", "standardize", "none")
@@ -255,23 +254,13 @@ class ConceptLibrary:
     @classmethod
     def load(cls, path: "str | os.PathLike") -> "ConceptLibrary":
         """Load a library written by :meth:`save`."""
-        if (isinstance(path, (str, os.PathLike)) and os.path.isfile(path)
-                and not zipfile.is_zipfile(path)):  # .npy, text, truncated ...
-            raise ValueError(f"{path}: not an .npz archive (corrupt, truncated or another format); "
-                             "write libraries with ConceptLibrary.save")
-        try:
-            # our own handle: np.load leaves its file open when the zip directory is corrupt
-            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
-                if "vectors" not in z.files:
-                    raise ValueError(f"{path}: not an iis concept library (no 'vectors' array)")
-                names = z["names"].tolist() if "names" in z.files else None
-                kind = str(z["kind"]) if "kind" in z.files else "custom"
-                norm = str(z["default_normalize"]) if "default_normalize" in z.files else "layernorm"
-                vectors = z["vectors"]
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
-            raise ValueError(f"{path}: corrupt or truncated .npz file ({exc})") from None
+        z = read_npz(path, "concept library")
+        if "vectors" not in z:
+            raise ValueError(f"{path}: not an iis concept library (no 'vectors' array)")
+        names = z["names"].tolist() if "names" in z else None
+        kind = str(z["kind"]) if "kind" in z else "custom"
+        norm = str(z["default_normalize"]) if "default_normalize" in z else "layernorm"
+        vectors = z["vectors"]
         return cls(vectors, names, kind=kind, default_normalize=norm)
 
 

@@ -12,16 +12,14 @@ import json
 import numbers
 import os
 import warnings
-import zipfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from . import _core
 from ._library import NORMALIZATIONS, ConceptLibrary
-from ._validation import (single_blas, as_float_matrix, blas_threads, check_option, check_positive,
+from ._validation import (read_npz, single_blas, as_float_matrix, check_option, check_positive,
                           check_threads, encode_labels, _labels_1d)
 
 _FORMAT = "iis.InterpretablePredictor/1"
@@ -317,7 +315,7 @@ class InterpretablePredictor:
             w0 = np.zeros((M, K), dtype=x.dtype)
             b0 = np.zeros(K, dtype=x.dtype)
             w, b, n_iter, conv, loss, _ = _core.logreg_fit(
-                None, idx, val, M, yy, K, float(self.l2), float(self.tol), int(self.max_iter),
+                None, idx, val, M, yy, K, float(self.l2), float(self.tol), min(int(self.max_iter), 2**31 - 1),
                 w0, b0, None, None, nt)
         if not conv:
             warnings.warn(f"the interpretable predictor did not reach tol={self.tol} within "
@@ -515,17 +513,10 @@ class InterpretablePredictor:
     @classmethod
     def load(cls, path: "str | os.PathLike") -> "InterpretablePredictor":
         """Read a model written by :meth:`save`."""
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                files = set(z.files)
-                if "format" not in files or str(z["format"]) != _FORMAT:
-                    raise ValueError(f"{path}: not an iis InterpretablePredictor file "
-                                     f"(expected format {_FORMAT!r})")
-                data = {k: z[k] for k in z.files}
-        except FileNotFoundError:
-            raise
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
-            raise ValueError(f"{path}: corrupt or truncated .npz file ({exc})") from None
+        data = read_npz(path, "predictor")
+        if "format" not in data or str(data["format"]) != _FORMAT:
+            raise ValueError(f"{path}: not an iis InterpretablePredictor file "
+                             f"(expected format {_FORMAT!r})")
         lib = ConceptLibrary(data["library_vectors"], data["library_names"].tolist(),
                              kind=str(data["library_kind"]),
                              default_normalize=str(data["library_default_normalize"]))

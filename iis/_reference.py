@@ -32,10 +32,12 @@ def project(f: np.ndarray, p: np.ndarray, normalize: str = "layernorm",
 
 
 def colstats(a: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Per-column mean and population std (std 0 replaced by 1)."""
+    """Per-column mean and population std (a constant column: its value and std 1)."""
     a = np.asarray(a, dtype=np.float64)
+    const = np.all(a == a[:1], axis=0)  # exactly constant: mean is that value, std 1 (as the kernel)
     std = a.std(axis=0)
-    return a.mean(axis=0), np.where(std > 0, std, 1.0)
+    mean = np.where(const, a[0], a.mean(axis=0))
+    return mean, np.where(const | (std == 0), 1.0, std)
 
 
 def keep_count(m: int, s: float, published: bool = False) -> int:

@@ -180,12 +180,20 @@ def check_threads(n_threads: Any) -> int:
     return int(max(-2**30, min(int(n_threads), 2**30)))
 
 
+_CONTROLLER = None
+
+
 def single_blas():
     """Context in which BLAS runs on one thread: the C kernels split their GEMMs
-    over OpenMP threads themselves (one thread pool, no oversubscription)."""
-    from threadpoolctl import threadpool_limits
+    over OpenMP threads themselves (one thread pool, no oversubscription).
+    One threadpoolctl controller is kept (building one scans the loaded
+    libraries, about 1 ms: most of a small ``iis.score``)."""
+    global _CONTROLLER
+    from threadpoolctl import ThreadpoolController
 
-    return threadpool_limits(limits=1, user_api="blas")
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="blas")
 
 
 def blas_threads(n_threads: int) -> int | None:
@@ -219,3 +227,36 @@ def stratified_choice(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
                     break
         depth += 1
     return np.sort(np.asarray(take, dtype=np.int64))
+
+
+def read_npz(path: Any, what: str) -> dict:
+    """All arrays of an ``.npz`` file as a dict, read without pickles.
+
+    Raises FileNotFoundError for a missing file and ValueError naming ``what``
+    for anything that is not a readable archive of plain arrays (a ``.npy``,
+    text, truncated or bit-flipped file, object arrays). The file is opened by
+    us so that it is closed even when NumPy fails on a corrupt zip directory.
+    """
+    import os
+    import zipfile
+    import zlib
+
+    if isinstance(path, (str, os.PathLike)):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{what} file {path} does not exist (No such file or directory)")
+        if os.path.isdir(path):
+            raise ValueError(f"{what} file {path}: Is a directory")
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"{what} file {path} is not an .npz archive (not a readable .npz: "
+                             "corrupt or truncated, or another format)")
+    try:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error, KeyError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"{what} file {path} is corrupt or truncated ({exc})") from None
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise ValueError(f"{what} file {path} holds object arrays; save plain numeric arrays") from None
+        raise ValueError(f"{what} file {path} is not readable ({exc})") from None

@@ -10,34 +10,21 @@ library file:        as written by ``ConceptLibrary.save`` (``vectors``, ``names
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import zipfile
 from typing import List, Optional
 
-import numpy as np
 
 
 def _load_npz(path: str, what: str, need_labels: bool = True) -> tuple:
-    if os.path.isfile(path) and not zipfile.is_zipfile(path):  # a .npy, text, truncated ...
-        raise ValueError(f"{what} file {path} is not an .npz archive (corrupt, truncated or another "
-                         "format); write it with numpy.savez(path, features=..., labels=...)")
+    from ._validation import read_npz
+
     try:
-        # our own handle: np.load leaves its file open when the zip directory is corrupt
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
-            files = set(z.files)
-            if "features" not in files:
-                raise ValueError(f"{what} file {path} has no 'features' array (keys: {sorted(files)})")
-            feats = z["features"]
-            labels = z["labels"] if "labels" in files else None
-    except FileNotFoundError:
-        raise ValueError(f"{what} file {path} does not exist") from None
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise ValueError(f"{what} file {path} is not a readable .npz ({exc})") from None
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise ValueError(f"{what} file {path} holds object arrays; save plain numeric arrays") from None
-        raise
+        z = read_npz(path, what)
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from None
+    if "features" not in z:
+        raise ValueError(f"{what} file {path} has no 'features' array (keys: {sorted(z)})")
+    feats, labels = z["features"], z.get("labels")
     if need_labels and labels is None:
         raise ValueError(f"{what} file {path} has no 'labels' array")
     return feats, labels
