@@ -90,8 +90,9 @@ class IISResult:
                 f"probe_accuracy={self.probe_accuracy:.4f}, M={self.n_concepts}, K={self.n_classes}, "
                 f"normalize={self.normalize!r}, mask={self.mask!r}, keep={self.keep!r})\n{rows}")
 
-    def plot(self, ax: Any = None, label: Optional[str] = None, **kwargs: Any) -> Any:
-        """Plot the ARR curve (matplotlib); returns the axes."""
+    def plot(self, ax: Any = None, label: Optional[str] = None, fill: bool = True, **kwargs: Any) -> Any:
+        """Plot the ARR curve (matplotlib); returns the axes. ``fill`` shades the
+        integral (turn it off when overlaying several curves)."""
         try:
             import matplotlib.pyplot as plt
         except ImportError:  # pragma: no cover - exercised only without matplotlib
@@ -100,7 +101,8 @@ class IISResult:
             _, ax = plt.subplots(figsize=(5, 3.5))
         lab = label or f"IIS={self.iis:.3f} (probe acc {self.probe_accuracy:.3f})"
         ax.plot(self.sparsities, self.arr, marker="o", label=lab, **kwargs)
-        ax.fill_between(self.sparsities, 0, self.arr, alpha=0.12)
+        if fill:
+            ax.fill_between(self.sparsities, 0, self.arr, alpha=0.12)
         ax.set_xlabel("sparsity ratio s")
         ax.set_ylabel("ARR(s) = acc_IP(s) / acc_probe")
         ax.set_ylim(0, max(1.05, float(np.nanmax(self.arr)) + 0.05))

@@ -156,7 +156,9 @@ def run(out_dir: Optional[str] = "iis_demo_out", stages: Tuple[int, ...] = (0, 1
 
             fig, ax = plt.subplots(figsize=(6, 4))
             for name, res in results.items():
-                res.plot(ax=ax, label=f"{name}: IIS={res.iis:.3f}, acc={res.probe_accuracy:.3f}")
+                res.plot(ax=ax, label=f"{name}: IIS={res.iis:.3f}, acc={res.probe_accuracy:.3f}", fill=False)
+            low = min(float(np.nanmin(r.arr)) for r in results.values())
+            ax.set_ylim(max(0.0, low - 0.05), None)
             ax.set_title("ARR curves on digits (Prototype library)")
             fig.tight_layout()
             path = os.path.join(out_dir, "arr.png")
