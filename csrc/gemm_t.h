@@ -9,26 +9,36 @@
 
 #define IIS_GEMM_BLOCK 512
 
-/* C (n x K) = A (n x d, ld lda) B (d x K); all row-major */
-static void FN(par_gemm_ab)(const iis_ctx *ctx, int nt, int64_t n, int d, int K, const REAL *A,
-                            int64_t lda, const REAL *B, REAL *C)
+/* blocks per parallel round: the interrupt hook runs between rounds, on the
+ * calling thread, so Ctrl-C waits for at most one round, not a whole pass */
+#define IIS_GEMM_ROUND 16
+
+/* C (n x K) = A (n x d, ld lda) B (d x K); all row-major. IIS_EINTR when interrupted. */
+static int FN(par_gemm_ab)(const iis_ctx *ctx, int nt, int64_t n, int d, int K, const REAL *A,
+                           int64_t lda, const REAL *B, REAL *C)
 {
-    int64_t nb = (n + IIS_GEMM_BLOCK - 1) / IIS_GEMM_BLOCK, b;
-    if (n <= 0 || K <= 0) return;
+    int64_t nb = (n + IIS_GEMM_BLOCK - 1) / IIS_GEMM_BLOCK, round = (int64_t)IIS_GEMM_ROUND * nt;
+    if (n <= 0 || K <= 0) return IIS_OK;
     if (d <= 0) {
         memset(C, 0, sizeof(REAL) * (size_t)n * (size_t)K);
-        return;
+        return IIS_OK;
     }
+    for (int64_t b0 = 0; b0 < nb; b0 += round) {
+        int64_t b1 = b0 + round < nb ? b0 + round : nb, b;
 #pragma omp parallel for num_threads(nt) schedule(static)
-    for (b = 0; b < nb; b++) {
-        int64_t r0 = b * IIS_GEMM_BLOCK;
-        /* column-major view: C^T (K x rows) = B^T (K x d) A^T (d x rows) */
-        char ta = 'N', tb = 'N';
-        int mm = K, nn = (int)(n - r0 < IIS_GEMM_BLOCK ? n - r0 : IIS_GEMM_BLOCK), kk = d, la = K,
-            lb = (int)lda, lc = K;
-        REAL one = 1, zero = 0;
-        GEMM(ctx)(&ta, &tb, &mm, &nn, &kk, &one, B, &la, A + r0 * lda, &lb, &zero, C + r0 * K, &lc);
+        for (b = b0; b < b1; b++) {
+            int64_t r0 = b * IIS_GEMM_BLOCK;
+            /* column-major view: C^T (K x rows) = B^T (K x d) A^T (d x rows) */
+            char ta = 'N', tb = 'N';
+            int mm = K, nn = (int)(n - r0 < IIS_GEMM_BLOCK ? n - r0 : IIS_GEMM_BLOCK), kk = d,
+                la = K, lb = (int)lda, lc = K;
+            REAL one = 1, zero = 0;
+            GEMM(ctx)(&ta, &tb, &mm, &nn, &kk, &one, B, &la, A + r0 * lda, &lb, &zero, C + r0 * K,
+                      &lc);
+        }
+        if (b1 < nb && iis_interrupted(ctx)) return IIS_EINTR;
     }
+    return IIS_OK;
 }
 
 /* number of row chunks for A^T Z: grows with n (up to 16), capped so the
@@ -44,32 +54,36 @@ static int FN(atz_chunks)(int64_t n, int d, int K)
 }
 
 /* G (d x K, double) = A^T Z with A (n x d, ld lda), Z (n x K): one GEMM per fixed
- * row chunk into part (nch x d x K), chunks added in order */
-static void FN(par_gemm_atz)(const iis_ctx *ctx, int nt, int64_t n, int d, int K, const REAL *A,
-                             int64_t lda, const REAL *Z, REAL *part, int nch, double *G)
+ * row chunk into part (nch x d x K), chunks added in order. IIS_EINTR when interrupted. */
+static int FN(par_gemm_atz)(const iis_ctx *ctx, int nt, int64_t n, int d, int K, const REAL *A,
+                            int64_t lda, const REAL *Z, REAL *part, int nch, double *G)
 {
     size_t dk = (size_t)d * (size_t)K;
     int c;
     int64_t e, edk = (int64_t)dk;
-    if (d <= 0 || K <= 0) return;
+    if (d <= 0 || K <= 0) return IIS_OK;
     if (n <= 0) {
         for (size_t i = 0; i < dk; i++) G[i] = 0.0;
-        return;
+        return IIS_OK;
     }
+    for (int c0 = 0; c0 < nch; c0 += nt) { /* one chunk per thread per round */
+        int c1 = c0 + nt < nch ? c0 + nt : nch;
 #pragma omp parallel for num_threads(nt) schedule(static)
-    for (c = 0; c < nch; c++) {
-        int64_t lo, hi;
-        iis_chunk(n, nch, c, &lo, &hi);
-        if (hi <= lo) {
-            memset(part + (size_t)c * dk, 0, sizeof(REAL) * dk);
-            continue;
+        for (c = c0; c < c1; c++) {
+            int64_t lo, hi;
+            iis_chunk(n, nch, c, &lo, &hi);
+            if (hi <= lo) {
+                memset(part + (size_t)c * dk, 0, sizeof(REAL) * dk);
+                continue;
+            }
+            /* column-major view: G^T (K x d) = Z^T (K x rows) A (rows x d) */
+            char ta = 'N', tb = 'T';
+            int mm = K, nn = d, kk = (int)(hi - lo), la = K, lb = (int)lda, lc = K;
+            REAL one = 1, zero = 0;
+            GEMM(ctx)(&ta, &tb, &mm, &nn, &kk, &one, Z + lo * K, &la, A + lo * lda, &lb, &zero,
+                      part + (size_t)c * dk, &lc);
         }
-        /* column-major view: G^T (K x d) = Z^T (K x rows) A (rows x d) */
-        char ta = 'N', tb = 'T';
-        int mm = K, nn = d, kk = (int)(hi - lo), la = K, lb = (int)lda, lc = K;
-        REAL one = 1, zero = 0;
-        GEMM(ctx)(&ta, &tb, &mm, &nn, &kk, &one, Z + lo * K, &la, A + lo * lda, &lb, &zero,
-                  part + (size_t)c * dk, &lc);
+        if (c1 < nch && iis_interrupted(ctx)) return IIS_EINTR;
     }
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (e = 0; e < edk; e++) {
@@ -77,4 +91,5 @@ static void FN(par_gemm_atz)(const iis_ctx *ctx, int nt, int64_t n, int d, int K
         for (int c2 = 0; c2 < nch; c2++) t += (double)part[(size_t)c2 * dk + (size_t)e];
         G[e] = t;
     }
+    return IIS_OK;
 }

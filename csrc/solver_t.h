@@ -77,8 +77,8 @@ static void FN(effective)(const iis_design *X, int K, const double *theta, REAL 
 }
 
 /* z (n x K) = X weff + c */
-static void FN(logits)(const iis_ctx *ctx, const iis_design *X, int K, const REAL *weff,
-                       const double *c, REAL *z, int add_bias)
+static int FN(logits)(const iis_ctx *ctx, const iis_design *X, int K, const REAL *weff,
+                      const double *c, REAL *z, int add_bias)
 {
     int64_t i, n = X->n;
     int nt = iis_nt_for(ctx, n * (int64_t)K * (X->idx ? (X->k > 0 ? X->k : 1) : 1));
@@ -97,16 +97,18 @@ static void FN(logits)(const iis_ctx *ctx, const iis_design *X, int K, const REA
                 for (int q = 0; q < K; q++) zi[q] += v * wr[q];
             }
         }
-        return;
+        return IIS_OK;
     }
-    FN(par_gemm_ab)(ctx, iis_nt_for(ctx, n * (int64_t)K * X->d / 32), n, X->d, K, (const REAL *)X->x,
-                    X->ldx, weff, z);
-    if (!add_bias) return; /* the caller adds c in its own pass over z */
+    if (FN(par_gemm_ab)(ctx, iis_nt_for(ctx, n * (int64_t)K * X->d / 32), n, X->d, K,
+                        (const REAL *)X->x, X->ldx, weff, z) != IIS_OK)
+        return IIS_EINTR;
+    if (!add_bias) return IIS_OK; /* the caller adds c in its own pass over z */
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (i = 0; i < n; i++) {
         REAL *zi = z + i * (int64_t)K;
         for (int q = 0; q < K; q++) zi[q] += (REAL)c[q];
     }
+    return IIS_OK;
 }
 
 /* f and gradient at theta; z is overwritten by G = softmax(z) - onehot(y) */
@@ -122,7 +124,7 @@ static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
     const REAL *mu = (const REAL *)X->mu, *sg = (const REAL *)X->sigma;
 
     FN(effective)(X, K, theta, w->weff, cvec);
-    FN(logits)(ctx, X, K, w->weff, cvec, w->z, 0);
+    if (FN(logits)(ctx, X, K, w->weff, cvec, w->z, 0) != IIS_OK) return IIS_EINTR;
     /* per row: z_i += c (dense); loss_i = lse(z_i) - z_iy; z_i <- softmax(z_i) - e_y;
      * one exp per entry; partial sums per fixed chunk */
     {
@@ -193,8 +195,9 @@ static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
             grad[e] = t;
         }
     } else if (d > 0 && n > 0) {
-        FN(par_gemm_atz)(ctx, iis_nt_for(ctx, n * (int64_t)K * d / 32), n, d, K, (const REAL *)X->x,
-                         X->ldx, w->z, w->gpart, w->natz, grad);
+        if (FN(par_gemm_atz)(ctx, iis_nt_for(ctx, n * (int64_t)K * d / 32), n, d, K,
+                             (const REAL *)X->x, X->ldx, w->z, w->gpart, w->natz, grad) != IIS_OK)
+            return IIS_EINTR;
         if (sg || mu)
             for (int j = 0; j < d; j++) {
                 double inv = sg ? 1.0 / (double)sg[j] : 1.0, m0 = mu ? (double)mu[j] : 0.0;
@@ -267,7 +270,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
     for (size_t e = 0; e < dk; e++) theta[e] = wout[e];
     for (int q = 0; q < K; q++) theta[dk + q] = bout[q];
 
-    FN(fgrad)(ctx, X, y, K, prm->l2, theta, g, &f, &w);
+    if ((err = FN(fgrad)(ctx, X, y, K, prm->l2, theta, g, &f, &w)) != IIS_OK) goto cleanup;
     for (it = 0; it < prm->max_iter; it++) {
         double gd, step, gnorm;
         int ls, accepted = 0;
@@ -304,7 +307,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
         step = hist == 0 ? (1.0 / gnorm < 1.0 ? 1.0 / gnorm : 1.0) : 1.0;
         for (ls = 0; ls < 40; ls++) {
             for (size_t e = 0; e < p; e++) tn[e] = theta[e] + step * dir[e];
-            FN(fgrad)(ctx, X, y, K, prm->l2, tn, gn, &fnew, &w);
+            if ((err = FN(fgrad)(ctx, X, y, K, prm->l2, tn, gn, &fnew, &w)) != IIS_OK) goto cleanup;
             if (fnew <= f + 1e-4 * step * gd) {
                 accepted = 1;
                 break;
@@ -401,7 +404,7 @@ int FN(iis_logreg_predict)(const iis_ctx *ctx, const iis_design *X, int n_classe
     for (size_t e = 0; e < dk; e++) theta[e] = w[e];
     for (int q = 0; q < K; q++) theta[dk + q] = b[q];
     FN(effective)(X, K, theta, weff, c);
-    FN(logits)(ctx, X, K, weff, c, z, 1);
+    if ((err = FN(logits)(ctx, X, K, weff, c, z, 1)) != IIS_OK) goto cleanup;
     if (pred) {
         int nt = iis_nt_for(ctx, n * (int64_t)K);
 #pragma omp parallel for num_threads(nt) schedule(static)
