@@ -114,6 +114,25 @@ def _curve(sparsities, ip_acc, probe_acc):
 # --------------------------------------------------------------------------------------
 
 
+def _masked_splits(Atr, Aev, grid, tm):
+    """Yield (s, k, masked train, masked eval) along the grid; mask time goes to tm["mask"]."""
+    m = Atr.shape[1]
+    for s in grid:
+        k = keep_count(m, s)
+        t = time.perf_counter()
+        Mtr, Mev = np_hard_mask(Atr, k), np_hard_mask(Aev, k)
+        tm["mask"] += time.perf_counter() - t
+        yield s, k, Mtr, Mev
+
+
+def _standardized(train_F, eval_F):
+    """Both splits standardised with the train mean/std (zero std -> 1)."""
+    mu = train_F.mean(axis=0)
+    sd = train_F.std(axis=0)
+    sd[sd == 0] = 1
+    return (train_F - mu) / sd, (eval_F - mu) / sd
+
+
 def _sk_fit(X, y, C, tol, max_iter, warm_from=None):
     from sklearn.linear_model import LogisticRegression
 
@@ -164,16 +183,11 @@ def sklearn_lbfgs(
     Atr = np_activations(train_F, concepts, normalize)
     Aev = np_activations(eval_F, concepts, normalize)
     tm["project"] = time.perf_counter() - t
-    m = Atr.shape[1]
     grid = sorted(float(s) for s in sparsities)
     ip_acc, kept, n_iter, conv = [], [], [], []
     tm["mask"] = tm["fit_ip"] = tm["predict"] = 0.0
     prev = None
-    for s in grid:
-        k = keep_count(m, s)
-        t = time.perf_counter()
-        Mtr, Mev = np_hard_mask(Atr, k), np_hard_mask(Aev, k)
-        tm["mask"] += time.perf_counter() - t
+    for s, k, Mtr, Mev in _masked_splits(Atr, Aev, grid, tm):
         t = time.perf_counter()
         clf, ok = _sk_fit(Mtr, train_y, C, tol, max_iter, prev if warm_start else None)
         tm["fit_ip"] += time.perf_counter() - t
@@ -186,11 +200,7 @@ def sklearn_lbfgs(
         prev = clf
         del Mtr, Mev
     t = time.perf_counter()
-    mu = train_F.mean(axis=0)
-    sd = train_F.std(axis=0)
-    sd[sd == 0] = 1
-    Ztr = (train_F - mu) / sd
-    Zev = (eval_F - mu) / sd
+    Ztr, Zev = _standardized(train_F, eval_F)
     probe, pok = _sk_fit(Ztr, train_y, C, tol, max_iter)
     probe_acc = float(np.mean(probe.predict(Zev) == eval_y))
     tm["probe"] = time.perf_counter() - t
@@ -456,20 +466,14 @@ def glm_saga_recipe(
     grid = sorted(float(s) for s in sparsities)
     ip_acc, conv = [], []
     tm["mask"] = tm["fit_ip"] = 0.0
-    for s in grid:
-        k = keep_count(m, s)
-        t = time.perf_counter()
-        Mtr, Mev = np_hard_mask(Atr, k), np_hard_mask(Aev, k)
-        tm["mask"] += time.perf_counter() - t
+    for s, k, Mtr, Mev in _masked_splits(Atr, Aev, grid, tm):
         acc, ok, secs = _saga_fit(Mtr, train_y, Mev, eval_y, K, n_iters, batch_size, step_size, lam, seed)
         tm["fit_ip"] += secs
         ip_acc.append(acc)
         conv.append(ok)
     t = time.perf_counter()
-    mu = train_F.mean(axis=0)
-    sd = train_F.std(axis=0)
-    sd[sd == 0] = 1
-    probe_acc, pok, _ = _saga_fit((train_F - mu) / sd, train_y, (eval_F - mu) / sd, eval_y, K, n_iters, batch_size, step_size, lam, seed)
+    Ztr, Zev = _standardized(train_F, eval_F)
+    probe_acc, pok, _ = _saga_fit(Ztr, train_y, Zev, eval_y, K, n_iters, batch_size, step_size, lam, seed)
     tm["probe"] = time.perf_counter() - t
     conv.append(pok)
     arr, iis_, iis_n = _curve(grid, ip_acc, probe_acc)
