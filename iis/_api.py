@@ -74,6 +74,14 @@ class IISResult:
             out[k] = v
         return out
 
+    def summary(self) -> Dict[str, Any]:
+        """The headline numbers as plain floats and lists (for logs and histories)."""
+        return {"iis": float(self.iis), "iis_normalized": float(self.iis_normalized),
+                "probe_accuracy": float(self.probe_accuracy),
+                "sparsities": [float(v) for v in self.sparsities],
+                "arr": [float(v) for v in self.arr],
+                "ip_accuracy": [float(v) for v in self.ip_accuracy]}
+
     def to_json(self, path: Optional[str] = None, indent: int = 2) -> str:
         """JSON text of :meth:`to_dict`; also written to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=indent)

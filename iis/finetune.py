@@ -503,15 +503,7 @@ def _score(train_f, train_y, eval_f, eval_y, library, cfg: FinetuneConfig):
 
 
 def _iis_entry(res, seconds: float) -> Dict[str, Any]:
-    return {
-        "iis": float(res.iis),
-        "iis_normalized": float(res.iis_normalized),
-        "probe_accuracy": float(res.probe_accuracy),
-        "sparsities": [float(s) for s in res.sparsities],
-        "arr": [float(a) for a in res.arr],
-        "ip_accuracy": [float(a) for a in res.ip_accuracy],
-        "seconds": round(seconds, 3),
-    }
+    return {**res.summary(), "seconds": round(seconds, 3)}
 
 
 def _prototypes(model, data: _Data, cfg: FinetuneConfig, mean, std, device):

@@ -70,6 +70,8 @@ def test_result_object(digits, tmp_path):
     assert "IISResult(iis=" in repr(res) and "s=0.98" in repr(res)
     assert len(res.concept_names) == 60 and res.concept_names[0].startswith("prototype_")
     assert set(res.timings) >= {"project", "path", "probe", "total"}
+    summ = res.summary()
+    assert summ["iis"] == res.iis and summ["arr"] == res.arr.tolist() and json.dumps(summ)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -289,12 +289,7 @@ class IISMonitor:
         t3 = time.perf_counter()
         rec: dict[str, Any] = {
             "epoch": int(epoch),
-            "iis": float(res.iis),
-            "iis_normalized": float(res.iis_normalized),
-            "probe_accuracy": float(res.probe_accuracy),
-            "sparsities": [float(s) for s in res.sparsities],
-            "arr": [float(a) for a in res.arr],
-            "ip_accuracy": [float(a) for a in res.ip_accuracy],
+            **res.summary(),
             "n_concepts": int(res.n_concepts),
             "seconds_features": t1 - t0,
             "seconds_library": t2 - t1,
