@@ -41,8 +41,8 @@ static int FN(par_gemm_ab)(const iis_ctx *ctx, int nt, int64_t n, int d, int K, 
     return IIS_OK;
 }
 
-/* number of row chunks for A^T Z: grows with n (up to 16), capped so the
- * partial products stay under ~64 MB */
+/* number of fixed row chunks for X^T G in a fused solver pass: grows with n (up
+ * to 16), capped so the partial d x K products stay under ~64 MB */
 static int FN(atz_chunks)(int64_t n, int d, int K)
 {
     size_t dk = (size_t)d * (size_t)K + 1;
@@ -51,45 +51,4 @@ static int FN(atz_chunks)(int64_t n, int d, int K)
     if (c > 16) c = 16;
     if ((size_t)c > cap) c = (int64_t)cap;
     return c < 1 ? 1 : (int)c;
-}
-
-/* G (d x K, double) = A^T Z with A (n x d, ld lda), Z (n x K): one GEMM per fixed
- * row chunk into part (nch x d x K), chunks added in order. IIS_EINTR when interrupted. */
-static int FN(par_gemm_atz)(const iis_ctx *ctx, int nt, int64_t n, int d, int K, const REAL *A,
-                            int64_t lda, const REAL *Z, REAL *part, int nch, double *G)
-{
-    size_t dk = (size_t)d * (size_t)K;
-    int c;
-    int64_t e, edk = (int64_t)dk;
-    if (d <= 0 || K <= 0) return IIS_OK;
-    if (n <= 0) {
-        for (size_t i = 0; i < dk; i++) G[i] = 0.0;
-        return IIS_OK;
-    }
-    for (int c0 = 0; c0 < nch; c0 += nt) { /* one chunk per thread per round */
-        int c1 = c0 + nt < nch ? c0 + nt : nch;
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (c = c0; c < c1; c++) {
-            int64_t lo, hi;
-            iis_chunk(n, nch, c, &lo, &hi);
-            if (hi <= lo) {
-                memset(part + (size_t)c * dk, 0, sizeof(REAL) * dk);
-                continue;
-            }
-            /* column-major view: G^T (K x d) = Z^T (K x rows) A (rows x d) */
-            char ta = 'N', tb = 'T';
-            int mm = K, nn = d, kk = (int)(hi - lo), la = K, lb = (int)lda, lc = K;
-            REAL one = 1, zero = 0;
-            GEMM(ctx)(&ta, &tb, &mm, &nn, &kk, &one, Z + lo * K, &la, A + lo * lda, &lb, &zero,
-                      part + (size_t)c * dk, &lc);
-        }
-        if (c1 < nch && iis_interrupted(ctx)) return IIS_EINTR;
-    }
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (e = 0; e < edk; e++) {
-        double t = 0.0;
-        for (int c2 = 0; c2 < nch; c2++) t += (double)part[(size_t)c2 * dk + (size_t)e];
-        G[e] = t;
-    }
-    return IIS_OK;
 }

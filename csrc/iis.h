@@ -87,13 +87,15 @@ int iis_blas_ok(const iis_ctx *ctx, int dtype_is_double);
 /* ---- project.c ---------------------------------------------------------- */
 /* a = F unit(P)^T, then the normalisation, written into out (n x m, ld m).
  * unit_p must already hold unit-norm rows (m x d, ld d). mean/std are used for
- * IIS_NORM_STANDARDIZE (length m). */
+ * IIS_NORM_STANDARDIZE (length m). When absmax is not NULL it receives max |F|
+ * over the rows read (NaN when F holds a NaN or an Inf): the caller's input check, done on
+ * each tile while it is in cache instead of in a separate pass over F. */
 int iis_project_f(const iis_ctx *ctx, const float *f, int64_t n, int d, int64_t ldf,
                   const float *unit_p, int m, int norm, const float *mean, const float *std,
-                  float *out);
+                  float *out, double *absmax);
 int iis_project_d(const iis_ctx *ctx, const double *f, int64_t n, int d, int64_t ldf,
                   const double *unit_p, int m, int norm, const double *mean, const double *std,
-                  double *out);
+                  double *out, double *absmax);
 /* per-column mean and (population) std of a (n x m); std 0 is reported as 1 */
 int iis_colstats_f(const iis_ctx *ctx, const float *a, int64_t n, int m, int64_t lda,
                    float *mean, float *std);

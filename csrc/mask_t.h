@@ -1,69 +1,74 @@
 /* mask_t.h -- per-row top-k by magnitude, instantiated for REAL by mask.c. */
 
-/* j ranks before i: |a_j| > |a_i|, ties to the lower index (a strict total order) */
-#define BEFORE(r, j, i) (FABS((r)[j]) > FABS((r)[i]) || (FABS((r)[j]) == FABS((r)[i]) && (j) < (i)))
-
-/* Reorder ord[0..m) so that its first k entries are the k top-ranked columns of
- * row r (quickselect with median-of-three pivots; deterministic). */
-static void FN(select_top)(const REAL *r, int32_t *ord, int m, int k)
+/* The k-th largest entry of v[0..m) (1 <= k <= m), by quickselect on the values
+ * themselves (no index indirection, so the inner loops are plain compares). v is
+ * reordered: afterwards v[0..k) >= v[k-1] >= v[k..m). */
+static REAL FN(kth_largest)(REAL *v, int m, int k)
 {
-    int lo = 0, hi = m - 1;
-    while (hi > lo) {
-        int mid = lo + (hi - lo) / 2, i, j;
-        int32_t t, piv;
-        /* median of three to ord[mid] */
-        if (BEFORE(r, ord[mid], ord[lo])) { t = ord[mid]; ord[mid] = ord[lo]; ord[lo] = t; }
-        if (BEFORE(r, ord[hi], ord[lo])) { t = ord[hi]; ord[hi] = ord[lo]; ord[lo] = t; }
-        if (BEFORE(r, ord[hi], ord[mid])) { t = ord[hi]; ord[hi] = ord[mid]; ord[mid] = t; }
-        piv = ord[mid];
-        i = lo;
-        j = hi;
-        while (i <= j) {
-            while (BEFORE(r, ord[i], piv)) i++;
-            while (BEFORE(r, piv, ord[j])) j--;
+    int lo = 0, hi = m - 1, target = k - 1;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2, i = lo, j = hi;
+        REAL a = v[lo], b = v[mid], c = v[hi], piv, t;
+        /* median of three */
+        piv = a > b ? (b > c ? b : (a > c ? c : a)) : (a > c ? a : (b > c ? c : b));
+        while (i <= j) { /* descending Hoare partition */
+            while (v[i] > piv) i++;
+            while (v[j] < piv) j--;
             if (i <= j) {
-                t = ord[i]; ord[i] = ord[j]; ord[j] = t;
+                t = v[i]; v[i] = v[j]; v[j] = t;
                 i++;
                 j--;
             }
         }
-        /* now ord[lo..j] rank before-or-equal piv, ord[i..hi] after-or-equal */
-        if (k - 1 <= j) hi = j;
-        else if (k - 1 >= i) lo = i;
-        else break;
+        if (target <= j) hi = j;
+        else if (target >= i) lo = i;
+        else break; /* v[j+1..i-1] all equal piv */
     }
+    return v[target];
 }
 
 /* For one row: the kept columns in ascending order (idx), their (masked)
- * values (val). mark is scratch of m bytes, ord scratch of m ints. */
-static void FN(topk_row)(const REAL *r, int m, int k, int soft, int32_t *ord, unsigned char *mark,
-                         int32_t *idx, REAL *val)
+ * values (val), or the whole masked row (dense, when not NULL). The top k by
+ * |a| with ties to the lower index: everything above tau = the k-th largest
+ * |a|, then the first columns equal to tau until k are kept. mag is scratch of
+ * m entries. */
+IIS_HOT static void FN(topk_row)(const REAL *r, int m, int k, int soft, REAL *mag, int32_t *idx,
+                         REAL *val, REAL *dense)
 {
-    REAL tau = 0;
-    int c = 0;
-    if (k >= m) {
-        for (int j = 0; j < m; j++) { idx[j] = j; val[j] = r[j]; }
+    REAL tau, tsoft = 0;
+    int c = 0, eq;
+    if (k >= m || k == 0) {
+        for (int j = 0; j < m; j++) {
+            if (dense) dense[j] = k ? r[j] : 0;
+            else if (k) { idx[j] = j; val[j] = r[j]; }
+        }
         return;
     }
-    if (k == 0) return;
-    for (int j = 0; j < m; j++) ord[j] = j;
-    FN(select_top)(r, ord, m, k);
-    memset(mark, 0, (size_t)m);
-    for (int j = 0; j < k; j++) mark[ord[j]] = 1;
-    if (soft) { /* tau = the (k+1)-th largest |a| = max over the rest */
-        int best = ord[k];
-        for (int j = k + 1; j < m; j++)
-            if (BEFORE(r, ord[j], best)) best = ord[j];
-        tau = FABS(r[best]);
+    for (int j = 0; j < m; j++) mag[j] = FABS(r[j]);
+    tau = FN(kth_largest)(mag, m, k);
+    if (soft) { /* the (k+1)-th largest |a|: the largest of the rest */
+        tsoft = mag[k];
+        for (int j = k + 1; j < m; j++) tsoft = mag[j] > tsoft ? mag[j] : tsoft;
     }
+    eq = k;
+    for (int j = 0; j < m; j++) eq -= FABS(r[j]) > tau;
     for (int j = 0; j < m; j++) {
-        if (!mark[j]) continue;
-        idx[c] = j;
+        REAL a = FABS(r[j]), v;
+        int keep = a > tau || (a == tau && eq-- > 0);
+        if (!keep) {
+            if (dense) dense[j] = 0;
+            continue;
+        }
         if (soft) {
-            REAL mag = FABS(r[j]) - tau;
-            val[c] = mag > 0 ? (r[j] > 0 ? mag : -mag) : 0;
+            REAL d = a - tsoft;
+            v = d > 0 ? (r[j] > 0 ? d : -d) : 0;
         } else {
-            val[c] = r[j];
+            v = r[j];
+        }
+        if (dense) dense[j] = v;
+        else {
+            idx[c] = j;
+            val[c] = v;
         }
         c++;
     }
@@ -72,23 +77,14 @@ static void FN(topk_row)(const REAL *r, int m, int k, int soft, int32_t *ord, un
 static int FN(topk_any)(const iis_ctx *ctx, const REAL *a, int64_t n, int m, int64_t lda, int k,
                         int soft, int32_t *idx, REAL *val, REAL *dense)
 {
-    int nt = iis_nt_for(ctx, n * (int64_t)m), err = 0;
+    int nt = iis_nt_for(ctx, n * (int64_t)m);
     int64_t i;
-    int32_t *ord;
-    unsigned char *mark;
-    int32_t *ridx;
-    REAL *rval;
+    REAL *mag;
     if (n < 0 || m < 0 || k < 0 || k > m || lda < m) return IIS_EINVAL;
     if (n == 0 || m == 0) return IIS_OK;
     /* per-thread scratch, allocated before the parallel region */
-    ord = (int32_t *)malloc(sizeof(int32_t) * (size_t)m * (size_t)nt);
-    mark = (unsigned char *)malloc((size_t)m * (size_t)nt);
-    ridx = dense ? (int32_t *)malloc(sizeof(int32_t) * (size_t)m * (size_t)nt) : NULL;
-    rval = dense ? (REAL *)malloc(sizeof(REAL) * (size_t)m * (size_t)nt) : NULL;
-    if (!ord || !mark || (dense && (!ridx || !rval))) {
-        err = IIS_ENOMEM;
-        goto cleanup;
-    }
+    mag = (REAL *)malloc(sizeof(REAL) * (size_t)m * (size_t)nt);
+    if (!mag) return IIS_ENOMEM;
 #pragma omp parallel num_threads(nt)
     {
 #ifdef _OPENMP
@@ -96,29 +92,16 @@ static int FN(topk_any)(const iis_ctx *ctx, const REAL *a, int64_t n, int m, int
 #else
         int t = 0;
 #endif
-        int32_t *o = ord + (size_t)t * m;
-        unsigned char *mk = mark + (size_t)t * m;
+        REAL *mg = mag + (size_t)t * m;
 #pragma omp for schedule(static)
         for (i = 0; i < n; i++) {
             const REAL *r = a + i * lda;
-            if (dense) {
-                int32_t *ri = ridx + (size_t)t * m;
-                REAL *rv = rval + (size_t)t * m;
-                REAL *out = dense + i * (int64_t)m;
-                FN(topk_row)(r, m, k, soft, o, mk, ri, rv);
-                memset(out, 0, sizeof(REAL) * (size_t)m);
-                for (int j = 0; j < k; j++) out[ri[j]] = rv[j];
-            } else {
-                FN(topk_row)(r, m, k, soft, o, mk, idx + i * (int64_t)k, val + i * (int64_t)k);
-            }
+            if (dense) FN(topk_row)(r, m, k, soft, mg, NULL, NULL, dense + i * (int64_t)m);
+            else FN(topk_row)(r, m, k, soft, mg, idx + i * (int64_t)k, val + i * (int64_t)k, NULL);
         }
     }
-cleanup:
-    free(ord);
-    free(mark);
-    free(ridx);
-    free(rval);
-    return err;
+    free(mag);
+    return IIS_OK;
 }
 
 int FN(iis_topk)(const iis_ctx *ctx, const REAL *a, int64_t n, int m, int64_t lda, int k, int soft,
@@ -133,4 +116,3 @@ int FN(iis_mask_dense)(const iis_ctx *ctx, const REAL *a, int64_t n, int m, int6
     return FN(topk_any)(ctx, a, n, m, lda, k, soft, NULL, NULL, out);
 }
 
-#undef BEFORE

@@ -189,7 +189,7 @@ static PyObject *py_set_blas(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* ---- project(F, unit_p, norm, mean, std, n_threads) -> A ----------------- */
+/* ---- project(F, unit_p, norm, mean, std, n_threads[, check]) -> A | (A, max|F|) */
 static PyObject *py_project(PyObject *self, PyObject *args)
 {
     PyObject *of, *op, *om, *os;
@@ -198,7 +198,9 @@ static PyObject *py_project(PyObject *self, PyObject *args)
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOiOOi", &of, &op, &norm, &om, &os, &nt)) return NULL;
+    int check = 0;
+    double absmax = 0.0;
+    if (!PyArg_ParseTuple(args, "OOiOOi|p", &of, &op, &norm, &om, &os, &nt, &check)) return NULL;
     if ((t = float_type(of, "features")) < 0) return NULL;
     if (!(f = arr(of, "features", t, 2, 1)) || !(p = arr(op, "concepts", t, 2, 0))) return NULL;
     if (PyArray_DIM(f, 1) != PyArray_DIM(p, 1)) {
@@ -227,17 +229,18 @@ static PyObject *py_project(PyObject *self, PyObject *args)
         st = iis_project_f(&ctx, PyArray_DATA(f), PyArray_DIM(f, 0), (int)PyArray_DIM(f, 1),
                            row_ld(f), PyArray_DATA(p), (int)PyArray_DIM(p, 0), norm,
                            mean ? PyArray_DATA(mean) : NULL, std ? PyArray_DATA(std) : NULL,
-                           PyArray_DATA(out));
+                           PyArray_DATA(out), check ? &absmax : NULL);
     else
         st = iis_project_d(&ctx, PyArray_DATA(f), PyArray_DIM(f, 0), (int)PyArray_DIM(f, 1),
                            row_ld(f), PyArray_DATA(p), (int)PyArray_DIM(p, 0), norm,
                            mean ? PyArray_DATA(mean) : NULL, std ? PyArray_DATA(std) : NULL,
-                           PyArray_DATA(out));
+                           PyArray_DATA(out), check ? &absmax : NULL);
     IIS_END_ALLOW_THREADS
     if (st != IIS_OK) {
         Py_DECREF(out);
         return raise_status(st, "project");
     }
+    if (check) return Py_BuildValue("Nd", (PyObject *)out, absmax);
     return (PyObject *)out;
 }
 
@@ -853,7 +856,8 @@ fail:
 
 static PyMethodDef methods[] = {
     {"_set_blas", py_set_blas, METH_VARARGS, "Fill the BLAS table from two PyCapsules (sgemm, dgemm)."},
-    {"project", py_project, METH_VARARGS, "project(F, unit_p, norm, mean, std, n_threads) -> A"},
+    {"project", py_project, METH_VARARGS,
+     "project(F, unit_p, norm, mean, std, n_threads[, check]) -> A, or (A, max|F|) with check"},
     {"colstats", py_colstats, METH_VARARGS, "colstats(A, n_threads) -> (mean, std)"},
     {"topk", py_topk, METH_VARARGS, "topk(A, k, soft, dense, n_threads) -> (idx, val) | masked"},
     {"keep_count", py_keep_count, METH_VARARGS, "keep_count(m, s, published) -> k"},

@@ -29,21 +29,40 @@ static void FN(standardize_rows)(REAL *a, int64_t rows, int m, const REAL *mean,
     }
 }
 
+/* max |x| over rows x rows of d entries (ld ldx); NaN if any entry is NaN or +-Inf */
+IIS_HOT static double FN(absmax_rows)(const REAL *x, int64_t rows, int d, int64_t ldx)
+{
+    REAL mx = 0, zero = 0; /* zero stays 0 unless an entry is NaN or +-Inf (x - x) */
+    for (int64_t i = 0; i < rows; i++) {
+        const REAL *r = x + i * ldx;
+#pragma omp simd reduction(max : mx) reduction(+ : zero)
+        for (int j = 0; j < d; j++) {
+            REAL v = r[j] < 0 ? -r[j] : r[j];
+            mx = v > mx ? v : mx;
+            zero += r[j] - r[j];
+        }
+    }
+    return zero != 0 ? (double)NAN : (double)mx;
+}
+
 /* out = norm(F unit(P)^T): tiles of rows run in parallel, each one single-threaded
  * GEMM into its slice of out followed by the normalisation while it is in cache;
  * the interrupt hook runs between groups of tiles */
 int FN(iis_project)(const iis_ctx *ctx, const REAL *f, int64_t n, int d, int64_t ldf,
                     const REAL *unit_p, int m, int norm, const REAL *mean, const REAL *std,
-                    REAL *out)
+                    REAL *out, double *absmax)
 {
     const int64_t tile = 1024;
     int nt = iis_nt_for(ctx, n * (int64_t)m * (d > 0 ? d : 1) / 32);
     int64_t ntiles = (n + tile - 1) / tile, group = 8 * (int64_t)nt;
+    double *tmax = NULL; /* per-tile max |F| when the caller asks for the input check */
     if (n < 0 || d < 0 || m < 0 || ldf < d || !iis_fits_int(ldf)) return IIS_EINVAL;
     if (norm == IIS_NORM_STANDARDIZE && (!mean || !std)) return IIS_EINVAL;
     if (norm < IIS_NORM_NONE || norm > IIS_NORM_STANDARDIZE) return IIS_EINVAL;
+    if (absmax) *absmax = 0.0;
     if (n == 0 || m == 0) return IIS_OK;
     if (d > 0 && !iis_blas_ok(ctx, IS_DOUBLE)) return IIS_ENOBLAS;
+    if (absmax && !(tmax = (double *)malloc(sizeof(double) * (size_t)ntiles))) return IIS_ENOMEM;
     for (int64_t g0 = 0; g0 < ntiles; g0 += group) {
         int64_t g1 = g0 + group < ntiles ? g0 + group : ntiles, t;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
@@ -63,8 +82,24 @@ int FN(iis_project)(const iis_ctx *ctx, const REAL *f, int64_t n, int d, int64_t
             }
             if (norm == IIS_NORM_LAYERNORM) FN(layernorm_rows)(o, rows, m, 1);
             else if (norm == IIS_NORM_STANDARDIZE) FN(standardize_rows)(o, rows, m, mean, std, 1);
+            if (tmax) tmax[t] = FN(absmax_rows)(f + r0 * ldf, rows, d, ldf);
         }
-        if (iis_interrupted(ctx)) return IIS_EINTR;
+        if (iis_interrupted(ctx)) {
+            free(tmax);
+            return IIS_EINTR;
+        }
+    }
+    if (absmax) { /* a max: the same whatever order the tiles ran in */
+        double mx = 0.0;
+        for (int64_t t = 0; t < ntiles; t++) {
+            if (tmax[t] != tmax[t]) {
+                mx = tmax[t];
+                break;
+            }
+            mx = tmax[t] > mx ? tmax[t] : mx;
+        }
+        *absmax = mx;
+        free(tmax);
     }
     return IIS_OK;
 }

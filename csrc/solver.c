@@ -6,7 +6,7 @@
 #define REAL float
 #define IS_DOUBLE 0
 #define FTOL (4.0 * FLT_EPSILON)
-#define EXP expf
+#define VEXP iis_expf_neg
 #define FN(name) IIS_CAT(name, _f)
 #define GEMM(ctx) (ctx)->blas->sgemm
 #include "gemm_t.h"
@@ -14,14 +14,14 @@
 #undef REAL
 #undef IS_DOUBLE
 #undef FTOL
-#undef EXP
+#undef VEXP
 #undef FN
 #undef GEMM
 
 #define REAL double
 #define IS_DOUBLE 1
 #define FTOL (64.0 * DBL_EPSILON)
-#define EXP exp
+#define VEXP exp
 #define FN(name) IIS_CAT(name, _d)
 #define GEMM(ctx) (ctx)->blas->dgemm
 #include "gemm_t.h"

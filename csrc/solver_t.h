@@ -14,11 +14,11 @@
 typedef struct {
     REAL *z;       /* n x K logits, then softmax - onehot */
     REAL *weff;    /* d x K effective weights (W / sigma) */
-    REAL *gw;      /* scratch of K + 1 entries */
+    REAL *gw;      /* the bias c in REAL (K + 1 entries) */
     REAL *gpart;   /* dense: natz x d x K partial products of X^T G */
     int natz;
     double *part;  /* chunk partials: nch x (K + 1) (colsum of G, loss) */
-    double *ellacc; /* ELL: nch_ell x d x K */
+    REAL *ellacc;  /* ELL: nch_ell x d x K partial products of X^T G */
     int nch, nch_ell;
 } FN(work);
 
@@ -50,11 +50,11 @@ static int FN(work_alloc)(FN(work) * w, const iis_design *X, int K, int need_gra
     if (X->idx && need_grad) {
         /* cap the scatter buffers at ~64 MB; the chunk count depends only on the
          * problem size, never on the thread count */
-        size_t cap = (size_t)(64u << 20) / (sizeof(double) * (dk + 1));
+        size_t cap = (size_t)(64u << 20) / (sizeof(REAL) * (dk + 1));
         int nch = (int)(cap < 1 ? 1 : (cap > 32 ? 32 : cap));
         if (X->n < nch) nch = (int)(X->n > 0 ? X->n : 1);
         w->nch_ell = nch;
-        w->ellacc = (double *)malloc(sizeof(double) * (size_t)nch * (dk + 1));
+        w->ellacc = (REAL *)malloc(sizeof(REAL) * (size_t)nch * (dk + 1));
         if (!w->ellacc) return IIS_ENOMEM;
     }
     return IIS_OK;
@@ -76,6 +76,136 @@ static void FN(effective)(const iis_design *X, int K, const double *theta, REAL 
     }
 }
 
+/* Row kernels of a pass (IIS_HOT: built per instruction set, see internal.h).
+ * Each works on its own rows [lo, hi); the callers split rows into fixed chunks. */
+
+/* y += v x over K entries (inlined into the IIS_HOT callers, so vectorised per ISA) */
+static inline void FN(axpy)(int K, REAL v, const REAL *restrict x, REAL *restrict y)
+{
+    for (int q = 0; q < K; q++) y[q] += v * x[q];
+}
+
+/* ELL logits: z_i = c + sum_j v_ij weff[idx_ij] */
+IIS_HOT static void FN(ell_logits_rows)(const int32_t *restrict idx, const REAL *restrict val, int k,
+                                        const REAL *restrict weff, const REAL *restrict cr, int K,
+                                        int64_t lo, int64_t hi, REAL *restrict z)
+{
+    for (int64_t i = lo; i < hi; i++) {
+        REAL *restrict zi = z + i * (int64_t)K;
+        const int32_t *ix = idx + i * (int64_t)k;
+        const REAL *vx = val + i * (int64_t)k;
+        for (int q = 0; q < K; q++) zi[q] = cr[q];
+        for (int j = 0; j < k; j++) FN(axpy)(K, vx[j], weff + (size_t)ix[j] * K, zi);
+    }
+}
+
+/* ELL gradient: acc (d x K) = sum_i x_i g_i^T over rows [lo, hi) */
+IIS_HOT static void FN(ell_grad_rows)(const int32_t *restrict idx, const REAL *restrict val, int k,
+                                      const REAL *restrict g, int K, size_t dk, int64_t lo,
+                                      int64_t hi, REAL *restrict acc)
+{
+    memset(acc, 0, sizeof(REAL) * dk);
+    for (int64_t i = lo; i < hi; i++) {
+        const REAL *restrict gi = g + i * (int64_t)K;
+        const int32_t *ix = idx + i * (int64_t)k;
+        const REAL *vx = val + i * (int64_t)k;
+        for (int j = 0; j < k; j++) FN(axpy)(K, vx[j], gi, acc + (size_t)ix[j] * K);
+    }
+}
+
+/* Softmax rows: z_i (+= c when cr), loss_i = lse(z_i) - z_iy, z_i <- softmax(z_i) - e_y;
+ * p (K + 1 doubles) gets the column sums of the result and the loss. */
+IIS_HOT static void FN(softmax_rows)(REAL *restrict z, const int32_t *restrict y, int K,
+                                     const REAL *restrict cr, int64_t lo, int64_t hi,
+                                     double *restrict p)
+{
+    for (int64_t i = lo; i < hi; i++) {
+        REAL *restrict zi = z + i * (int64_t)K;
+        REAL mx, zy, inv;
+        double sr = 0.0;
+        if (cr)
+            for (int q = 0; q < K; q++) zi[q] += cr[q];
+        mx = zi[0];
+        zy = zi[y[i]];
+#pragma omp simd reduction(max : mx)
+        for (int q = 1; q < K; q++) mx = zi[q] > mx ? zi[q] : mx;
+        for (int q = 0; q < K; q++) zi[q] = VEXP(zi[q] - mx);
+        {
+            /* eight running sums in REAL (each at most K/8 terms <= 1), added in double */
+            REAL s8[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            int q = 0;
+            for (; q + 8 <= K; q += 8)
+                for (int j = 0; j < 8; j++) s8[j] += zi[q + j];
+            for (; q < K; q++) s8[0] += zi[q];
+            for (int j = 0; j < 8; j++) sr += (double)s8[j];
+        }
+        p[K] += (double)mx + log(sr) - (double)zy;
+        inv = (REAL)(1.0 / sr);
+        for (int q = 0; q < K; q++) {
+            zi[q] *= inv;
+            p[q] += (double)zi[q];
+        }
+        zi[y[i]] -= 1;
+        p[y[i]] -= 1.0;
+    }
+}
+
+#ifndef IIS_FUSED_BLOCK
+#define IIS_FUSED_BLOCK 512
+#endif
+
+/* One pass over a dense design, fused: for each block of rows, Z_b = X_b weff + c
+ * (one GEMM), softmax and loss on Z_b while it is in cache, then part_c += X_b^T G_b
+ * (a second GEMM while X_b is in cache). X is streamed once per pass instead of twice
+ * and Z never makes a round trip to memory. Rows are cut into w->natz fixed chunks
+ * (one partial d x K product and one K + 1 partial per chunk, added in chunk order),
+ * so the result does not depend on the thread count. On return grad[0, dk) = X^T G
+ * in double and w->part holds the natz softmax partials. */
+static int FN(fused_dense_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int K,
+                                const REAL *weff, const REAL *cr, FN(work) * w, double *grad)
+{
+    const int64_t n = X->n, ldx = X->ldx;
+    const int d = X->d, nch = w->natz;
+    const size_t dk = (size_t)d * (size_t)K;
+    const REAL *x = (const REAL *)X->x;
+    int nt = iis_nt_for(ctx, n * (int64_t)K * d / 32), c;
+    int64_t e, edk = (int64_t)dk;
+    for (int c0 = 0; c0 < nch; c0 += nt) { /* one chunk per thread per round */
+        int c1 = c0 + nt < nch ? c0 + nt : nch;
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (c = c0; c < c1; c++) {
+            int64_t lo, hi;
+            REAL *part = w->gpart + (size_t)c * dk;
+            double *p = w->part + (size_t)c * (K + 1);
+            iis_chunk(n, nch, c, &lo, &hi);
+            memset(p, 0, sizeof(double) * (size_t)(K + 1));
+            if (hi <= lo) memset(part, 0, sizeof(REAL) * dk);
+            for (int64_t b0 = lo; b0 < hi; b0 += IIS_FUSED_BLOCK) {
+                int rows = (int)(hi - b0 < IIS_FUSED_BLOCK ? hi - b0 : IIS_FUSED_BLOCK);
+                REAL *zb = w->z + b0 * K;
+                REAL one = 1, zero = 0, beta = b0 == lo ? 0 : 1;
+                /* column-major views: Z_b^T (K x rows) = weff^T X_b^T;
+                 * part^T (K x d) (+)= G_b^T (K x rows) X_b (rows x d) */
+                char nn = 'N', tt = 'T';
+                int ik = K, id = d, ir = rows, il = (int)ldx;
+                GEMM(ctx)(&nn, &nn, &ik, &ir, &id, &one, weff, &ik, x + b0 * ldx, &il, &zero, zb,
+                          &ik);
+                FN(softmax_rows)(w->z, y, K, cr, b0, b0 + rows, p);
+                GEMM(ctx)(&nn, &tt, &ik, &id, &ir, &one, zb, &ik, x + b0 * ldx, &il, &beta, part,
+                          &ik);
+            }
+        }
+        if (c1 < nch && iis_interrupted(ctx)) return IIS_EINTR;
+    }
+#pragma omp parallel for num_threads(iis_nt_for(ctx, edk * nch)) schedule(static)
+    for (e = 0; e < edk; e++) {
+        double t = 0.0;
+        for (int c2 = 0; c2 < nch; c2++) t += (double)w->gpart[(size_t)c2 * dk + (size_t)e];
+        grad[e] = t;
+    }
+    return IIS_OK;
+}
+
 /* z (n x K) = X weff + c */
 static int FN(logits)(const iis_ctx *ctx, const iis_design *X, int K, const REAL *weff,
                       const double *c, REAL *z, int add_bias)
@@ -83,20 +213,17 @@ static int FN(logits)(const iis_ctx *ctx, const iis_design *X, int K, const REAL
     int64_t i, n = X->n;
     int nt = iis_nt_for(ctx, n * (int64_t)K * (X->idx ? (X->k > 0 ? X->k : 1) : 1));
     if (X->idx) {
-        const REAL *val = (const REAL *)X->val;
-        int k = X->k;
+        REAL cr[IIS_MAX_STACK_K];
+        REAL *crp = K <= IIS_MAX_STACK_K ? cr : (REAL *)malloc(sizeof(REAL) * (size_t)K);
+        int64_t nb = (n + 255) / 256, bi;
+        if (!crp) return IIS_ENOMEM;
+        for (int q = 0; q < K; q++) crp[q] = (REAL)c[q];
 #pragma omp parallel for num_threads(nt) schedule(static)
-        for (i = 0; i < n; i++) {
-            REAL *zi = z + i * (int64_t)K;
-            const int32_t *ix = X->idx + i * (int64_t)k;
-            const REAL *vx = val + i * (int64_t)k;
-            for (int q = 0; q < K; q++) zi[q] = (REAL)c[q];
-            for (int j = 0; j < k; j++) {
-                const REAL *wr = weff + (size_t)ix[j] * K;
-                REAL v = vx[j];
-                for (int q = 0; q < K; q++) zi[q] += v * wr[q];
-            }
+        for (bi = 0; bi < nb; bi++) {
+            int64_t lo = bi * 256, hi = lo + 256 < n ? lo + 256 : n;
+            FN(ell_logits_rows)(X->idx, (const REAL *)X->val, X->k, weff, crp, K, lo, hi, z);
         }
+        if (crp != cr) free(crp);
         return IIS_OK;
     }
     if (FN(par_gemm_ab)(ctx, iis_nt_for(ctx, n * (int64_t)K * X->d / 32), n, X->d, K,
@@ -122,82 +249,50 @@ static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
     double *cvec = grad + dk; /* borrow the bias part of grad for c */
     double loss = 0.0, reg = 0.0;
     const REAL *mu = (const REAL *)X->mu, *sg = (const REAL *)X->sigma;
+    REAL *cr = w->gw; /* c in REAL */
+    int npart;
 
     FN(effective)(X, K, theta, w->weff, cvec);
-    if (FN(logits)(ctx, X, K, w->weff, cvec, w->z, 0) != IIS_OK) return IIS_EINTR;
-    /* per row: z_i += c (dense); loss_i = lse(z_i) - z_iy; z_i <- softmax(z_i) - e_y;
-     * one exp per entry; partial sums per fixed chunk */
-    {
-        const int add_c = X->idx == NULL;
-        REAL *cr = w->gw; /* c in REAL, borrowed scratch (gw is rewritten below) */
-        for (int q = 0; q < K; q++) cr[q] = (REAL)cvec[q];
+    for (int q = 0; q < K; q++) cr[q] = (REAL)cvec[q];
+    if (!X->idx && d > 0) {
+        if (FN(fused_dense_pass)(ctx, X, y, K, w->weff, cr, w, grad) != IIS_OK) return IIS_EINTR;
+        npart = w->natz;
+    } else {
+        if (FN(logits)(ctx, X, K, w->weff, cvec, w->z, 0) != IIS_OK) return IIS_EINTR;
+        /* per row: z_i += c (dense); loss_i = lse(z_i) - z_iy; z_i <- softmax(z_i) - e_y;
+         * partial sums per fixed chunk */
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (c = 0; c < w->nch; c++) {
             int64_t lo, hi;
             double *p = w->part + (size_t)c * (K + 1);
             iis_chunk(n, w->nch, c, &lo, &hi);
             memset(p, 0, sizeof(double) * (size_t)(K + 1));
-            for (int64_t i = lo; i < hi; i++) {
-                REAL *zi = w->z + i * (int64_t)K;
-                REAL mx, zy;
-                double sr = 0.0;
-                if (add_c)
-                    for (int q = 0; q < K; q++) zi[q] += cr[q];
-                mx = zi[0];
-                zy = zi[y[i]];
-                for (int q = 1; q < K; q++) mx = zi[q] > mx ? zi[q] : mx;
-                for (int q = 0; q < K; q++) {
-                    REAL e = EXP(zi[q] - mx);
-                    zi[q] = e;
-                    sr += e;
-                }
-                p[K] += (double)mx + log(sr) - (double)zy;
-                REAL inv = (REAL)(1.0 / sr);
-                for (int q = 0; q < K; q++) {
-                    zi[q] *= inv;
-                    p[q] += zi[q];
-                }
-                zi[y[i]] -= 1;
-                p[y[i]] -= 1.0;
-            }
+            FN(softmax_rows)(w->z, y, K, X->idx == NULL ? cr : NULL, lo, hi, p);
         }
+        npart = w->nch;
     }
     for (int q = 0; q < K; q++) grad[dk + q] = 0.0;
-    for (c = 0; c < w->nch; c++) {
+    for (c = 0; c < npart; c++) {
         const double *p = w->part + (size_t)c * (K + 1);
         loss += p[K];
         for (int q = 0; q < K; q++) grad[dk + q] += p[q];
     }
     /* gradient wrt the effective weights: X^T G */
     if (X->idx) {
-        const REAL *val = (const REAL *)X->val;
-        int k = X->k, nch = w->nch_ell;
+        int nch = w->nch_ell;
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (c = 0; c < nch; c++) {
             int64_t lo, hi;
-            double *acc = w->ellacc + (size_t)c * dk;
             iis_chunk(n, nch, c, &lo, &hi);
-            memset(acc, 0, sizeof(double) * dk);
-            for (int64_t i = lo; i < hi; i++) {
-                const REAL *gi = w->z + i * (int64_t)K;
-                const int32_t *ix = X->idx + i * (int64_t)k;
-                const REAL *vx = val + i * (int64_t)k;
-                for (int j = 0; j < k; j++) {
-                    double *ar = acc + (size_t)ix[j] * K;
-                    double v = vx[j];
-                    for (int q = 0; q < K; q++) ar[q] += v * gi[q];
-                }
-            }
+            FN(ell_grad_rows)(X->idx, (const REAL *)X->val, X->k, w->z, K, dk, lo, hi,
+                              w->ellacc + (size_t)c * dk);
         }
         for (size_t e = 0; e < dk; e++) {
             double t = 0.0;
-            for (c = 0; c < nch; c++) t += w->ellacc[(size_t)c * dk + e];
+            for (c = 0; c < nch; c++) t += (double)w->ellacc[(size_t)c * dk + e];
             grad[e] = t;
         }
-    } else if (d > 0 && n > 0) {
-        if (FN(par_gemm_atz)(ctx, iis_nt_for(ctx, n * (int64_t)K * d / 32), n, d, K,
-                             (const REAL *)X->x, X->ldx, w->z, w->gpart, w->natz, grad) != IIS_OK)
-            return IIS_EINTR;
+    } else if (d > 0) { /* X^T G is in grad already (fused pass) */
         if (sg || mu)
             for (int j = 0; j < d; j++) {
                 double inv = sg ? 1.0 / (double)sg[j] : 1.0, m0 = mu ? (double)mu[j] : 0.0;

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _core
 from ._library import NORMALIZATIONS, ConceptLibrary
-from ._validation import (single_blas, as_float_matrix, check_option, check_positive,
+from ._validation import (MAX_ABS, single_blas, as_float_matrix, check_finite_rows, check_option, check_positive,
                           check_sparsities, check_threads, encode_labels)
 
 DEFAULT_GRID = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.98)
@@ -141,7 +141,7 @@ def project(features: Any, library: Any, normalize: Optional[str] = None, *,
         ``features`` themselves when omitted (pass the train statistics when
         projecting an evaluation split).
     """
-    f = as_float_matrix(features, "features")
+    f = as_float_matrix(features, "features", check_finite=False)  # checked by the kernel
     lib = _resolve_library(library, f.shape[1], f.dtype)
     norm = check_option(normalize or lib.default_normalize, "normalize", NORMALIZATIONS)
     nt = check_threads(n_threads)
@@ -165,27 +165,39 @@ def _check_stats(stats: Any, m: int) -> tuple:
     return mean, std
 
 
-def _project(f: np.ndarray, unit_p: np.ndarray, norm: str, stats: Optional[tuple], nt: int):
-    """Returns activations (and train stats for 'standardize' when stats is None)."""
+def _project(f: np.ndarray, unit_p: np.ndarray, norm: str, stats: Optional[tuple], nt: int,
+             name: str = "features"):
+    """Activations of ``f``, which was taken with ``check_finite=False``: the kernel
+    reports max |f| over the tiles it reads (in cache), so the finiteness check of
+    ``as_float_matrix`` costs no separate pass over the features."""
     if norm != "standardize":
-        return _core.project(f, unit_p, _NORM_CODE[norm], None, None, nt)
+        return _checked(_core.project(f, unit_p, _NORM_CODE[norm], None, None, nt, True), f, name)
     if stats is None:
-        a = _core.project(f, unit_p, 0, None, None, nt)
+        a = _checked(_core.project(f, unit_p, 0, None, None, nt, True), f, name)
         mean, std = _core.colstats(a, nt)
         a -= mean
         a /= std
         return a
     mean, std = (np.ascontiguousarray(s, dtype=f.dtype).reshape(-1) for s in stats)
-    return _core.project(f, unit_p, 2, mean, std, nt)
+    return _checked(_core.project(f, unit_p, 2, mean, std, nt, True), f, name)
+
+
+def _checked(result: tuple, f: np.ndarray, name: str) -> np.ndarray:
+    """The activations, after the input check on the max |f| the kernel measured."""
+    a, absmax = result
+    if not absmax <= MAX_ABS:  # also NaN
+        check_finite_rows(f, name)  # raises, naming the first bad row
+        raise ValueError(f"{name} contains NaN, Inf or entries above {MAX_ABS:.0e}")
+    return a
 
 
 def activation_stats(features: Any, library: Any, n_threads: Optional[int] = None) -> tuple:
     """Per-concept (mean, std) of raw activations ``F @ unit(P).T`` (train statistics)."""
-    f = as_float_matrix(features, "features")
+    f = as_float_matrix(features, "features", check_finite=False)  # checked by the kernel
     lib = _resolve_library(library, f.shape[1], f.dtype)
     nt = check_threads(n_threads)
     with single_blas():
-        a = _core.project(f, lib.unit(f.dtype), 0, None, None, nt)
+        a = _checked(_core.project(f, lib.unit(f.dtype), 0, None, None, nt, True), f, "features")
         return _core.colstats(a, nt)
 
 
@@ -247,8 +259,9 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
     IISResult
     """
     t_all = time.perf_counter()
-    ftr = as_float_matrix(train_features, "train_features")
-    fev = as_float_matrix(eval_features, "eval_features")
+    # finiteness is checked by the projection kernels, on tiles already in cache
+    ftr = as_float_matrix(train_features, "train_features", check_finite=False)
+    fev = as_float_matrix(eval_features, "eval_features", check_finite=False)
     if ftr.shape[1] != fev.shape[1]:
         raise ValueError(f"train_features have d={ftr.shape[1]} but eval_features have d={fev.shape[1]}")
     if ftr.dtype != fev.dtype:  # promote the narrower split (explicitly requested by the caller)
@@ -280,14 +293,14 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         t0 = time.perf_counter()
         unit_p = lib.unit(ftr.dtype)
         if norm == "standardize":
-            atr = _core.project(ftr, unit_p, 0, None, None, nt)
+            atr = _checked(_core.project(ftr, unit_p, 0, None, None, nt, True), ftr, "train_features")
             stats = _core.colstats(atr, nt)
             atr -= stats[0]
             atr /= stats[1]
-            aev = _project(fev, unit_p, norm, stats, nt)
+            aev = _project(fev, unit_p, norm, stats, nt, "eval_features")
         else:
-            atr = _project(ftr, unit_p, norm, None, nt)
-            aev = _project(fev, unit_p, norm, None, nt)
+            atr = _project(ftr, unit_p, norm, None, nt, "train_features")
+            aev = _project(fev, unit_p, norm, None, nt, "eval_features")
         timings["project"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -121,6 +121,21 @@ def test_topk_ties_lower_index_wins():
     assert idx.tolist() == [[0, 1, 2]]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("soft", [False, True])
+def test_topk_wide_rows_with_many_ties(dtype, soft):
+    """m = 257 (the quickselect on |a| runs many partition rounds), values from 7
+    levels (ties everywhere, equal magnitudes of both signs), every k from 1 to m."""
+    rng = np.random.default_rng(11)
+    a = rng.integers(-3, 4, size=(40, 257)).astype(dtype) * dtype(0.25)
+    for k in (1, 2, 37, 128, 200, 256, 257):
+        idx, val = _core.topk(a, k, soft, 0, 2)
+        np.testing.assert_array_equal(idx, ref.topk_index(a, k))
+        expected = ref.mask(a, k, soft)
+        np.testing.assert_array_equal(_core.topk(a, k, soft, 1, 2), expected)
+        np.testing.assert_array_equal(val, np.take_along_axis(expected, idx.astype(np.int64), axis=1))
+
+
 # ---------------------------------------------------------------- solver
 def _design(n, d, K, dtype, seed):
     rng = np.random.default_rng(seed)
@@ -244,3 +259,68 @@ def test_trapezoid_and_accuracy():
     p = np.array([0, 1, 2, 2], np.int32)
     y = np.array([0, 1, 1, 2], np.int32)
     assert _core.accuracy(p, y) == 0.75
+
+
+# ---------------------------------------------------------------- one solver pass
+def _pass_at(x, idx, val, d, y, K, w, b, mu=None, sd=None, nt=2):
+    """(loss, max |grad|) of the core at (w, b): max_iter=0 evaluates one pass."""
+    *_, it, conv, loss, gmax = _core.logreg_fit(x, idx, val, d, y, K, 1e-3, 1e-30, 0, w, b, mu, sd, nt)
+    assert it == 0
+    return loss, gmax
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_one_pass_loss_and_gradient_float32_vs_float64_reference(scale):
+    """Loss and gradient of one float32 pass (fused dense pass, vectorised exp, chunked
+    float partials) against the float64 reference, with logits spread over up to
+    +-300 (exp arguments far below the -87 floor of the float exp)."""
+    rng = np.random.default_rng(4)
+    n, d, K = 6000, 40, 13  # several fixed chunks, blocks and a ragged last block
+    x = rng.normal(size=(n, d))
+    y = rng.integers(0, K, n).astype(np.int32)
+    w = rng.normal(size=(d, K)) * scale / np.sqrt(d)
+    b = rng.normal(size=K)
+    f_ref = ref.logreg_objective(w, b, x, y, 1e-3)
+    g_ref = np.abs(np.concatenate([g.ravel() for g in ref.logreg_gradient(w, b, x, y, 1e-3)])).max()
+    f32, g32 = _pass_at(x.astype(np.float32), None, None, 0, y, K, w.astype(np.float32), b.astype(np.float32))
+    f64, g64 = _pass_at(x, None, None, 0, y, K, w.copy(), b.copy())
+    assert abs(f64 - f_ref) <= 1e-12 * max(1.0, abs(f_ref))
+    assert abs(g64 - g_ref) <= 1e-12 * max(1.0, g_ref)
+    # the float32 pass rounds x, w and the logits to float32: relative errors of ~1e-6
+    assert abs(f32 - f_ref) <= 2e-5 * max(1.0, abs(f_ref))
+    assert abs(g32 - g_ref) <= 2e-5 * max(1.0, g_ref)
+    # the k-sparse (ELL) pass gives the same numbers on the masked design
+    k = 5
+    i32, v32 = _core.topk(x.astype(np.float32), k, False, 0, 1)
+    xm = ref.mask(x.astype(np.float32), k).astype(np.float64)
+    fe, ge = _pass_at(None, i32, v32, d, y, K, w.astype(np.float32), b.astype(np.float32))
+    fm = ref.logreg_objective(w, b, xm, y, 1e-3)
+    gm = np.abs(np.concatenate([g.ravel() for g in ref.logreg_gradient(w, b, xm, y, 1e-3)])).max()
+    assert abs(fe - fm) <= 2e-5 * max(1.0, abs(fm)) and abs(ge - gm) <= 2e-5 * max(1.0, gm)
+
+
+def test_one_pass_identical_for_any_thread_count():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(9000, 24)).astype(np.float32)
+    y = rng.integers(0, 7, 9000).astype(np.int32)
+    w = (rng.normal(size=(24, 7)) * 0.3).astype(np.float32)
+    b = np.zeros(7, np.float32)
+    out = {nt: _pass_at(x, None, None, 0, y, 7, w, b, nt=nt) for nt in (1, 2, 3, 5)}
+    assert len(set(out.values())) == 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_project_reports_max_abs_of_the_features(dtype):
+    """The projection's in-cache input check: max |F| over every row (several tiles),
+    NaN when any entry is NaN or +-Inf, whatever the tile it falls in."""
+    f = rand((5000, 33), dtype, 8)
+    f[4321, 7] = -12.5
+    p = ref.unit(rand((6, 33), dtype, 9)).astype(dtype)
+    a, mx = _core.project(f, p, 0, None, None, 2, True)
+    assert mx == 12.5
+    np.testing.assert_array_equal(a, _core.project(f, p, 0, None, None, 2))
+    for bad in (np.nan, np.inf, -np.inf):
+        g = f.copy()
+        g[3000, 32] = bad
+        _, mx = _core.project(g, p, 1, None, None, 2, True)
+        assert np.isnan(mx)
