@@ -43,7 +43,7 @@ setup(
             "iis._core",
             sources=sources,
             include_dirs=["csrc", np.get_include()],
-            depends=["csrc/iis.h", "csrc/internal.h", "csrc/project_t.h", "csrc/mask_t.h",
+            depends=["csrc/iis.h", "csrc/internal.h", "csrc/gemm_t.h", "csrc/project_t.h", "csrc/mask_t.h",
                      "csrc/solver_t.h", "csrc/kmeans_t.h",
                      "csrc/text_t.h"],
             extra_compile_args=compile_args,
