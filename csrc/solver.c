@@ -21,7 +21,7 @@
 #define REAL double
 #define IS_DOUBLE 1
 #define FTOL (64.0 * DBL_EPSILON)
-#define VEXP exp
+#define VEXP iis_exp_neg
 #define FN(name) IIS_CAT(name, _d)
 #define GEMM(ctx) (ctx)->blas->dgemm
 #include "gemm_t.h"
