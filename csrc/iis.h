@@ -139,6 +139,10 @@ typedef struct {
     int soft;
     int published_keep;
     iis_solver_params solver;
+    int overwrite; /* nonzero: a_tr and a_ev may be overwritten. Hard masks are then
+                      applied in place (along ascending s the kept sets are nested, so
+                      masking the masked rows again gives the same result), which saves
+                      a copy of each split's activations. Ignored for soft masks. */
 } iis_path_params;
 
 typedef struct {

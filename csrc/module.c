@@ -519,11 +519,12 @@ static PyObject *py_logreg_predict(PyObject *self, PyObject *args)
 }
 
 /* path(Atr, ytr, Aev, yev, n_classes, s, soft, published, l2, tol, max_iter, n_threads,
- *      progress) -> (accuracy, kept, n_iter, converged) */
+ *      progress[, overwrite]) -> (accuracy, kept, n_iter, converged); with overwrite,
+ *      hard masks are applied in place to Atr and Aev (see iis_path_params) */
 static PyObject *py_path(PyObject *self, PyObject *args)
 {
     PyObject *oatr, *oytr, *oaev, *oyev, *os, *oprog;
-    int K, soft, published, max_iter, nt, t, st = 0, m, ns;
+    int K, soft, published, max_iter, nt, t, st = 0, m, ns, overwrite = 0;
     double l2, tol;
     PyArrayObject *atr, *ytr, *aev, *yev, *s, *acc = NULL, *kept = NULL, *nit = NULL, *conv = NULL;
     iis_path_params prm;
@@ -531,8 +532,8 @@ static PyObject *py_path(PyObject *self, PyObject *args)
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOOiOppddiiO", &oatr, &oytr, &oaev, &oyev, &K, &os, &soft,
-                          &published, &l2, &tol, &max_iter, &nt, &oprog))
+    if (!PyArg_ParseTuple(args, "OOOOiOppddiiO|p", &oatr, &oytr, &oaev, &oyev, &K, &os, &soft,
+                          &published, &l2, &tol, &max_iter, &nt, &oprog, &overwrite))
         return NULL;
     if ((t = float_type(oatr, "train activations")) < 0) return NULL;
     if (!(atr = arr(oatr, "train activations", t, 2, 0)) ||
@@ -570,6 +571,15 @@ static PyObject *py_path(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "progress must be callable or None");
         return NULL;
     }
+    if (overwrite) { /* masks are written into the activations: two separate writable arrays */
+        const char *lo1 = PyArray_DATA(atr), *lo2 = PyArray_DATA(aev);
+        const char *hi1 = lo1 + PyArray_NBYTES(atr), *hi2 = lo2 + PyArray_NBYTES(aev);
+        if (!PyArray_ISWRITEABLE(atr) || !PyArray_ISWRITEABLE(aev) || (lo1 < hi2 && lo2 < hi1)) {
+            PyErr_SetString(PyExc_ValueError,
+                            "path(overwrite=True) needs two separate, writable activation arrays");
+            return NULL;
+        }
+    }
     {
         npy_intp dims[1] = {ns};
         acc = (PyArrayObject *)PyArray_EMPTY(1, dims, NPY_FLOAT64, 0);
@@ -580,6 +590,7 @@ static PyObject *py_path(PyObject *self, PyObject *args)
     if (!acc || !kept || !nit || !conv) goto fail;
     prm.soft = soft;
     prm.published_keep = published;
+    prm.overwrite = overwrite;
     prm.solver.l2 = l2;
     prm.solver.tol = tol;
     prm.solver.max_iter = max_iter;
@@ -866,7 +877,8 @@ static PyMethodDef methods[] = {
     {"logreg_predict", py_logreg_predict, METH_VARARGS,
      "logreg_predict(X, idx, val, d, W, b, mu, sigma, n_threads) -> (logits, pred)"},
     {"path", py_path, METH_VARARGS,
-     "path(Atr, ytr, Aev, yev, K, s, soft, published, l2, tol, max_iter, n_threads, progress)"},
+     "path(Atr, ytr, Aev, yev, K, s, soft, published, l2, tol, max_iter, n_threads, progress[, "
+     "overwrite])"},
     {"kmeans", py_kmeans, METH_VARARGS, "kmeans(X, k, seed, max_iter, tol, n_threads)"},
     {"trapezoid", py_trapezoid, METH_VARARGS, "trapezoid(s, arr) -> IIS"},
     {"accuracy", py_accuracy, METH_VARARGS, "accuracy(pred, y) -> float"},

@@ -525,10 +525,13 @@ int FN(iis_path)(const iis_ctx *ctx, const REAL *a_tr, int64_t n_tr, const int32
                  const double *s, int n_s, const iis_path_params *prm, iis_path_result *res)
 {
     const int K = n_classes;
-    int err = IIS_OK;
+    int err = IIS_OK, in_place;
     REAL *w = NULL, *b = NULL, *vtr = NULL, *vev = NULL;
     int32_t *itr = NULL, *iev = NULL, *pred = NULL;
     if (n_tr <= 0 || n_ev <= 0 || m < 1 || K < 1 || n_s < 1 || !prm || !res) return IIS_EINVAL;
+    in_place = prm->overwrite && !prm->soft;
+    for (int i = 1; i < n_s && in_place; i++) /* nested kept sets need ascending s */
+        if (!(s[i] > s[i - 1])) return IIS_EINVAL;
     w = (REAL *)calloc((size_t)m * (size_t)K + 1, sizeof(REAL));
     b = (REAL *)calloc((size_t)K, sizeof(REAL));
     pred = (int32_t *)malloc(sizeof(int32_t) * (size_t)n_ev);
@@ -569,19 +572,24 @@ int FN(iis_path)(const iis_ctx *ctx, const REAL *a_tr, int64_t n_tr, const int32
             Xev.val = vev;
             Xev.k = k;
         } else {
-            vtr = (REAL *)malloc(sizeof(REAL) * (size_t)n_tr * (size_t)m);
-            vev = (REAL *)malloc(sizeof(REAL) * (size_t)n_ev * (size_t)m);
-            if (!vtr || !vev) {
-                err = IIS_ENOMEM;
-                goto cleanup;
+            /* hard masks in place when allowed (row by row, each entry read before it
+             * is written); otherwise masked copies */
+            REAL *mtr = (REAL *)a_tr, *mev = (REAL *)a_ev;
+            if (!in_place) {
+                mtr = vtr = (REAL *)malloc(sizeof(REAL) * (size_t)n_tr * (size_t)m);
+                mev = vev = (REAL *)malloc(sizeof(REAL) * (size_t)n_ev * (size_t)m);
+                if (!vtr || !vev) {
+                    err = IIS_ENOMEM;
+                    goto cleanup;
+                }
             }
-            if ((err = FN(iis_mask_dense)(ctx, a_tr, n_tr, m, m, k, prm->soft, vtr)) != IIS_OK)
+            if ((err = FN(iis_mask_dense)(ctx, a_tr, n_tr, m, m, k, prm->soft, mtr)) != IIS_OK)
                 goto cleanup;
-            if ((err = FN(iis_mask_dense)(ctx, a_ev, n_ev, m, m, k, prm->soft, vev)) != IIS_OK)
+            if ((err = FN(iis_mask_dense)(ctx, a_ev, n_ev, m, m, k, prm->soft, mev)) != IIS_OK)
                 goto cleanup;
-            Xtr.x = vtr;
+            Xtr.x = mtr;
             Xtr.ldx = m;
-            Xev.x = vev;
+            Xev.x = mev;
             Xev.ldx = m;
         }
         if ((err = FN(iis_logreg_fit)(ctx, &Xtr, y_tr, K, &prm->solver, w, b, &info)) != IIS_OK)

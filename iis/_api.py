@@ -305,9 +305,10 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
 
         t0 = time.perf_counter()
         max_iter = min(int(max_iter), 2**31 - 1)  # the core counts iterations in a C int
+        # atr and aev are this call's own: hard masks may be applied to them in place
         acc, kept, n_iter, conv = _core.path(atr, ytr, aev, yev, K, s, mask == "soft",
                                              keep == "published", float(l2), float(tol),
-                                             max_iter, nt, _progress_printer(bool(progress), s))
+                                             max_iter, nt, _progress_printer(bool(progress), s), True)
         timings["path"] = time.perf_counter() - t0
         del atr, aev
 

@@ -324,3 +324,50 @@ def test_project_reports_max_abs_of_the_features(dtype):
         g[3000, 32] = bad
         _, mx = _core.project(g, p, 1, None, None, 2, True)
         assert np.isnan(mx)
+
+
+# ---------------------------------------------------------------- path, masks in place
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("published", [False, True])
+def test_path_in_place_masks_equal_masked_copies(dtype, published):
+    """overwrite=True applies the hard masks to the activations themselves (kept sets
+    are nested along ascending s, ties included): the same accuracies and iterations
+    as with masked copies, bit for bit, and the rows end up masked to the last k."""
+    rng = np.random.default_rng(12)
+    m, K = 40, 4
+    atr = (rng.integers(-4, 5, size=(900, m)) * 0.5).astype(dtype)  # ties and zeros everywhere
+    aev = (rng.integers(-4, 5, size=(300, m)) * 0.5).astype(dtype)
+    w = rng.normal(size=(m, K))
+    ytr = np.argmax(atr @ w + rng.gumbel(size=(900, K)), 1).astype(np.int32)
+    yev = np.argmax(aev @ w + rng.gumbel(size=(300, K)), 1).astype(np.int32)
+    s = np.array([0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95])
+    args = (K, s, False, published, 1e-3, 1e-5, 300, 2, None)
+    a1, e1 = atr.copy(), aev.copy()
+    copies = _core.path(a1, ytr, e1, yev, *args)
+    np.testing.assert_array_equal(a1, atr)  # without overwrite nothing is written
+    a2, e2 = atr.copy(), aev.copy()
+    in_place = _core.path(a2, ytr, e2, yev, *args, True)
+    for x, y in zip(copies, in_place):
+        np.testing.assert_array_equal(x, y)
+    # the arrays hold the masks of the last ratio fitted on dense rows (4 k > m)
+    k_dense = min(int(k) for k in copies[1] if 4 * k > m)
+    assert k_dense < m
+    np.testing.assert_array_equal(a2, ref.mask(atr, k_dense))
+    np.testing.assert_array_equal(e2, ref.mask(aev, k_dense))
+
+
+def test_path_in_place_refuses_shared_or_read_only_arrays():
+    a = rand((50, 6), np.float64, 13)
+    y = (np.arange(50) % 3).astype(np.int32)
+    s = np.array([0.0, 0.5])
+    with pytest.raises(ValueError, match="separate, writable"):
+        _core.path(a, y, a, y, 3, s, False, False, 1e-2, 1e-4, 20, 1, None, True)
+    with pytest.raises(ValueError, match="separate, writable"):
+        _core.path(a, y, a[10:], y[10:], 3, s, False, False, 1e-2, 1e-4, 20, 1, None, True)
+    ro = a.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="separate, writable"):
+        _core.path(ro, y, a.copy(), y, 3, s, False, False, 1e-2, 1e-4, 20, 1, None, True)
+    soft_in = a.copy()
+    _core.path(soft_in, y, a.copy(), y, 3, s, True, False, 1e-2, 1e-4, 20, 1, None, True)
+    np.testing.assert_array_equal(soft_in, a)  # soft masks are never applied in place
