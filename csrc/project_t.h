@@ -70,6 +70,9 @@ int FN(iis_project)(const iis_ctx *ctx, const REAL *f, int64_t n, int d, int64_t
             int64_t r0 = t * tile;
             int rows = (int)(n - r0 < tile ? n - r0 : tile);
             REAL *o = out + r0 * (int64_t)m;
+            /* the input check first: it streams the tile from memory into cache,
+             * where the GEMM then finds it */
+            if (tmax) tmax[t] = FN(absmax_rows)(f + r0 * ldf, rows, d, ldf);
             if (d == 0) {
                 memset(o, 0, sizeof(REAL) * (size_t)rows * (size_t)m);
             } else {
@@ -82,7 +85,6 @@ int FN(iis_project)(const iis_ctx *ctx, const REAL *f, int64_t n, int d, int64_t
             }
             if (norm == IIS_NORM_LAYERNORM) FN(layernorm_rows)(o, rows, m, 1);
             else if (norm == IIS_NORM_STANDARDIZE) FN(standardize_rows)(o, rows, m, mean, std, 1);
-            if (tmax) tmax[t] = FN(absmax_rows)(f + r0 * ldf, rows, d, ldf);
         }
         if (iis_interrupted(ctx)) {
             free(tmax);
