@@ -18,8 +18,6 @@
  * a barrier costs more than the work, and far more on a loaded machine. */
 #define IIS_PAR_MIN (1 << 20)
 
-/* class counts up to this use stack scratch in the row kernels */
-#define IIS_MAX_STACK_K 256
 
 static inline int iis_nthreads(const iis_ctx *ctx)
 {

@@ -150,6 +150,19 @@ IIS_HOT static void FN(softmax_rows)(REAL *restrict z, const int32_t *restrict y
     }
 }
 
+/* out[e] = sum over the nch partial products part[c] (each dk long), in chunk order
+ * and in double: the same sum for any thread count */
+static void FN(sum_parts)(const iis_ctx *ctx, const REAL *part, int nch, size_t dk, double *out)
+{
+    int64_t e, edk = (int64_t)dk;
+#pragma omp parallel for num_threads(iis_nt_for(ctx, edk * nch)) schedule(static)
+    for (e = 0; e < edk; e++) {
+        double t = 0.0;
+        for (int c = 0; c < nch; c++) t += (double)part[(size_t)c * dk + (size_t)e];
+        out[e] = t;
+    }
+}
+
 /* rows per block of the fused pass: X_b (512 x d floats) stays in a 2 MB L2 for d up
  * to ~1000, Z_b (512 x K) in L1/L2; 256 to 2,048 measured within noise on W1 */
 #define IIS_FUSED_BLOCK 512
@@ -169,7 +182,6 @@ static int FN(fused_dense_pass)(const iis_ctx *ctx, const iis_design *X, const i
     const size_t dk = (size_t)d * (size_t)K;
     const REAL *x = (const REAL *)X->x;
     int nt = iis_nt_for(ctx, n * (int64_t)K * d / 32), c;
-    int64_t e, edk = (int64_t)dk;
     for (int c0 = 0; c0 < nch; c0 += nt) { /* one chunk per thread per round */
         int c1 = c0 + nt < nch ? c0 + nt : nch;
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -197,43 +209,32 @@ static int FN(fused_dense_pass)(const iis_ctx *ctx, const iis_design *X, const i
         }
         if (c1 < nch && iis_interrupted(ctx)) return IIS_EINTR;
     }
-#pragma omp parallel for num_threads(iis_nt_for(ctx, edk * nch)) schedule(static)
-    for (e = 0; e < edk; e++) {
-        double t = 0.0;
-        for (int c2 = 0; c2 < nch; c2++) t += (double)w->gpart[(size_t)c2 * dk + (size_t)e];
-        grad[e] = t;
-    }
+    FN(sum_parts)(ctx, w->gpart, nch, dk, grad);
     return IIS_OK;
 }
 
-/* z (n x K) = X weff + c */
+/* z (n x K) = X weff + c, with c in REAL */
 static int FN(logits)(const iis_ctx *ctx, const iis_design *X, int K, const REAL *weff,
-                      const double *c, REAL *z, int add_bias)
+                      const REAL *cr, REAL *z)
 {
     int64_t i, n = X->n;
     int nt = iis_nt_for(ctx, n * (int64_t)K * (X->idx ? (X->k > 0 ? X->k : 1) : 1));
     if (X->idx) {
-        REAL cr[IIS_MAX_STACK_K];
-        REAL *crp = K <= IIS_MAX_STACK_K ? cr : (REAL *)malloc(sizeof(REAL) * (size_t)K);
         int64_t nb = (n + 255) / 256, bi;
-        if (!crp) return IIS_ENOMEM;
-        for (int q = 0; q < K; q++) crp[q] = (REAL)c[q];
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (bi = 0; bi < nb; bi++) {
             int64_t lo = bi * 256, hi = lo + 256 < n ? lo + 256 : n;
-            FN(ell_logits_rows)(X->idx, (const REAL *)X->val, X->k, weff, crp, K, lo, hi, z);
+            FN(ell_logits_rows)(X->idx, (const REAL *)X->val, X->k, weff, cr, K, lo, hi, z);
         }
-        if (crp != cr) free(crp);
         return IIS_OK;
     }
     if (FN(par_gemm_ab)(ctx, iis_nt_for(ctx, n * (int64_t)K * X->d / 32), n, X->d, K,
                         (const REAL *)X->x, X->ldx, weff, z) != IIS_OK)
         return IIS_EINTR;
-    if (!add_bias) return IIS_OK; /* the caller adds c in its own pass over z */
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (i = 0; i < n; i++) {
         REAL *zi = z + i * (int64_t)K;
-        for (int q = 0; q < K; q++) zi[q] += (REAL)c[q];
+        for (int q = 0; q < K; q++) zi[q] += cr[q];
     }
     return IIS_OK;
 }
@@ -258,17 +259,17 @@ static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
         if (FN(fused_dense_pass)(ctx, X, y, K, w->weff, cr, w, grad) != IIS_OK) return IIS_EINTR;
         npart = w->natz;
     } else {
-        int err = FN(logits)(ctx, X, K, w->weff, cvec, w->z, 0);
+        int err = FN(logits)(ctx, X, K, w->weff, cr, w->z);
         if (err != IIS_OK) return err;
-        /* per row: z_i += c (dense); loss_i = lse(z_i) - z_iy; z_i <- softmax(z_i) - e_y;
-         * partial sums per fixed chunk */
+        /* per row: loss_i = lse(z_i) - z_iy; z_i <- softmax(z_i) - e_y; partial sums
+         * per fixed chunk */
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (c = 0; c < w->nch; c++) {
             int64_t lo, hi;
             double *p = w->part + (size_t)c * (K + 1);
             iis_chunk(n, w->nch, c, &lo, &hi);
             memset(p, 0, sizeof(double) * (size_t)(K + 1));
-            FN(softmax_rows)(w->z, y, K, X->idx == NULL ? cr : NULL, lo, hi, p);
+            FN(softmax_rows)(w->z, y, K, NULL, lo, hi, p);
         }
         npart = w->nch;
     }
@@ -288,11 +289,7 @@ static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
             FN(ell_grad_rows)(X->idx, (const REAL *)X->val, X->k, w->z, K, dk, lo, hi,
                               w->ellacc + (size_t)c * dk);
         }
-        for (size_t e = 0; e < dk; e++) {
-            double t = 0.0;
-            for (c = 0; c < nch; c++) t += (double)w->ellacc[(size_t)c * dk + e];
-            grad[e] = t;
-        }
+        FN(sum_parts)(ctx, w->ellacc, nch, dk, grad);
     } else if (d > 0) { /* X^T G is in grad already (fused pass) */
         if (sg || mu)
             for (int j = 0; j < d; j++) {
@@ -480,7 +477,7 @@ int FN(iis_logreg_predict)(const iis_ctx *ctx, const iis_design *X, int n_classe
     size_t dk;
     int64_t i, n;
     REAL *z = logits;
-    REAL *weff = NULL;
+    REAL *weff = NULL, *cr = NULL;
     double *c = NULL, *theta = NULL;
     if (!X || K < 1 || X->n < 0 || X->d < 0) return IIS_EINVAL;
     if (!X->idx && (X->ldx < X->d || !iis_fits_int(X->ldx) || !iis_fits_int(X->n)))
@@ -492,15 +489,17 @@ int FN(iis_logreg_predict)(const iis_ctx *ctx, const iis_design *X, int n_classe
     theta = (double *)malloc(sizeof(double) * (dk + (size_t)K));
     c = (double *)malloc(sizeof(double) * (size_t)K);
     weff = (REAL *)malloc(sizeof(REAL) * (dk + 1));
+    cr = (REAL *)malloc(sizeof(REAL) * (size_t)K);
     if (!z) z = (REAL *)malloc(sizeof(REAL) * (size_t)n * (size_t)K);
-    if (!theta || !c || !weff || !z) {
+    if (!theta || !c || !weff || !cr || !z) {
         err = IIS_ENOMEM;
         goto cleanup;
     }
     for (size_t e = 0; e < dk; e++) theta[e] = w[e];
     for (int q = 0; q < K; q++) theta[dk + q] = b[q];
     FN(effective)(X, K, theta, weff, c);
-    if ((err = FN(logits)(ctx, X, K, weff, c, z, 1)) != IIS_OK) goto cleanup;
+    for (int q = 0; q < K; q++) cr[q] = (REAL)c[q];
+    if ((err = FN(logits)(ctx, X, K, weff, cr, z)) != IIS_OK) goto cleanup;
     if (pred) {
         int nt = iis_nt_for(ctx, n * (int64_t)K);
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -515,6 +514,7 @@ int FN(iis_logreg_predict)(const iis_ctx *ctx, const iis_design *X, int n_classe
 cleanup:
     if (z != logits) free(z);
     free(weff);
+    free(cr);
     free(c);
     free(theta);
     return err;
