@@ -1,7 +1,6 @@
 """The public pipeline: projection, sparsity path, probe, ARR and IIS."""
 from __future__ import annotations
 
-import json
 import sys
 import time
 import warnings
@@ -12,8 +11,8 @@ import numpy as np
 
 from . import _core
 from ._library import NORMALIZATIONS, ConceptLibrary
-from ._validation import (MAX_ABS, single_blas, as_float_matrix, check_finite_rows, check_option, check_positive,
-                          check_sparsities, check_threads, encode_labels)
+from ._validation import (MAX_ABS, as_float_matrix, check_finite_rows, check_option, check_positive,
+                          check_sparsities, check_threads, encode_labels, json_text, single_blas)
 
 DEFAULT_GRID = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.98)
 _NORM_CODE = {"none": 0, "layernorm": 1, "standardize": 2}
@@ -84,11 +83,7 @@ class IISResult:
 
     def to_json(self, path: Optional[str] = None, indent: int = 2) -> str:
         """JSON text of :meth:`to_dict`; also written to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=indent)
-        if path is not None:
-            with open(path, "w") as fh:
-                fh.write(text + "\n")
-        return text
+        return json_text(self.to_dict(), path, indent)
 
     def __repr__(self) -> str:
         rows = "\n".join(

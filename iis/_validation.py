@@ -229,6 +229,18 @@ def stratified_choice(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.asarray(take, dtype=np.int64))
 
 
+def json_text(data: Any, path: "str | None" = None, indent: int = 2) -> str:
+    """``json.dumps(data)``; also written to ``path`` (with a final newline) when given.
+    The one writer behind every ``to_json`` method."""
+    import json
+
+    text = json.dumps(data, indent=indent)
+    if path is not None:
+        with open(path, "w") as fh:
+            fh.write(text + "\n")
+    return text
+
+
 def read_npz(path: Any, what: str) -> dict:
     """All arrays of an ``.npz`` file as a dict, read without pickles.
 

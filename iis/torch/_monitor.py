@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -14,6 +13,7 @@ from torch import nn
 
 from ._data import ImageDataset, data_config
 from ._features import extract_features
+from .._validation import json_text
 
 __all__ = ["IISMonitor"]
 
@@ -321,11 +321,7 @@ class IISMonitor:
 
     def to_json(self, path: str | None = None, indent: int = 2) -> str:
         """JSON text of :meth:`to_dict`; also written to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=indent)
-        if path is not None:
-            with open(path, "w") as fh:
-                fh.write(text + "\n")
-        return text
+        return json_text(self.to_dict(), path, indent)
 
     def __repr__(self) -> str:
         if not self.history:
