@@ -102,11 +102,13 @@ def trapezoid_iis(sparsities, arr) -> float:
     return float(np.sum((a[1:] + a[:-1]) / 2 * np.diff(s)))
 
 
-def _curve(sparsities, ip_acc, probe_acc):
+def _curve(sparsities, kept, ip_acc, probe_acc):
+    """The fields every opponent reports for its curve: the grid, ARR and IIS."""
     arr = [float(x) / probe_acc for x in ip_acc]
     iis = trapezoid_iis(sparsities, arr)
     span = max(sparsities) - min(sparsities)
-    return arr, iis, (iis / span if span > 0 else float("nan"))
+    return dict(sparsities=sparsities, kept=kept, ip_accuracy=ip_acc, probe_accuracy=probe_acc,
+                arr=arr, iis=iis, iis_normalized=iis / span if span > 0 else float("nan"))
 
 
 # --------------------------------------------------------------------------------------
@@ -204,18 +206,11 @@ def sklearn_lbfgs(
     probe, pok = _sk_fit(Ztr, train_y, C, tol, max_iter)
     probe_acc = float(np.mean(probe.predict(Zev) == eval_y))
     tm["probe"] = time.perf_counter() - t
-    arr, iis_, iis_n = _curve(grid, ip_acc, probe_acc)
     return dict(
         opponent="(b) sklearn LogisticRegression(lbfgs)",
         total_s=time.perf_counter() - t_all,
         timings=tm,
-        sparsities=grid,
-        kept=kept,
-        ip_accuracy=ip_acc,
-        probe_accuracy=probe_acc,
-        arr=arr,
-        iis=iis_,
-        iis_normalized=iis_n,
+        **_curve(grid, kept, ip_acc, probe_acc),
         n_iter=n_iter,
         probe_n_iter=int(np.max(probe.n_iter_)),
         converged=conv + [pok],
@@ -366,7 +361,6 @@ def published_recipe(
             fit_times.append((s, lr, time.perf_counter() - t))
     measured = time.perf_counter() - t_all
     scale = epochs / run_epochs
-    arr, iis_, iis_n = _curve(grid, best_ip, best_probe)
     return dict(
         opponent="(a) published recipe (PyTorch CPU, Adam)",
         total_s=measured * scale,
@@ -376,13 +370,7 @@ def published_recipe(
         measured_epochs=run_epochs,
         n_fits=len(fit_times),
         timings={"fits": sum(f[2] for f in fit_times) * scale, "setup": (measured - sum(f[2] for f in fit_times)) * scale},
-        sparsities=grid,
-        kept=[keep_count(m, s) for s in grid],
-        ip_accuracy=best_ip,
-        probe_accuracy=best_probe,
-        arr=arr,
-        iis=iis_,
-        iis_normalized=iis_n,
+        **_curve(grid, [keep_count(m, s) for s in grid], best_ip, best_probe),
         lrs=list(lrs),
         torch_threads=torch.get_num_threads(),
     )
@@ -476,19 +464,12 @@ def glm_saga_recipe(
     probe_acc, pok, _ = _saga_fit(Ztr, train_y, Zev, eval_y, K, n_iters, batch_size, step_size, lam, seed)
     tm["probe"] = time.perf_counter() - t
     conv.append(pok)
-    arr, iis_, iis_n = _curve(grid, ip_acc, probe_acc)
     capped = n_iters < 1000 and not all(conv)
     return dict(
         opponent="(c) glm-saga (published Text path, lam=0)",
         total_s=time.perf_counter() - t_all,
         timings=tm,
-        sparsities=grid,
-        kept=[keep_count(m, s) for s in grid],
-        ip_accuracy=ip_acc,
-        probe_accuracy=probe_acc,
-        arr=arr,
-        iis=iis_,
-        iis_normalized=iis_n,
+        **_curve(grid, [keep_count(m, s) for s in grid], ip_acc, probe_acc),
         converged=conv,
         n_iters=n_iters,
         capped=capped,
