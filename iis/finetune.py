@@ -489,6 +489,20 @@ def _held_features(model, dataset, cfg: FinetuneConfig, device) -> np.ndarray:
                             progress=cfg.progress, num_workers=cfg.workers)
 
 
+def _measure(model, data, cfg: FinetuneConfig, mean, std, device, timings: Dict[str, float], when: str):
+    """Held-out features of both splits, the Prototype library built from the model, and
+    the IIS on them (the before and after measurements); timings get
+    ``features_<when>`` and ``iis_<when>``. Returns (ftr, fev, library, result, seconds)."""
+    t0 = time.perf_counter()
+    ftr = _held_features(model, data.train_set, cfg, device)
+    fev = _held_features(model, data.eval_set, cfg, device)
+    library = _prototypes(model, data, cfg, mean, std, device)
+    timings[f"features_{when}"] = time.perf_counter() - t0
+    res, sec = _score(ftr, data.train_labels, fev, data.eval_labels, library, cfg)
+    timings[f"iis_{when}"] = sec
+    return ftr, fev, library, res, sec
+
+
 def _score(train_f, train_y, eval_f, eval_y, library, cfg: FinetuneConfig):
     import iis
 
@@ -609,13 +623,7 @@ def run(cfg: FinetuneConfig) -> Dict[str, Any]:
     eval_loader = _loader(data.eval_set, max(cfg.batch_size, 64), False, cfg.seed, cfg.workers)
     if ckpt is None:
         # ---- before: held features, prototypes, IIS, warm start of h and g ----------
-        t0 = time.perf_counter()
-        ftr = _held_features(model, data.train_set, cfg, device)
-        fev = _held_features(model, data.eval_set, cfg, device)
-        library = _prototypes(model, data, cfg, mean, std, device)
-        timings["features_before"] = time.perf_counter() - t0
-        res_before, sec = _score(ftr, data.train_labels, fev, data.eval_labels, library, cfg)
-        timings["iis_before"] = sec
+        ftr, _, library, res_before, sec = _measure(model, data, cfg, mean, std, device, timings, "before")
         head = ConceptHead(library, K, sparsity=cfg.sparsity, normalize=cfg.normalize).to(device)
         t0 = time.perf_counter()
         clf = fmodel.classifier
@@ -748,13 +756,7 @@ def run(cfg: FinetuneConfig) -> Dict[str, Any]:
         return {"config": dataclasses.asdict(cfg), "before": before, "history": history, "complete": False}
 
     # ---- after ------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    ftr = _held_features(model, data.train_set, cfg, device)
-    fev = _held_features(model, data.eval_set, cfg, device)
-    library_after = _prototypes(model, data, cfg, mean, std, device)
-    timings["features_after"] = time.perf_counter() - t0
-    res_after, sec = _score(ftr, data.train_labels, fev, data.eval_labels, library_after, cfg)
-    timings["iis_after"] = sec
+    ftr, fev, _, res_after, sec = _measure(model, data, cfg, mean, std, device, timings, "after")
     train_lib = iis.ConceptLibrary(prototypes.numpy(), names=proto_names, kind="prototype")
     res_frozen, sec2 = _score(ftr, data.train_labels, fev, data.eval_labels, train_lib, cfg)
     if history:
