@@ -19,7 +19,7 @@
 #define IIS_END_ALLOW_THREADS Py_END_ALLOW_THREADS
 
 /* set once at import from scipy.linalg.cython_blas; read-only afterwards */
-static iis_blas g_blas = {NULL, NULL};
+static iis_blas g_blas = {NULL, NULL, NULL, NULL, NULL, NULL};
 
 typedef struct {
     PyObject *progress; /* callable(done, total) or NULL */
@@ -165,7 +165,7 @@ static int float_type(PyObject *o, const char *name)
     return t;
 }
 
-/* ---- _set_blas(sgemm_capsule, dgemm_capsule) ----------------------------- */
+/* ---- _set_blas(sgemm, dgemm[, ssyrk, dsyrk, dtrsm, dpotrf]) capsules ----------- */
 static void *capsule_ptr(PyObject *cap)
 {
     const char *nm;
@@ -179,13 +179,23 @@ static void *capsule_ptr(PyObject *cap)
 
 static PyObject *py_set_blas(PyObject *self, PyObject *args)
 {
-    PyObject *cs, *cd;
-    void *ps, *pd;
+    PyObject *cap[6] = {NULL, NULL, NULL, NULL, NULL, NULL};
+    void *ptr[6] = {NULL, NULL, NULL, NULL, NULL, NULL};
     (void)self;
-    if (!PyArg_ParseTuple(args, "OO", &cs, &cd)) return NULL;
-    if (!(ps = capsule_ptr(cs)) || !(pd = capsule_ptr(cd))) return NULL;
-    g_blas.sgemm = (iis_sgemm_fn)ps;
-    g_blas.dgemm = (iis_dgemm_fn)pd;
+    if (!PyArg_ParseTuple(args, "OO|OOOO", &cap[0], &cap[1], &cap[2], &cap[3], &cap[4], &cap[5]))
+        return NULL;
+    for (int i = 0; i < 6; i++)
+        if (cap[i] && cap[i] != Py_None && !(ptr[i] = capsule_ptr(cap[i]))) return NULL;
+    if (!ptr[0] || !ptr[1]) {
+        PyErr_SetString(PyExc_TypeError, "_set_blas needs the sgemm and dgemm capsules");
+        return NULL;
+    }
+    g_blas.sgemm = (iis_sgemm_fn)ptr[0];
+    g_blas.dgemm = (iis_dgemm_fn)ptr[1];
+    g_blas.ssyrk = (iis_ssyrk_fn)ptr[2];
+    g_blas.dsyrk = (iis_dsyrk_fn)ptr[3];
+    g_blas.dtrsm = (iis_dtrsm_fn)ptr[4];
+    g_blas.dpotrf = (iis_dpotrf_fn)ptr[5];
     Py_RETURN_NONE;
 }
 
@@ -404,12 +414,12 @@ static int make_design(iis_design *D, PyObject *ox, PyObject *oidx, PyObject *ov
     return 0;
 }
 
-/* logreg_fit(X, idx, val, d, y, n_classes, l2, tol, max_iter, W0, b0, mu, sigma, n_threads)
- * -> (W, b, n_iter, converged, loss, grad_max) */
+/* logreg_fit(X, idx, val, d, y, n_classes, l2, tol, max_iter, W0, b0, mu, sigma, n_threads
+ *            [, precondition=True]) -> (W, b, n_iter, converged, loss, grad_max) */
 static PyObject *py_logreg_fit(PyObject *self, PyObject *args)
 {
     PyObject *ox, *oidx, *oval, *oy, *ow, *ob, *omu, *osg;
-    int d, K, max_iter, nt, t, st = 0;
+    int d, K, max_iter, nt, t, st = 0, precondition = 1;
     double l2, tol;
     iis_design D;
     PyArrayObject *y, *w0, *b0, *w, *b;
@@ -418,8 +428,8 @@ static PyObject *py_logreg_fit(PyObject *self, PyObject *args)
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOiOiddiOOOOi", &ox, &oidx, &oval, &d, &oy, &K, &l2, &tol,
-                          &max_iter, &ow, &ob, &omu, &osg, &nt))
+    if (!PyArg_ParseTuple(args, "OOOiOiddiOOOOi|p", &ox, &oidx, &oval, &d, &oy, &K, &l2, &tol,
+                          &max_iter, &ow, &ob, &omu, &osg, &nt, &precondition))
         return NULL;
     if ((t = float_type(ox != Py_None ? ox : oval, "X")) < 0) return NULL;
     if (make_design(&D, ox, oidx, oval, d, omu, osg, t) < 0) return NULL;
@@ -457,6 +467,7 @@ static PyObject *py_logreg_fit(PyObject *self, PyObject *args)
     prm.tol = tol;
     prm.max_iter = max_iter;
     prm.memory = 10;
+    prm.precondition = precondition;
     memset(&info, 0, sizeof(info));
     init_ctx(&ctx, &hs, nt);
     IIS_BEGIN_ALLOW_THREADS
@@ -518,13 +529,48 @@ static PyObject *py_logreg_predict(PyObject *self, PyObject *args)
     return Py_BuildValue("NN", logits, pred);
 }
 
+/* logreg_precond(X, mu, sigma, l2, n_threads) -> P, the solver's preconditioner matrix
+ * ((d+1) x (d+1) float64; see iis_logreg_precond) */
+static PyObject *py_logreg_precond(PyObject *self, PyObject *args)
+{
+    PyObject *ox, *omu, *osg;
+    int nt, t, st = 0;
+    double l2;
+    iis_design D;
+    PyArrayObject *P;
+    hook_state hs = {NULL, 0};
+    iis_ctx ctx;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOdi", &ox, &omu, &osg, &l2, &nt)) return NULL;
+    if ((t = float_type(ox, "X")) < 0) return NULL;
+    if (make_design(&D, ox, Py_None, Py_None, 0, omu, osg, t) < 0) return NULL;
+    if (D.n < 1 || D.d < 1 || !(l2 >= 0.0)) {
+        PyErr_SetString(PyExc_ValueError, "logreg_precond needs a non-empty X and l2 >= 0");
+        return NULL;
+    }
+    {
+        npy_intp dims[2] = {(npy_intp)D.d + 1, (npy_intp)D.d + 1};
+        if (!(P = (PyArrayObject *)PyArray_EMPTY(2, dims, NPY_FLOAT64, 0))) return NULL;
+    }
+    init_ctx(&ctx, &hs, nt);
+    IIS_BEGIN_ALLOW_THREADS
+    st = t == NPY_FLOAT32 ? iis_logreg_precond_f(&ctx, &D, l2, PyArray_DATA(P))
+                          : iis_logreg_precond_d(&ctx, &D, l2, PyArray_DATA(P));
+    IIS_END_ALLOW_THREADS
+    if (st != IIS_OK) {
+        Py_DECREF(P);
+        return raise_status(st, "logreg_precond");
+    }
+    return (PyObject *)P;
+}
+
 /* path(Atr, ytr, Aev, yev, n_classes, s, soft, published, l2, tol, max_iter, n_threads,
- *      progress[, overwrite]) -> (accuracy, kept, n_iter, converged); with overwrite,
- *      hard masks are applied in place to Atr and Aev (see iis_path_params) */
+ *      progress[, overwrite=False, precondition=True]) -> (accuracy, kept, n_iter, converged);
+ *      with overwrite, hard masks are applied in place to Atr and Aev (see iis_path_params) */
 static PyObject *py_path(PyObject *self, PyObject *args)
 {
     PyObject *oatr, *oytr, *oaev, *oyev, *os, *oprog;
-    int K, soft, published, max_iter, nt, t, st = 0, m, ns, overwrite = 0;
+    int K, soft, published, max_iter, nt, t, st = 0, m, ns, overwrite = 0, precondition = 1;
     double l2, tol;
     PyArrayObject *atr, *ytr, *aev, *yev, *s, *acc = NULL, *kept = NULL, *nit = NULL, *conv = NULL;
     iis_path_params prm;
@@ -532,8 +578,8 @@ static PyObject *py_path(PyObject *self, PyObject *args)
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOOiOppddiiO|p", &oatr, &oytr, &oaev, &oyev, &K, &os, &soft,
-                          &published, &l2, &tol, &max_iter, &nt, &oprog, &overwrite))
+    if (!PyArg_ParseTuple(args, "OOOOiOppddiiO|pp", &oatr, &oytr, &oaev, &oyev, &K, &os, &soft,
+                          &published, &l2, &tol, &max_iter, &nt, &oprog, &overwrite, &precondition))
         return NULL;
     if ((t = float_type(oatr, "train activations")) < 0) return NULL;
     if (!(atr = arr(oatr, "train activations", t, 2, 0)) ||
@@ -595,6 +641,7 @@ static PyObject *py_path(PyObject *self, PyObject *args)
     prm.solver.tol = tol;
     prm.solver.max_iter = max_iter;
     prm.solver.memory = 10;
+    prm.solver.precondition = precondition;
     res.accuracy = PyArray_DATA(acc);
     res.kept = PyArray_DATA(kept);
     res.n_iter = PyArray_DATA(nit);
@@ -702,11 +749,16 @@ static PyObject *py_config(PyObject *self, PyObject *noargs)
     (void)self;
     (void)noargs;
 #ifdef _OPENMP
-    return Py_BuildValue("{s:i,s:i,s:O}", "openmp", _OPENMP, "omp_max_threads", omp_get_max_threads(),
-                         "blas_set", (g_blas.sgemm && g_blas.dgemm) ? Py_True : Py_False);
+    return Py_BuildValue("{s:i,s:i,s:O,s:O}", "openmp", _OPENMP, "omp_max_threads",
+                         omp_get_max_threads(), "blas_set",
+                         (g_blas.sgemm && g_blas.dgemm) ? Py_True : Py_False, "precondition_set",
+                         (g_blas.ssyrk && g_blas.dsyrk && g_blas.dtrsm && g_blas.dpotrf) ? Py_True
+                                                                                         : Py_False);
 #else
-    return Py_BuildValue("{s:O,s:i,s:O}", "openmp", Py_None, "omp_max_threads", 1, "blas_set",
-                         (g_blas.sgemm && g_blas.dgemm) ? Py_True : Py_False);
+    return Py_BuildValue("{s:O,s:i,s:O,s:O}", "openmp", Py_None, "omp_max_threads", 1, "blas_set",
+                         (g_blas.sgemm && g_blas.dgemm) ? Py_True : Py_False, "precondition_set",
+                         (g_blas.ssyrk && g_blas.dsyrk && g_blas.dtrsm && g_blas.dpotrf) ? Py_True
+                                                                                         : Py_False);
 #endif
 }
 
@@ -866,19 +918,23 @@ fail:
 }
 
 static PyMethodDef methods[] = {
-    {"_set_blas", py_set_blas, METH_VARARGS, "Fill the BLAS table from two PyCapsules (sgemm, dgemm)."},
+    {"_set_blas", py_set_blas, METH_VARARGS,
+     "Fill the BLAS table from PyCapsules: sgemm, dgemm[, ssyrk, dsyrk, dtrsm, dpotrf]."},
     {"project", py_project, METH_VARARGS,
      "project(F, unit_p, norm, mean, std, n_threads[, check]) -> A, or (A, max|F|) with check"},
     {"colstats", py_colstats, METH_VARARGS, "colstats(A, n_threads) -> (mean, std)"},
     {"topk", py_topk, METH_VARARGS, "topk(A, k, soft, dense, n_threads) -> (idx, val) | masked"},
     {"keep_count", py_keep_count, METH_VARARGS, "keep_count(m, s, published) -> k"},
     {"logreg_fit", py_logreg_fit, METH_VARARGS,
-     "logreg_fit(X, idx, val, d, y, K, l2, tol, max_iter, W0, b0, mu, sigma, n_threads)"},
+     "logreg_fit(X, idx, val, d, y, K, l2, tol, max_iter, W0, b0, mu, sigma, n_threads"
+     "[, precondition])"},
     {"logreg_predict", py_logreg_predict, METH_VARARGS,
      "logreg_predict(X, idx, val, d, W, b, mu, sigma, n_threads) -> (logits, pred)"},
+    {"logreg_precond", py_logreg_precond, METH_VARARGS,
+     "logreg_precond(X, mu, sigma, l2, n_threads) -> P (the solver's preconditioner matrix)"},
     {"path", py_path, METH_VARARGS,
      "path(Atr, ytr, Aev, yev, K, s, soft, published, l2, tol, max_iter, n_threads, progress[, "
-     "overwrite])"},
+     "overwrite, precondition])"},
     {"kmeans", py_kmeans, METH_VARARGS, "kmeans(X, k, seed, max_iter, tol, n_threads)"},
     {"trapezoid", py_trapezoid, METH_VARARGS, "trapezoid(s, arr) -> IIS"},
     {"accuracy", py_accuracy, METH_VARARGS, "accuracy(pred, y) -> float"},

@@ -9,6 +9,7 @@
 #define VEXP iis_expf_neg
 #define FN(name) IIS_CAT(name, _f)
 #define GEMM(ctx) (ctx)->blas->sgemm
+#define SYRK(ctx) (ctx)->blas->ssyrk
 #include "gemm_t.h"
 #include "solver_t.h"
 #undef REAL
@@ -17,6 +18,7 @@
 #undef VEXP
 #undef FN
 #undef GEMM
+#undef SYRK
 
 #define REAL double
 #define IS_DOUBLE 1
@@ -24,5 +26,6 @@
 #define VEXP iis_exp_neg
 #define FN(name) IIS_CAT(name, _d)
 #define GEMM(ctx) (ctx)->blas->dgemm
+#define SYRK(ctx) (ctx)->blas->dsyrk
 #include "gemm_t.h"
 #include "solver_t.h"

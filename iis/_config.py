@@ -36,7 +36,9 @@ def config() -> Dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "core_openmp": core["openmp"],
         "core_omp_max_threads": core["omp_max_threads"],
-        "core_blas": "scipy.linalg.cython_blas (sgemm/dgemm function pointers)" if core["blas_set"] else "not set",
+        "core_blas": ("scipy.linalg.cython_blas/cython_lapack (sgemm/dgemm"
+                      + ("/ssyrk/dsyrk/dtrsm/dpotrf" if core.get("precondition_set") else "")
+                      + " function pointers)") if core["blas_set"] else "not set",
         "blas_libraries": blas,
         "openmp_libraries": omp,
     }

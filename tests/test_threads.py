@@ -124,6 +124,7 @@ def test_kernels_bitwise_identical_for_any_thread_count():
 
     def outputs(nt):
         out = {}
+        rng_pre = np.random.default_rng(6)
         with threadpool_limits(1, user_api="blas"):
             a = _core.project(x, u, 1, None, None, nt)
             out["project"] = a
@@ -136,6 +137,13 @@ def test_kernels_bitwise_identical_for_any_thread_count():
             idx, val = out["topk"]
             out["ell"] = _core.logreg_fit(None, idx, val, m, y, K, 1e-3, 1e-6, 60, np.zeros((m, K)),
                                           np.zeros(K), None, None, nt)
+            # big enough for the preconditioner's Gram (4 chunks) and its dtrsm slabs to
+            # run in parallel
+            xb = np.tile(x, (4, 7))[:, :160] + rng_pre.normal(size=(4 * n, 160)) * 0.1
+            yb = np.tile(y, 4)
+            out["precond"] = _core.logreg_precond(xb, None, None, 1e-3, nt)
+            out["probe_pre"] = _core.logreg_fit(xb, None, None, 0, yb, K, 1e-3, 1e-6, 15, np.zeros((160, K)),
+                                                np.zeros(K), None, None, nt)
             out["predict"] = _core.logreg_predict(x, None, None, 0, out["probe"][0], out["probe"][1], mu, sd, nt)
             out["path"] = _core.path(a, y, a[:500], y[:500], K, np.array([0.0, 0.5, 0.9]), False, False, 1e-3,
                                      1e-5, 40, nt, None)
