@@ -320,9 +320,11 @@ static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
  * the stopping rule and so the optimum are unchanged. The damping bounds the
  * step along directions the design does not span (the layernorm design has
  * one: its rows sum to zero), where float32 gradients carry only rounding.
- * Measured on W1 (benchmarks/): passes to max|grad| <= 1e-5 fall from 96 to 55
- * for the probe and from 357 to 171 over the five dense ratios of the path;
- * k-sparse (ELL) designs gained nothing and are left plain. */
+ * Measured on W1 (benchmarks/): L-BFGS iterations to max|grad| <= 1e-5 fall from
+ * 90 to 55 for the probe and from 330 to 147 over the five dense ratios of the
+ * path; k-sparse (ELL) designs gained nothing in a prototype and are left plain.
+ * Damping from 1e-2 to 1e-1 measured the same; 1e-3 and below let the rounding
+ * in the null direction of the layernorm design slow the s = 0 fit. */
 #define IIS_PRECOND_DAMP 1e-2
 /* classes per dtrsm call when P^-1 is applied: the rows of the K x (d+1)
  * right-hand side are independent, so fixed slabs run in parallel and give the
@@ -343,84 +345,106 @@ static int FN(precond_wanted)(const iis_ctx *ctx, const iis_design *X, int K,
 }
 
 /* chunks of the Gram: fixed by the problem size (never the thread count), the
- * d x d REAL partials capped at ~32 MB */
+ * d x d REAL partials capped at ~128 MB in all */
 static int FN(gram_chunks)(int64_t n, int d)
 {
-    size_t cap = ((size_t)32 << 20) / (sizeof(REAL) * (size_t)d * (size_t)d + 1);
+    size_t cap = ((size_t)128 << 20) / (sizeof(REAL) * (size_t)d * (size_t)d + 1);
     int64_t c = n / 4096;
     if (c > 16) c = 16;
     if ((size_t)c > cap) c = (int64_t)cap;
     return c < 1 ? 1 : (int)c;
 }
 
-/* P (d+1 x d+1, column-major, lower triangle) = [X' 1]^T [X' 1] / n, X' the
- * design after its implicit standardisation. One syrk per 512-row block (on a
- * standardised copy of the block when mu/sigma are set) into a REAL partial per
- * fixed chunk, added in chunk order in double. */
+/* rows of each chunk per round of the Gram: one block, so a round is at most
+ * 16 x 512 x d^2 flops (the interrupt hook runs between rounds); a multiple of the
+ * block, so the blocks and their order do not depend on it */
+#define IIS_GRAM_SLAB IIS_FUSED_BLOCK
+
+/* Rows [lo + r0, lo + r1) of chunk c (clipped to the chunk) into its partials:
+ * pc (d x d, column-major lower) += X'^T X' and cs (d) += column sums of X', X' the
+ * design after its implicit standardisation. One syrk per 512-row block, on a
+ * standardised copy of the block when mu/sigma are set. */
+static int FN(gram_rows)(const iis_ctx *ctx, const iis_design *X, int nch, int c, int64_t r0,
+                         int64_t r1, REAL *pc, double *cs)
+{
+    const int64_t ldx = X->ldx;
+    const int d = X->d;
+    const REAL *x = (const REAL *)X->x, *mu = (const REAL *)X->mu, *sg = (const REAL *)X->sigma;
+    REAL *scr = NULL;
+    int64_t lo, hi;
+    iis_chunk(X->n, nch, c, &lo, &hi);
+    r0 += lo;
+    r1 = lo + r1 < hi ? lo + r1 : hi;
+    if (r0 >= r1) return IIS_OK;
+    if ((mu || sg) && !(scr = (REAL *)malloc(sizeof(REAL) * (size_t)IIS_FUSED_BLOCK * d)))
+        return IIS_ENOMEM;
+    for (int64_t b0 = r0; b0 < r1; b0 += IIS_FUSED_BLOCK) {
+        int rows = (int)(r1 - b0 < IIS_FUSED_BLOCK ? r1 - b0 : IIS_FUSED_BLOCK);
+        const REAL *xb = x + b0 * ldx;
+        int ld = (int)ldx, id = d;
+        char lo_ = 'L', nn = 'N';
+        REAL one = 1;
+        if (scr) {
+            for (int r = 0; r < rows; r++)
+                for (int j = 0; j < d; j++) {
+                    REAL v = xb[(int64_t)r * ldx + j];
+                    if (mu) v -= mu[j];
+                    if (sg) v /= sg[j];
+                    scr[(size_t)r * d + j] = v;
+                }
+            xb = scr;
+            ld = d;
+        }
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < d; j++) cs[j] += (double)xb[(int64_t)r * ld + j];
+        /* column-major: X_b^T is d x rows (ld ld), so pc += X_b^T X_b */
+        SYRK(ctx)(&lo_, &nn, &id, &rows, &one, xb, &ld, &one, pc, &id);
+    }
+    free(scr);
+    return IIS_OK;
+}
+
+/* P (d+1 x d+1, column-major, lower triangle) = [X' 1]^T [X' 1] / n. Each fixed chunk
+ * of rows has its own REAL partial, filled slab by slab in rounds over all chunks,
+ * then the partials are added in chunk order in double: the same bits for any thread
+ * count, and Ctrl-C is seen after at most one round. */
 static int FN(gram)(const iis_ctx *ctx, const iis_design *X, double *P)
 {
-    const int64_t n = X->n, ldx = X->ldx;
+    const int64_t n = X->n;
     const int d = X->d, d1 = d + 1, nch = FN(gram_chunks)(n, d);
     const size_t dd = (size_t)d * (size_t)d;
-    const REAL *x = (const REAL *)X->x, *mu = (const REAL *)X->mu, *sg = (const REAL *)X->sigma;
-    const int nt = iis_nt_for(ctx, n * (int64_t)d * d / 32), stdz = mu || sg;
-    REAL *part = (REAL *)malloc(sizeof(REAL) * (nch * dd + 1));
+    const int nt = iis_nt_for(ctx, n * (int64_t)d * d / 32);
+    const int64_t span = (n + nch - 1) / nch; /* rows of the longest chunk */
+    REAL *part = (REAL *)calloc((size_t)nch * dd + 1, sizeof(REAL));
     double *csum = (double *)calloc((size_t)nch * (size_t)d, sizeof(double));
     int err = IIS_OK, c;
-    if (!part || !csum) {
-        err = IIS_ENOMEM;
-        goto done;
-    }
+    if (!part || !csum) err = IIS_ENOMEM;
+    for (int64_t r0 = 0; r0 < span && err == IIS_OK; r0 += IIS_GRAM_SLAB) {
 #pragma omp parallel for num_threads(nt) schedule(static)
-    for (c = 0; c < nch; c++) {
-        int64_t lo, hi;
-        REAL *pc = part + (size_t)c * dd, *scr = NULL;
-        double *cs = csum + (size_t)c * d;
-        iis_chunk(n, nch, c, &lo, &hi);
-        memset(pc, 0, sizeof(REAL) * dd);
-        if (stdz && !(scr = (REAL *)malloc(sizeof(REAL) * (size_t)IIS_FUSED_BLOCK * d))) {
+        for (c = 0; c < nch; c++) {
+            int e = FN(gram_rows)(ctx, X, nch, c, r0, r0 + IIS_GRAM_SLAB, part + (size_t)c * dd,
+                                  csum + (size_t)c * d);
+            if (e != IIS_OK) {
 #pragma omp atomic write
-            err = IIS_ENOMEM;
-            continue;
-        }
-        for (int64_t b0 = lo; b0 < hi; b0 += IIS_FUSED_BLOCK) {
-            int rows = (int)(hi - b0 < IIS_FUSED_BLOCK ? hi - b0 : IIS_FUSED_BLOCK);
-            const REAL *xb = x + b0 * ldx;
-            int ld = (int)ldx, id = d;
-            char lo_ = 'L', nn = 'N';
-            REAL one = 1;
-            if (stdz) {
-                for (int r = 0; r < rows; r++)
-                    for (int j = 0; j < d; j++) {
-                        REAL v = xb[(int64_t)r * ldx + j];
-                        if (mu) v -= mu[j];
-                        if (sg) v /= sg[j];
-                        scr[(size_t)r * d + j] = v;
-                    }
-                xb = scr;
-                ld = d;
+                err = e;
             }
-            for (int r = 0; r < rows; r++)
-                for (int j = 0; j < d; j++) cs[j] += (double)xb[(int64_t)r * ld + j];
-            /* column-major: X_b^T is d x rows (ld ld), so C += X_b^T X_b */
-            SYRK(ctx)(&lo_, &nn, &id, &rows, &one, xb, &ld, &one, pc, &id);
         }
-        free(scr);
+        if (err == IIS_OK && r0 + IIS_GRAM_SLAB < span && iis_interrupted(ctx)) err = IIS_EINTR;
     }
-    if (err != IIS_OK) goto done;
-    for (int j = 0; j < d; j++)
-        for (int r = j; r < d; r++) {
+    if (err == IIS_OK) {
+        for (int j = 0; j < d; j++)
+            for (int r = j; r < d; r++) {
+                double t = 0.0;
+                for (c = 0; c < nch; c++) t += (double)part[(size_t)c * dd + (size_t)j * d + r];
+                P[(size_t)j * d1 + r] = t / (double)n;
+            }
+        for (int j = 0; j < d; j++) {
             double t = 0.0;
-            for (c = 0; c < nch; c++) t += (double)part[(size_t)c * dd + (size_t)j * d + r];
-            P[(size_t)j * d1 + r] = t / (double)n;
+            for (c = 0; c < nch; c++) t += csum[(size_t)c * d + j];
+            P[(size_t)j * d1 + d] = t / (double)n;
         }
-    for (int j = 0; j < d; j++) {
-        double t = 0.0;
-        for (c = 0; c < nch; c++) t += csum[(size_t)c * d + j];
-        P[(size_t)j * d1 + d] = t / (double)n;
+        P[(size_t)d * d1 + d] = 1.0;
     }
-    P[(size_t)d * d1 + d] = 1.0;
-done:
     free(part);
     free(csum);
     return err;

@@ -45,7 +45,14 @@ work = {  # each runs for well over 10 s on one thread
                                             rng.normal(size=(400, 64)), top5_cutoff=-1.0,
                                             interpretability_cutoff=-1.0, steps=10**6, eval_every=10**6,
                                             n_threads=1),
-}[what]
+}.get(what)
+if what == "gram":  # the solver's preconditioner: the Gram of a wide design runs for seconds
+    wide = rng.standard_normal((100000, 2000), dtype=np.float32)
+    yw = (np.arange(100000) % 40).astype(np.int32)
+    mu, sd = wide.mean(0), wide.std(0)
+    work = lambda: iis._core.logreg_fit(wide, None, None, 0, yw, 40, 1e-8, 1e-12, 10**6,
+                                        np.zeros((2000, 40), np.float32), np.zeros(40, np.float32),
+                                        mu, sd, 1)
 print("READY", flush=True)
 try:
     work()
@@ -90,7 +97,7 @@ def interrupt_once(what, wait=2.0, env=None, timeout=180):
 
 
 @pytest.mark.parametrize("what,entry", [("score", "score"), ("cluster", "cluster"), ("predictor", "fit"),
-                                        ("text", "text")])
+                                        ("text", "text"), ("gram", "<lambda>")])
 def test_sigint_interrupts_a_long_call_within_a_second(what, entry):
     latencies = []
     for _ in range(2):  # a second try only absorbs a scheduling hiccup of a loaded machine
