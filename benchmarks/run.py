@@ -197,17 +197,25 @@ def run_projection(iis, wl, args, opponents):
     n, d = F.shape
     m = wl.n_concepts
     flops = 2.0 * n * d * m
-    out = {"numpy": opponents.numpy_projection(F, wl.concepts, repeat=args.proj_repeat)}
-    if iis is not None:
-        for norm in ("none", "layernorm"):
-            iis.project(F[:64], lib, normalize=norm, n_threads=args.threads)  # warm-up
-            best = float("inf")
-            for _ in range(args.proj_repeat):
-                t = time.perf_counter()
-                A = iis.project(F, lib, normalize=norm, n_threads=args.threads)
-                best = min(best, time.perf_counter() - t)
-            out[f"iis_{norm}"] = dict(seconds=best, gflops=flops / best / 1e9, out_dtype=str(A.dtype))
+    norms = ("none", "layernorm") if iis is not None else ()
+    for norm in norms:
+        iis.project(F[:64], lib, normalize=norm, n_threads=args.threads)  # warm-up
+    best = {norm: float("inf") for norm in norms}
+    out = {}
+    # interleaved rounds (NumPy, then iis with each normalisation), best of each: a VM
+    # whose speed drifts then slows every method alike
+    for _ in range(max(1, args.proj_repeat)):
+        r = opponents.numpy_projection(F, wl.concepts, repeat=1)
+        if "numpy" not in out or r["seconds"] < out["numpy"]["seconds"]:
+            out["numpy"] = r
+        for norm in norms:
+            t = time.perf_counter()
+            A = iis.project(F, lib, normalize=norm, n_threads=args.threads)
+            best[norm] = min(best[norm], time.perf_counter() - t)
+            out_dtype = str(A.dtype)
             del A
+    for norm in norms:
+        out[f"iis_{norm}"] = dict(seconds=best[norm], gflops=flops / best[norm] / 1e9, out_dtype=out_dtype)
     return out
 
 
@@ -655,7 +663,7 @@ METHODS = {
     "(a)": "published recipe in PyTorch on the CPU: LayerNorm with affine, Adam, 30 epochs, batch 1024, lr in {1e-3, 1e-2, 1e-1}, ExponentialLR(0.99), best epoch on the eval split; 3 x 9 fits (probe on raw features + 8 ratios). Faster than the published script (in-memory tensors, no DataLoader workers, top-1 only).",
     "(b)": "NumPy reference activations/masks + sklearn LogisticRegression(solver='lbfgs', C=1/(l2*N_train)) per ratio from scratch (same objective and stopping rule max|grad| <= tol as iis), probe on standardised features.",
     "(c)": "glm-saga (PyPI) called as the published Text path (batch 256, step 0.1, alpha 0.99, epsilon=1, k=1) with the penalty at zero, on the same masked activations as (b); probe on standardised features.",
-    "(d)": "NumPy X @ unit(P).T on the same float32 arrays; sgemm peak = square float32 NumPy matmul.",
+    "(d)": "NumPy X @ unit(P).T on the same float32 arrays, timed in rounds interleaved with iis.project (best of each); sgemm peak = square float32 NumPy matmul, best of 3 at the start of the run and best of 3 after W1, the higher kept.",
 }
 
 
@@ -677,7 +685,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tol", type=float, default=1e-5, help="stopping tolerance for iis and (b) (max |grad|); iis.score default")
     ap.add_argument("--max-iter", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=1, help="iis.score runs per workload (best time kept)")
-    ap.add_argument("--proj-repeat", type=int, default=3)
+    ap.add_argument("--proj-repeat", type=int, default=5,
+                    help="interleaved rounds of the projection timings (NumPy, iis none, iis layernorm)")
     ap.add_argument("--sgemm-n", type=int, default=None, help="side of the sgemm-peak matmul (4096; 1024 with --quick)")
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child")
     ap.add_argument("--seed", type=int, default=0)
@@ -741,6 +750,11 @@ def main(argv=None) -> int:
             _log(f"W1: {wl}")
             res["W1"] = run_whole(iis, wl, args, opponents, with_rss=True)
             del wl
+            if "sgemm_peak" in res:  # again after the projection: the machine's peak is the best seen
+                again = opponents.sgemm_peak(res["sgemm_peak"]["n"])
+                res["sgemm_peak"]["all_gflops"] = [res["sgemm_peak"]["gflops"], again["gflops"]]
+                if again["gflops"] > res["sgemm_peak"]["gflops"]:
+                    res["sgemm_peak"].update(seconds=again["seconds"], gflops=again["gflops"])
         if "W2" in wanted:
             try:
                 wl = workloads.w2(quick=args.quick, seed=args.seed, image_size=32 if args.tiny else None)

@@ -487,8 +487,14 @@ static int FN(precond_build)(const iis_ctx *ctx, const iis_design *X, double l2,
     int info = 0, err;
     *ok = 0;
     if ((err = FN(precond_matrix)(ctx, X, l2, P)) != IIS_OK) return err;
+    /* a Gram that overflowed (|x| near the float32 range with normalize="none") is
+     * not factored: the solver runs plain, as it would without the routines */
+    for (int j = 0; j < d1; j++)
+        for (int r = j; r < d1; r++)
+            if (!isfinite(P[(size_t)j * d1 + r])) return IIS_OK;
     ctx->blas->dpotrf(&lo, &d1, P, &d1, &info);
     *ok = info == 0;
+    for (int j = 0; j < d1 && *ok; j++) *ok = isfinite(P[(size_t)j * d1 + j]) && P[(size_t)j * d1 + j] > 0;
     return IIS_OK;
 }
 

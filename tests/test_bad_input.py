@@ -1157,6 +1157,8 @@ def test_core_kernels_never_crash_on_random_arguments():
              1e-4, 5, vals((m, 2), dt), vals(2, dt), None, None, nt)
         call(_core.logreg_predict, None, idx, vals(idx.shape, dt), m, vals((m, 2), dt), vals(2, dt), None, None,
              nt)
+        call(_core.logreg_precond, f, layout(vals(d, dt)), layout(vals(int(rng.choice([d, d + 1])), dt)),
+             float(rng.choice([0, 1e-3, -1, np.nan])), nt)
         s = np.sort(rng.choice([0.0, 0.5, 0.9, 0.999, 1.0, -0.1, np.nan], size=int(rng.integers(0, 4))))
         call(_core.path, a, y, layout(vals((int(rng.choice([0, 1, 9])), m), dt)), y[:9], K, s, 0, 1, 1e-3, 1e-4, 5,
              nt, None)
@@ -1169,4 +1171,4 @@ def test_core_kernels_never_crash_on_random_arguments():
              nt, None)
         call(_core.trapezoid, vals(4, np.float64), vals(int(rng.choice([3, 4])), np.float64))
         call(_core.accuracy, y, layout(y.copy()))
-    assert n_calls == 60 * 13
+    assert n_calls == 60 * 14

@@ -479,3 +479,17 @@ def test_solver_runs_plain_when_the_table_lacks_syrk_trsm_potrf():
     for a, b in zip(plain, gemm_only):
         np.testing.assert_array_equal(a, b)
     assert _core.logreg_fit(x, None, None, 0, y, *args, True)[2] != plain[2]
+
+
+def test_preconditioner_skipped_when_the_gram_overflows():
+    """|x| ~ 1e20 in float32 (possible with normalize="none"): x^T x overflows, so the
+    solver runs plain, bit for bit as with precondition=False, instead of factoring Inf."""
+    rng = np.random.default_rng(30)
+    x = (rng.normal(size=(300, 5)) * 1e20).astype(np.float32)
+    y = (np.arange(300) % 3).astype(np.int32)
+    assert not np.isfinite(_core.logreg_precond(x, None, None, 1e-3, 1)).all()
+    args = (3, 1e-3, 1e-6, 50, np.zeros((5, 3), np.float32), np.zeros(3, np.float32), None, None, 1)
+    pre = _core.logreg_fit(x, None, None, 0, y, *args, True)
+    plain = _core.logreg_fit(x, None, None, 0, y, *args, False)
+    for a, b in zip(pre, plain):
+        np.testing.assert_array_equal(a, b)
