@@ -203,12 +203,18 @@ def run_projection(iis, wl, args, opponents):
     best = {norm: float("inf") for norm in norms}
     out = {}
     # interleaved rounds (NumPy, then iis with each normalisation), best of each: a VM
-    # whose speed drifts then slows every method alike
+    # whose speed drifts then slows every method alike. Each call starts after a pause
+    # long enough for the previous one's thread pool (NumPy's OpenBLAS workers, or the
+    # core's OpenMP threads) to stop spinning, so no method runs against the other's
+    # busy-waiting threads on the two cores
+    settle = 0.25
     for _ in range(max(1, args.proj_repeat)):
+        time.sleep(settle)
         r = opponents.numpy_projection(F, wl.concepts, repeat=1)
         if "numpy" not in out or r["seconds"] < out["numpy"]["seconds"]:
             out["numpy"] = r
         for norm in norms:
+            time.sleep(settle)
             t = time.perf_counter()
             A = iis.project(F, lib, normalize=norm, n_threads=args.threads)
             best[norm] = min(best[norm], time.perf_counter() - t)
@@ -663,7 +669,7 @@ METHODS = {
     "(a)": "published recipe in PyTorch on the CPU: LayerNorm with affine, Adam, 30 epochs, batch 1024, lr in {1e-3, 1e-2, 1e-1}, ExponentialLR(0.99), best epoch on the eval split; 3 x 9 fits (probe on raw features + 8 ratios). Faster than the published script (in-memory tensors, no DataLoader workers, top-1 only).",
     "(b)": "NumPy reference activations/masks + sklearn LogisticRegression(solver='lbfgs', C=1/(l2*N_train)) per ratio from scratch (same objective and stopping rule max|grad| <= tol as iis), probe on standardised features.",
     "(c)": "glm-saga (PyPI) called as the published Text path (batch 256, step 0.1, alpha 0.99, epsilon=1, k=1) with the penalty at zero, on the same masked activations as (b); probe on standardised features.",
-    "(d)": "NumPy X @ unit(P).T on the same float32 arrays, timed in rounds interleaved with iis.project (best of each); sgemm peak = square float32 NumPy matmul, best of 3 at the start of the run and best of 3 after W1, the higher kept.",
+    "(d)": "NumPy X @ unit(P).T on the same float32 arrays, timed in rounds interleaved with iis.project (best of each, 0.25 s pause before each call so that no thread pool still spins); sgemm peak = square float32 NumPy matmul, best of 3 at the start of the run and best of 3 after W1, the higher kept.",
 }
 
 
