@@ -5,6 +5,9 @@
 #include "iis.h"
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define IIS_CAT_(a, b) a##b
 #define IIS_CAT(a, b) IIS_CAT_(a, b)
@@ -28,6 +31,40 @@ static inline int iis_nthreads(const iis_ctx *ctx)
 static inline int iis_interrupted(const iis_ctx *ctx)
 {
     return (ctx && ctx->interrupt) ? ctx->interrupt(ctx->interrupt_ctx) : 0;
+}
+
+/* Inside an OpenMP region, for loops whose iterations run long (a whole chunk of a
+ * solver pass): the team's thread 0, which is the calling thread and so may take
+ * the GIL, asks the hook at most every IIS_POLL_S seconds (taking the GIL per block
+ * would stall behind other Python threads); every thread reads the shared flag and
+ * stops early. Zero-initialise the iis_poll before the region. */
+#define IIS_POLL_S 0.05
+typedef struct {
+    int stop;    /* shared */
+    double next; /* thread 0 only: when to ask the hook again */
+} iis_poll;
+
+static inline int iis_team_interrupted(const iis_ctx *ctx, iis_poll *pl)
+{
+    int f;
+#ifdef _OPENMP
+    if (omp_get_thread_num() == 0) {
+        double now = omp_get_wtime();
+        if (now >= pl->next) {
+            pl->next = now + IIS_POLL_S;
+            if (iis_interrupted(ctx)) {
+#pragma omp atomic write
+                pl->stop = 1;
+            }
+        }
+    }
+#pragma omp atomic read
+    f = pl->stop;
+#else
+    if (!pl->stop && iis_interrupted(ctx)) pl->stop = 1;
+    f = pl->stop;
+#endif
+    return f;
 }
 
 static inline void iis_report(const iis_ctx *ctx, int done, int total)

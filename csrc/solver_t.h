@@ -182,7 +182,8 @@ static int FN(fused_dense_pass)(const iis_ctx *ctx, const iis_design *X, const i
     const size_t dk = (size_t)d * (size_t)K;
     const REAL *x = (const REAL *)X->x;
     int nt = iis_nt_for(ctx, n * (int64_t)K * d / 32), c;
-    for (int c0 = 0; c0 < nch; c0 += nt) { /* one chunk per thread per round */
+    iis_poll pl = {0, 0.0};
+    for (int c0 = 0; c0 < nch && !pl.stop; c0 += nt) { /* one chunk per thread per round */
         int c1 = c0 + nt < nch ? c0 + nt : nch;
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (c = c0; c < c1; c++) {
@@ -192,7 +193,10 @@ static int FN(fused_dense_pass)(const iis_ctx *ctx, const iis_design *X, const i
             iis_chunk(n, nch, c, &lo, &hi);
             memset(p, 0, sizeof(double) * (size_t)(K + 1));
             if (hi <= lo) memset(part, 0, sizeof(REAL) * dk);
-            for (int64_t b0 = lo; b0 < hi; b0 += IIS_FUSED_BLOCK) {
+            /* a chunk can run for seconds on large problems (ImageNet-sized N, d, K):
+             * Ctrl-C is looked at before every block, not only between rounds */
+            for (int64_t b0 = lo; b0 < hi && !iis_team_interrupted(ctx, &pl);
+                 b0 += IIS_FUSED_BLOCK) {
                 int rows = (int)(hi - b0 < IIS_FUSED_BLOCK ? hi - b0 : IIS_FUSED_BLOCK);
                 REAL *zb = w->z + b0 * K;
                 REAL one = 1, zero = 0, beta = b0 == lo ? 0 : 1;
@@ -207,8 +211,8 @@ static int FN(fused_dense_pass)(const iis_ctx *ctx, const iis_design *X, const i
                           &ik);
             }
         }
-        if (c1 < nch && iis_interrupted(ctx)) return IIS_EINTR;
     }
+    if (pl.stop) return IIS_EINTR;
     FN(sum_parts)(ctx, w->gpart, nch, dk, grad);
     return IIS_OK;
 }

@@ -46,13 +46,16 @@ work = {  # each runs for well over 10 s on one thread
                                             interpretability_cutoff=-1.0, steps=10**6, eval_every=10**6,
                                             n_threads=1),
 }.get(what)
-if what == "gram":  # the solver's preconditioner: the Gram of a wide design runs for seconds
+if what in ("gram", "pass"):  # one long piece of a solver call on a wide design
     wide = rng.standard_normal((100000, 2000), dtype=np.float32)
-    yw = (np.arange(100000) % 40).astype(np.int32)
     mu, sd = wide.mean(0), wide.std(0)
-    work = lambda: iis._core.logreg_fit(wide, None, None, 0, yw, 40, 1e-8, 1e-12, 10**6,
-                                        np.zeros((2000, 40), np.float32), np.zeros(40, np.float32),
-                                        mu, sd, 1)
+    # gram: the preconditioner's Gram alone runs for seconds; pass: one fused pass with
+    # K = 2,000 classes runs for about 15 s, each of its 4 row chunks for seconds
+    K = 40 if what == "gram" else 2000
+    yw = (np.arange(100000) % K).astype(np.int32)
+    work = lambda: iis._core.logreg_fit(wide, None, None, 0, yw, K, 1e-8, 1e-12, 10**6,
+                                        np.zeros((2000, K), np.float32), np.zeros(K, np.float32),
+                                        mu, sd, 1, what == "gram")
 print("READY", flush=True)
 try:
     work()
@@ -97,7 +100,7 @@ def interrupt_once(what, wait=2.0, env=None, timeout=180):
 
 
 @pytest.mark.parametrize("what,entry", [("score", "score"), ("cluster", "cluster"), ("predictor", "fit"),
-                                        ("text", "text"), ("gram", "<lambda>")])
+                                        ("text", "text"), ("gram", "<lambda>"), ("pass", "<lambda>")])
 def test_sigint_interrupts_a_long_call_within_a_second(what, entry):
     latencies = []
     for _ in range(2):  # a second try only absorbs a scheduling hiccup of a loaded machine
