@@ -21,7 +21,6 @@
  * a barrier costs more than the work, and far more on a loaded machine. */
 #define IIS_PAR_MIN (1 << 20)
 
-
 static inline int iis_nthreads(const iis_ctx *ctx)
 {
     return (ctx && ctx->n_threads > 0) ? ctx->n_threads : 1;
@@ -34,7 +33,7 @@ static inline int iis_interrupted(const iis_ctx *ctx)
 }
 
 /* Inside an OpenMP region, for loops whose iterations run long (a whole chunk of a
- * solver pass): the team's thread 0, which is the calling thread and so may take
+ * solver pass or of the preconditioner's Gram): the team's thread 0, which is the calling thread and so may take
  * the GIL, asks the hook at most every IIS_POLL_S seconds (taking the GIL per block
  * would stall behind other Python threads); every thread reads the shared flag and
  * stops early. Zero-initialise the iis_poll before the region. */

@@ -359,17 +359,12 @@ static int FN(gram_chunks)(int64_t n, int d)
     return c < 1 ? 1 : (int)c;
 }
 
-/* rows of each chunk per round of the Gram: one block, so a round is at most
- * 16 x 512 x d^2 flops (the interrupt hook runs between rounds); a multiple of the
- * block, so the blocks and their order do not depend on it */
-#define IIS_GRAM_SLAB IIS_FUSED_BLOCK
-
-/* Rows [lo + r0, lo + r1) of chunk c (clipped to the chunk) into its partials:
- * pc (d x d, column-major lower) += X'^T X' and cs (d) += column sums of X', X' the
- * design after its implicit standardisation. One syrk per 512-row block, on a
- * standardised copy of the block when mu/sigma are set. */
-static int FN(gram_rows)(const iis_ctx *ctx, const iis_design *X, int nch, int c, int64_t r0,
-                         int64_t r1, REAL *pc, double *cs)
+/* Chunk c of the Gram into its partials: pc (d x d, column-major lower) = X'_c^T X'_c
+ * and cs (d) = the column sums of X'_c, X' the design after its implicit
+ * standardisation. One syrk per 512-row block, on a standardised copy of the block
+ * when mu/sigma are set; Ctrl-C is looked at before each block, as in the fused pass. */
+static int FN(gram_chunk)(const iis_ctx *ctx, const iis_design *X, int nch, int c, REAL *pc,
+                          double *cs, iis_poll *pl)
 {
     const int64_t ldx = X->ldx;
     const int d = X->d;
@@ -377,13 +372,10 @@ static int FN(gram_rows)(const iis_ctx *ctx, const iis_design *X, int nch, int c
     REAL *scr = NULL;
     int64_t lo, hi;
     iis_chunk(X->n, nch, c, &lo, &hi);
-    r0 += lo;
-    r1 = lo + r1 < hi ? lo + r1 : hi;
-    if (r0 >= r1) return IIS_OK;
     if ((mu || sg) && !(scr = (REAL *)malloc(sizeof(REAL) * (size_t)IIS_FUSED_BLOCK * d)))
         return IIS_ENOMEM;
-    for (int64_t b0 = r0; b0 < r1; b0 += IIS_FUSED_BLOCK) {
-        int rows = (int)(r1 - b0 < IIS_FUSED_BLOCK ? r1 - b0 : IIS_FUSED_BLOCK);
+    for (int64_t b0 = lo; b0 < hi && !iis_team_interrupted(ctx, pl); b0 += IIS_FUSED_BLOCK) {
+        int rows = (int)(hi - b0 < IIS_FUSED_BLOCK ? hi - b0 : IIS_FUSED_BLOCK);
         const REAL *xb = x + b0 * ldx;
         int ld = (int)ldx, id = d;
         char lo_ = 'L', nn = 'N';
@@ -409,31 +401,30 @@ static int FN(gram_rows)(const iis_ctx *ctx, const iis_design *X, int nch, int c
 }
 
 /* P (d+1 x d+1, column-major, lower triangle) = [X' 1]^T [X' 1] / n. Each fixed chunk
- * of rows has its own REAL partial, filled slab by slab in rounds over all chunks,
- * then the partials are added in chunk order in double: the same bits for any thread
- * count, and Ctrl-C is seen after at most one round. */
+ * of rows has its own REAL partial; the partials are added in chunk order in double,
+ * so the result is the same for any thread count. */
 static int FN(gram)(const iis_ctx *ctx, const iis_design *X, double *P)
 {
     const int64_t n = X->n;
     const int d = X->d, d1 = d + 1, nch = FN(gram_chunks)(n, d);
     const size_t dd = (size_t)d * (size_t)d;
     const int nt = iis_nt_for(ctx, n * (int64_t)d * d / 32);
-    const int64_t span = (n + nch - 1) / nch; /* rows of the longest chunk */
     REAL *part = (REAL *)calloc((size_t)nch * dd + 1, sizeof(REAL));
     double *csum = (double *)calloc((size_t)nch * (size_t)d, sizeof(double));
     int err = IIS_OK, c;
+    iis_poll pl = {0, 0.0};
     if (!part || !csum) err = IIS_ENOMEM;
-    for (int64_t r0 = 0; r0 < span && err == IIS_OK; r0 += IIS_GRAM_SLAB) {
+    if (err == IIS_OK) {
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (c = 0; c < nch; c++) {
-            int e = FN(gram_rows)(ctx, X, nch, c, r0, r0 + IIS_GRAM_SLAB, part + (size_t)c * dd,
-                                  csum + (size_t)c * d);
+            int e = FN(gram_chunk)(ctx, X, nch, c, part + (size_t)c * dd, csum + (size_t)c * d,
+                                   &pl);
             if (e != IIS_OK) {
 #pragma omp atomic write
                 err = e;
             }
         }
-        if (err == IIS_OK && r0 + IIS_GRAM_SLAB < span && iis_interrupted(ctx)) err = IIS_EINTR;
+        if (err == IIS_OK && pl.stop) err = IIS_EINTR;
     }
     if (err == IIS_OK) {
         for (int j = 0; j < d; j++)
