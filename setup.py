@@ -24,6 +24,7 @@ sources = [
     "csrc/kmeans.c",
     "csrc/curve.c",
     "csrc/text.c",
+    "csrc/simd.c",
 ]
 compile_args = ["-std=c11", "-O3", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 link_args = []

@@ -67,7 +67,19 @@ typedef struct {
     void *interrupt_ctx;
     void (*progress)(void *, int, int); /* progress(ctx, done, total); may be NULL */
     void *progress_ctx;
+    int kernels; /* IIS_KERNELS_AUTO (0, the zero-initialised default) or IIS_KERNELS_BLAS */
 } iis_ctx;
+
+/* IIS_KERNELS_AUTO: the float32 projection runs the built-in AVX-512 kernel where the
+ * CPU has AVX-512F and the packed concepts (M x d rounded up to 32 concepts) take at
+ * most 1 MiB, the BLAS sgemm otherwise; IIS_KERNELS_BLAS: always the BLAS. */
+enum iis_kernels { IIS_KERNELS_AUTO = 0, IIS_KERNELS_BLAS = 1 };
+
+/* The SIMD level the built-in kernels can use on this CPU: "avx512f" or "none". */
+const char *iis_cpu_simd(void);
+/* The GEMM the float32 projection of small libraries runs under ctx: "avx512f"
+ * (built-in) or "blas"; larger libraries always run the BLAS. */
+const char *iis_projection_kernel(const iis_ctx *ctx);
 
 enum iis_norm { IIS_NORM_NONE = 0, IIS_NORM_LAYERNORM = 1, IIS_NORM_STANDARDIZE = 2 };
 

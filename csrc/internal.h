@@ -66,6 +66,20 @@ static inline int iis_team_interrupted(const iis_ctx *ctx, iis_poll *pl)
     return f;
 }
 
+/* simd.c: the built-in AVX-512 float32 projection kernel (see there) */
+int iis_simd_available(void);
+size_t iis_simd_panel_floats(int m, int d);
+/* the float32 projection of m concepts of dimension d runs the built-in kernel */
+int iis_simd_project_wanted(const iis_ctx *ctx, int m, int d);
+void iis_simd_pack(const float *u, int m, int d, float *pk);
+double iis_simd_project_tile(const float *x, int64_t rows, int d, int64_t ldx, const float *pk,
+                             int m, float *out, int want_check);
+
+static inline int iis_use_simd(const iis_ctx *ctx)
+{
+    return ctx && ctx->kernels == IIS_KERNELS_AUTO && iis_simd_available();
+}
+
 static inline void iis_report(const iis_ctx *ctx, int done, int total)
 {
     if (ctx && ctx->progress) ctx->progress(ctx->progress_ctx, done, total);

@@ -20,6 +20,9 @@
 
 /* set once at import from scipy.linalg.cython_blas; read-only afterwards */
 static iis_blas g_blas = {NULL, NULL, NULL, NULL, NULL, NULL};
+/* IIS_KERNELS_AUTO unless set_kernels changes it (iis/__init__.py applies the
+ * IIS_KERNELS environment variable; tests run both paths) */
+static int g_kernels = IIS_KERNELS_AUTO;
 
 typedef struct {
     PyObject *progress; /* callable(done, total) or NULL */
@@ -79,6 +82,7 @@ static void init_ctx(iis_ctx *ctx, hook_state *st, int n_threads)
 {
     memset(ctx, 0, sizeof(*ctx));
     ctx->blas = &g_blas;
+    ctx->kernels = g_kernels;
     ctx->n_threads = resolve_threads(n_threads);
     ctx->interrupt = interrupt_hook;
     ctx->interrupt_ctx = st;
@@ -744,22 +748,50 @@ static PyObject *py_accuracy(PyObject *self, PyObject *args)
     return PyFloat_FromDouble(iis_accuracy(PyArray_DATA(p), PyArray_DATA(y), PyArray_DIM(p, 0)));
 }
 
+static const char *kernels_name(int k)
+{
+    return k == IIS_KERNELS_BLAS ? "blas" : "auto";
+}
+
+/* ---- set_kernels("auto" | "blas") -> the previous setting ---------------- */
+static PyObject *py_set_kernels(PyObject *self, PyObject *args)
+{
+    const char *name, *prev = kernels_name(g_kernels);
+    (void)self;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    if (!strcmp(name, "auto")) g_kernels = IIS_KERNELS_AUTO;
+    else if (!strcmp(name, "blas")) g_kernels = IIS_KERNELS_BLAS;
+    else {
+        PyErr_Format(PyExc_ValueError, "kernels must be 'auto' or 'blas', got '%s'", name);
+        return NULL;
+    }
+    return PyUnicode_FromString(prev);
+}
+
 static PyObject *py_config(PyObject *self, PyObject *noargs)
 {
+    iis_ctx ctx;
+    hook_state hs = {NULL, 0};
     (void)self;
     (void)noargs;
+    PyObject *omp;
+    int omp_max;
+    init_ctx(&ctx, &hs, 1);
 #ifdef _OPENMP
-    return Py_BuildValue("{s:i,s:i,s:O,s:O}", "openmp", _OPENMP, "omp_max_threads",
-                         omp_get_max_threads(), "blas_set",
-                         (g_blas.sgemm && g_blas.dgemm) ? Py_True : Py_False, "precondition_set",
-                         (g_blas.ssyrk && g_blas.dsyrk && g_blas.dtrsm && g_blas.dpotrf) ? Py_True
-                                                                                         : Py_False);
+    if (!(omp = PyLong_FromLong(_OPENMP))) return NULL;
+    omp_max = omp_get_max_threads();
 #else
-    return Py_BuildValue("{s:O,s:i,s:O,s:O}", "openmp", Py_None, "omp_max_threads", 1, "blas_set",
-                         (g_blas.sgemm && g_blas.dgemm) ? Py_True : Py_False, "precondition_set",
-                         (g_blas.ssyrk && g_blas.dsyrk && g_blas.dtrsm && g_blas.dpotrf) ? Py_True
-                                                                                         : Py_False);
+    Py_INCREF(Py_None);
+    omp = Py_None;
+    omp_max = 1;
 #endif
+    return Py_BuildValue("{s:N,s:i,s:O,s:O,s:s,s:s,s:s}", "openmp", omp, "omp_max_threads", omp_max,
+                         "blas_set", (g_blas.sgemm && g_blas.dgemm) ? Py_True : Py_False,
+                         "precondition_set",
+                         (g_blas.ssyrk && g_blas.dsyrk && g_blas.dtrsm && g_blas.dpotrf) ? Py_True
+                                                                                         : Py_False,
+                         "kernels", kernels_name(g_kernels), "cpu_simd", iis_cpu_simd(),
+                         "projection_f32", iis_projection_kernel(&ctx));
 }
 
 /* ---- text_objective(F, T, W, n_threads) -> (sim, J, dJ/dW) ---------------- */
@@ -938,7 +970,10 @@ static PyMethodDef methods[] = {
     {"kmeans", py_kmeans, METH_VARARGS, "kmeans(X, k, seed, max_iter, tol, n_threads)"},
     {"trapezoid", py_trapezoid, METH_VARARGS, "trapezoid(s, arr) -> IIS"},
     {"accuracy", py_accuracy, METH_VARARGS, "accuracy(pred, y) -> float"},
-    {"config", py_config, METH_NOARGS, "OpenMP/BLAS facts of this build"},
+    {"config", py_config, METH_NOARGS, "OpenMP/BLAS/SIMD facts of this build"},
+    {"set_kernels", py_set_kernels, METH_VARARGS,
+     "set_kernels('auto' | 'blas') -> previous: built-in SIMD kernels where the CPU has them, "
+     "or the BLAS only"},
     {"text_objective", py_text_objective, METH_VARARGS,
      "text_objective(F, T, W, n_threads) -> (sim, J, dJ/dW)"},
     {"text_fit", py_text_fit, METH_VARARGS,

@@ -46,23 +46,41 @@ IIS_HOT static double FN(absmax_rows)(const REAL *x, int64_t rows, int d, int64_
 }
 
 /* out = norm(F unit(P)^T): tiles of rows run in parallel, each one single-threaded
- * GEMM into its slice of out followed by the normalisation while it is in cache;
- * the interrupt hook runs between groups of tiles */
+ * GEMM (for float32 on an AVX-512 CPU the kernel of simd.c, else the BLAS) into its
+ * slice of out followed by the normalisation while it is in cache; the interrupt
+ * hook runs between groups of tiles */
 int FN(iis_project)(const iis_ctx *ctx, const REAL *f, int64_t n, int d, int64_t ldf,
                     const REAL *unit_p, int m, int norm, const REAL *mean, const REAL *std,
                     REAL *out, double *absmax)
 {
-    const int64_t tile = 1024;
+    int64_t tile = 1024;
     int nt = iis_nt_for(ctx, n * (int64_t)m * (d > 0 ? d : 1) / 32);
-    int64_t ntiles = (n + tile - 1) / tile, group = 8 * (int64_t)nt;
+    int64_t ntiles, group = 8 * (int64_t)nt;
     double *tmax = NULL; /* per-tile max |F| when the caller asks for the input check */
+    void *pk_raw = NULL; /* the SIMD kernel's packed concepts (NULL: the BLAS path) */
+    const float *pk = NULL;
     if (n < 0 || d < 0 || m < 0 || ldf < d || !iis_fits_int(ldf)) return IIS_EINVAL;
     if (norm == IIS_NORM_STANDARDIZE && (!mean || !std)) return IIS_EINVAL;
     if (norm < IIS_NORM_NONE || norm > IIS_NORM_STANDARDIZE) return IIS_EINVAL;
     if (absmax) *absmax = 0.0;
     if (n == 0 || m == 0) return IIS_OK;
-    if (d > 0 && !iis_blas_ok(ctx, IS_DOUBLE)) return IIS_ENOBLAS;
-    if (absmax && !(tmax = (double *)malloc(sizeof(double) * (size_t)ntiles))) return IIS_ENOMEM;
+#if !IS_DOUBLE
+    if (iis_simd_project_wanted(ctx, m, d)) {
+        /* 64-byte aligned panels; without the memory for them the BLAS path runs */
+        if ((pk_raw = malloc(sizeof(float) * iis_simd_panel_floats(m, d) + 64))) {
+            float *a = (float *)(((uintptr_t)pk_raw + 63) & ~(uintptr_t)63);
+            iis_simd_pack(unit_p, m, d, a);
+            pk = a;
+            tile = 14 * 36; /* whole micro-blocks of 14 rows */
+        }
+    }
+#endif
+    if (d > 0 && !pk && !iis_blas_ok(ctx, IS_DOUBLE)) return IIS_ENOBLAS;
+    ntiles = (n + tile - 1) / tile;
+    if (absmax && !(tmax = (double *)malloc(sizeof(double) * (size_t)ntiles))) {
+        free(pk_raw);
+        return IIS_ENOMEM;
+    }
     for (int64_t g0 = 0; g0 < ntiles; g0 += group) {
         int64_t g1 = g0 + group < ntiles ? g0 + group : ntiles, t;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
@@ -70,27 +88,38 @@ int FN(iis_project)(const iis_ctx *ctx, const REAL *f, int64_t n, int d, int64_t
             int64_t r0 = t * tile;
             int rows = (int)(n - r0 < tile ? n - r0 : tile);
             REAL *o = out + r0 * (int64_t)m;
-            /* the input check first: it streams the tile from memory into cache,
-             * where the GEMM then finds it */
-            if (tmax) tmax[t] = FN(absmax_rows)(f + r0 * ldf, rows, d, ldf);
-            if (d == 0) {
-                memset(o, 0, sizeof(REAL) * (size_t)rows * (size_t)m);
-            } else {
-                /* column-major view: O^T (m x rows) = P (d x m)^T F^T (d x rows) */
-                char ta = 'T', tb = 'N';
-                int mm = m, nn = rows, kk = d, lda = d, ldb = (int)ldf, ldc = m;
-                REAL one = 1, zero = 0;
-                GEMM(ctx)(&ta, &tb, &mm, &nn, &kk, &one, unit_p, &lda, f + r0 * ldf, &ldb, &zero,
-                          o, &ldc);
+#if !IS_DOUBLE
+            if (pk) {
+                /* the input check runs inside, on each block of rows before its GEMM */
+                double mx = iis_simd_project_tile(f + r0 * ldf, rows, d, ldf, pk, m, o, tmax != NULL);
+                if (tmax) tmax[t] = mx;
+            } else
+#endif
+            {
+                /* the input check first: it streams the tile from memory into cache,
+                 * where the GEMM then finds it */
+                if (tmax) tmax[t] = FN(absmax_rows)(f + r0 * ldf, rows, d, ldf);
+                if (d == 0) {
+                    memset(o, 0, sizeof(REAL) * (size_t)rows * (size_t)m);
+                } else {
+                    /* column-major view: O^T (m x rows) = P (d x m)^T F^T (d x rows) */
+                    char ta = 'T', tb = 'N';
+                    int mm = m, nn = rows, kk = d, lda = d, ldb = (int)ldf, ldc = m;
+                    REAL one = 1, zero = 0;
+                    GEMM(ctx)(&ta, &tb, &mm, &nn, &kk, &one, unit_p, &lda, f + r0 * ldf, &ldb,
+                              &zero, o, &ldc);
+                }
             }
             if (norm == IIS_NORM_LAYERNORM) FN(layernorm_rows)(o, rows, m, 1);
             else if (norm == IIS_NORM_STANDARDIZE) FN(standardize_rows)(o, rows, m, mean, std, 1);
         }
         if (iis_interrupted(ctx)) {
             free(tmax);
+            free(pk_raw);
             return IIS_EINTR;
         }
     }
+    free(pk_raw);
     if (absmax) { /* a max: the same whatever order the tiles ran in */
         double mx = 0.0;
         for (int64_t t = 0; t < ntiles; t++) {

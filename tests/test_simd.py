@@ -1,0 +1,170 @@
+"""The built-in AVX-512 float32 projection kernel (csrc/simd.c) and its BLAS fallback.
+
+Every test runs under both settings of ``_core.set_kernels``; on a CPU without
+AVX-512F both run the BLAS, and the tests still check the BLAS path."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import iis
+from iis import _core
+from iis._validation import single_blas
+
+U32 = np.finfo(np.float32).eps / 2  # unit roundoff of float32
+
+
+@pytest.fixture(params=["auto", "blas"])
+def kernels(request):
+    prev = _core.set_kernels(request.param)
+    yield request.param
+    _core.set_kernels(prev)
+
+
+def _project(x, u, nt=2, norm=0):
+    with single_blas():
+        return _core.project(x, u, norm, None, None, nt, True)
+
+
+def _bound(x, u):
+    """Rigorous float32 dot-product error bound gamma_d * |x| |u|^T (any summation order)."""
+    d = x.shape[1]
+    return 1.01 * d * U32 * (np.abs(x).astype(np.float64) @ np.abs(u).astype(np.float64).T) + 1e-30
+
+
+# rows around the 14-row micro-block and the 504-row tile; concepts around the 16/32
+# lanes of a panel; d around the 16-float check vector and the 1024 k-block
+SHAPES = [(1, 1, 1), (13, 7, 5), (14, 16, 16), (15, 17, 17), (29, 31, 31), (43, 33, 32),
+          (503, 100, 33), (504, 64, 48), (505, 65, 49), (1009, 768, 200), (300, 1500, 20),
+          (70, 2049, 3)]
+
+
+@pytest.mark.parametrize("n,d,m", SHAPES)
+def test_projection_within_the_float32_error_bound(kernels, n, d, m):
+    rng = np.random.default_rng(n * 7 + d + m)
+    x = rng.standard_normal((n, d)).astype(np.float32) * rng.uniform(0.1, 10, d).astype(np.float32)
+    u = rng.standard_normal((m, d)).astype(np.float32)
+    a, mx = _project(x, u)
+    ref = x.astype(np.float64) @ u.astype(np.float64).T
+    assert a.dtype == np.float32 and a.shape == (n, m)
+    assert np.all(np.abs(a - ref) <= _bound(x, u))
+    assert mx == float(np.abs(x).max())
+
+
+def test_projection_of_a_row_does_not_depend_on_tiles_or_threads(kernels):
+    """Bit-identical: slices of the rows, and 1, 2 or 3 threads."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2000, 300)).astype(np.float32)
+    u = rng.standard_normal((45, 300)).astype(np.float32)
+    full, _ = _project(x, u, nt=2)
+    for nt in (1, 3):
+        assert np.array_equal(_project(x, u, nt=nt)[0], full)
+    if kernels == "auto":  # the BLAS may pick other blockings for other row counts
+        for a, b in [(0, 1), (3, 17), (500, 509), (1990, 2000), (13, 1021)]:
+            assert np.array_equal(_project(np.ascontiguousarray(x[a:b]), u)[0], full[a:b])
+
+
+def test_strided_features_and_normalisations(kernels):
+    """Rows with a leading dimension above d (a column slice), and the fused layernorm."""
+    rng = np.random.default_rng(9)
+    big = rng.standard_normal((777, 130)).astype(np.float32)
+    x = big[:, 3:103]  # ld 130, d 100
+    u = rng.standard_normal((40, 100)).astype(np.float32)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    a, mx = _project(x, u)
+    ref = x.astype(np.float64) @ u.astype(np.float64).T
+    assert np.all(np.abs(a - ref) <= _bound(x, u))
+    assert mx == float(np.abs(x).max())
+    ln, _ = _project(x, u, norm=1)
+    r = ref - ref.mean(1, keepdims=True)
+    r /= np.sqrt((r ** 2).mean(1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(ln, r, atol=2e-4)
+    lib = iis.ConceptLibrary(u)
+    np.testing.assert_allclose(iis.project(x, lib, normalize="none"), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 3e30])
+@pytest.mark.parametrize("where", [(0, 0), (513, 99), (1019, 1499), (1023, 1030), (1022, 15)])
+def test_bad_entries_anywhere_are_refused(kernels, bad, where):
+    """The fused check sees every entry: remainder rows, the k tail, the second k-block."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1024, 1500)).astype(np.float32)
+    u = rng.standard_normal((20, 1500)).astype(np.float32)
+    x[where] = bad
+    _, mx = _project(x, u)
+    assert not mx <= 1e30
+    with pytest.raises(ValueError, match=f"row {where[0]}"):
+        iis.project(x, iis.ConceptLibrary(u), normalize="none")
+    assert x[where] == bad or np.isnan(bad)  # the input is not modified
+
+
+def test_auto_and_blas_agree_on_realistic_features():
+    """W1-like shapes: both paths within the bound, and equal up to rounding."""
+    rng = np.random.default_rng(2)
+    x = np.maximum(rng.standard_normal((3000, 768)), 0).astype(np.float32)
+    u = rng.standard_normal((200, 768)).astype(np.float32)
+    out = {}
+    for k in ("auto", "blas"):
+        prev = _core.set_kernels(k)
+        try:
+            out[k] = _project(x, u)[0]
+        finally:
+            _core.set_kernels(prev)
+    ref = x.astype(np.float64) @ u.astype(np.float64).T
+    for a in out.values():
+        assert np.all(np.abs(a - ref) <= _bound(x, u))
+    np.testing.assert_allclose(out["auto"], out["blas"], rtol=1e-4, atol=1e-3)
+
+
+def _cpu_has_avx512f():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:
+        return None
+
+
+def test_kernel_selection_is_reported():
+    info = _core.config()
+    has = _cpu_has_avx512f()
+    if has is not None and sys.platform.startswith("linux"):
+        assert info["cpu_simd"] == ("avx512f" if has else "none")
+    prev = _core.set_kernels("blas")
+    try:
+        assert _core.config()["projection_f32"] == "blas"
+        assert _core.config()["kernels"] == "blas"
+    finally:
+        _core.set_kernels(prev)
+    assert _core.config()["projection_f32"] == ("avx512f" if info["cpu_simd"] == "avx512f" else "blas")
+    with pytest.raises(ValueError, match="'auto' or 'blas'"):
+        _core.set_kernels("fast")
+
+
+def test_iis_kernels_environment_variable():
+    code = "import iis; from iis import _core; print(_core.config()['kernels'])"
+    env = dict(os.environ, IIS_KERNELS="blas")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "blas"
+    env["IIS_KERNELS"] = "fastest"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "IIS_KERNELS must be 'auto' or 'blas'" in out.stderr
+
+
+def test_score_is_the_same_with_either_kernel():
+    """The whole pipeline on real features (digits) gives the same IIS up to rounding."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
+    lib = iis.ConceptLibrary.prototype(x[:1200], y[:1200], n_concepts=50, seed=0)
+    res = {}
+    for k in ("auto", "blas"):
+        prev = _core.set_kernels(k)
+        try:
+            res[k] = iis.score(x[:1200], y[:1200], x[1200:], y[1200:], lib)
+        finally:
+            _core.set_kernels(prev)
+    assert abs(res["auto"].iis - res["blas"].iis) < 0.01
+    np.testing.assert_allclose(res["auto"].ip_accuracy, res["blas"].ip_accuracy, atol=0.01)
