@@ -47,15 +47,14 @@ IIS_HOT static double FN(absmax_rows)(const REAL *x, int64_t rows, int d, int64_
 
 /* out = norm(F unit(P)^T): tiles of rows run in parallel, each one single-threaded
  * GEMM (for float32 on an AVX-512 CPU the kernel of simd.c, else the BLAS) into its
- * slice of out followed by the normalisation while it is in cache; the interrupt
- * hook runs between groups of tiles */
+ * slice of out followed by the normalisation while it is in cache */
 int FN(iis_project)(const iis_ctx *ctx, const REAL *f, int64_t n, int d, int64_t ldf,
                     const REAL *unit_p, int m, int norm, const REAL *mean, const REAL *std,
                     REAL *out, double *absmax)
 {
     int64_t tile = 1024;
     int nt = iis_nt_for(ctx, n * (int64_t)m * (d > 0 ? d : 1) / 32);
-    int64_t ntiles, group = 8 * (int64_t)nt;
+    int64_t ntiles;
     double *tmax = NULL; /* per-tile max |F| when the caller asks for the input check */
     void *pk_raw = NULL; /* the SIMD kernel's packed concepts (NULL: the BLAS path) */
     const float *pk = NULL;
@@ -81,11 +80,15 @@ int FN(iis_project)(const iis_ctx *ctx, const REAL *f, int64_t n, int d, int64_t
         free(pk_raw);
         return IIS_ENOMEM;
     }
-    for (int64_t g0 = 0; g0 < ntiles; g0 += group) {
-        int64_t g1 = g0 + group < ntiles ? g0 + group : ntiles, t;
+    {
+        /* one parallel region, tiles handed out one by one (no idle thread at the end of
+         * each of several rounds); Ctrl-C is looked at before every tile */
+        iis_poll pl = {0, 0.0};
+        int64_t t;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-        for (t = g0; t < g1; t++) {
+        for (t = 0; t < ntiles; t++) {
             int64_t r0 = t * tile;
+            if (iis_team_interrupted(ctx, &pl)) continue;
             int rows = (int)(n - r0 < tile ? n - r0 : tile);
             REAL *o = out + r0 * (int64_t)m;
 #if !IS_DOUBLE
@@ -113,7 +116,7 @@ int FN(iis_project)(const iis_ctx *ctx, const REAL *f, int64_t n, int d, int64_t
             if (norm == IIS_NORM_LAYERNORM) FN(layernorm_rows)(o, rows, m, 1);
             else if (norm == IIS_NORM_STANDARDIZE) FN(standardize_rows)(o, rows, m, mean, std, 1);
         }
-        if (iis_interrupted(ctx)) {
+        if (pl.stop) {
             free(tmax);
             free(pk_raw);
             return IIS_EINTR;

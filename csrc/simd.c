@@ -65,23 +65,42 @@ const char *iis_projection_kernel(const iis_ctx *ctx)
     return iis_use_simd(ctx) ? "avx512f" : "blas";
 }
 
-size_t iis_simd_panel_floats(int m, int d)
+/* lanes of panel p: NR, or 16 for a last panel of at most 16 concepts (kern1 reads
+ * it; packed at 16 floats per k so that no half of each cache line is wasted) */
+static int panel_width(int m, int p)
 {
-    return (size_t)((m + NR - 1) / NR) * (size_t)NR * (size_t)d;
+    return m - p * NR <= 16 ? 16 : NR;
 }
 
-/* pk[p][k][j] = U[p*NR + j][k], zero beyond m (the zero lanes are never stored) */
+size_t iis_simd_panel_floats(int m, int d)
+{
+    int np = (m + NR - 1) / NR;
+    return np == 0 ? 0 : ((size_t)(np - 1) * NR + (size_t)panel_width(m, np - 1)) * (size_t)d;
+}
+
+/* panel p starts at p * d * NR; pk[p][k][j] = U[p*NR + j][k], zero beyond m (the
+ * zero lanes are never stored) */
 void iis_simd_pack(const float *u, int m, int d, float *pk)
 {
     int np = (m + NR - 1) / NR;
-    for (int p = 0; p < np; p++)
-        for (int k = 0; k < d; k++) {
-            float *dst = pk + ((size_t)p * (size_t)d + (size_t)k) * NR;
-            for (int j = 0; j < NR; j++) {
+    for (int p = 0; p < np; p++) {
+        int w = panel_width(m, p);
+        float *panel = pk + (size_t)p * (size_t)d * NR;
+        /* blocks of 16 k: the 16 x w block of the panel stays in L1 while each
+         * concept's row is read in order */
+        for (int k0 = 0; k0 < d; k0 += 16) {
+            int k1 = k0 + 16 < d ? k0 + 16 : d;
+            for (int j = 0; j < w; j++) {
                 int c = p * NR + j;
-                dst[j] = c < m ? u[(size_t)c * (size_t)d + (size_t)k] : 0.0f;
+                if (c < m) {
+                    const float *src = u + (size_t)c * (size_t)d;
+                    for (int k = k0; k < k1; k++) panel[(size_t)k * (size_t)w + j] = src[k];
+                } else {
+                    for (int k = k0; k < k1; k++) panel[(size_t)k * (size_t)w + j] = 0.0f;
+                }
             }
         }
+    }
 }
 
 #ifdef IIS_HAVE_AVX512_BUILD
@@ -89,8 +108,22 @@ void iis_simd_pack(const float *u, int m, int d, float *pk)
 #define INL static inline __attribute__((always_inline)) TGT
 
 /* rows (<= MR, a constant after inlining) x up to 32 concepts over k in [0, kc) */
+/* prefetch plan: lines [i0, i1) of the next block (lpr lines per row), one per 8 k */
+typedef struct {
+    const float *nx;
+    int64_t ldx;
+    int lpr, i0, i1;
+} pfplan;
+
+INL void pf_line(const pfplan *pf, int k)
+{
+    int i = pf->i0 + (k >> 3);
+    if ((k & 7) == 0 && i < pf->i1)
+        _mm_prefetch((const char *)(pf->nx + (i / pf->lpr) * pf->ldx + (i % pf->lpr) * 16), _MM_HINT_T1);
+}
+
 INL void kern2(const int rows, const float *x, int64_t ldx, int kc, const float *b, float *o,
-               int64_t ldo, __mmask16 m0, __mmask16 m1, int first)
+               int64_t ldo, __mmask16 m0, __mmask16 m1, int first, const pfplan *pf)
 {
     __m512 a0[MR], a1[MR];
 #pragma GCC unroll 14
@@ -100,6 +133,7 @@ INL void kern2(const int rows, const float *x, int64_t ldx, int kc, const float 
     }
     for (int k = 0; k < kc; k++) {
         __m512 b0 = _mm512_load_ps(b + (size_t)k * NR), b1 = _mm512_load_ps(b + (size_t)k * NR + 16);
+        pf_line(pf, k);
 #pragma GCC unroll 14
         for (int r = 0; r < rows; r++) {
             __m512 v = _mm512_set1_ps(x[r * ldx + k]);
@@ -114,16 +148,17 @@ INL void kern2(const int rows, const float *x, int64_t ldx, int kc, const float 
     }
 }
 
-/* the same for a last panel of at most 16 concepts (one zmm) */
+/* the same for a last panel of at most 16 concepts (one zmm; 16 floats per k) */
 INL void kern1(const int rows, const float *x, int64_t ldx, int kc, const float *b, float *o,
-               int64_t ldo, __mmask16 m0, int first)
+               int64_t ldo, __mmask16 m0, int first, const pfplan *pf)
 {
     __m512 a0[MR];
 #pragma GCC unroll 14
     for (int r = 0; r < rows; r++)
         a0[r] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m0, o + r * ldo);
     for (int k = 0; k < kc; k++) {
-        __m512 b0 = _mm512_load_ps(b + (size_t)k * NR);
+        __m512 b0 = _mm512_load_ps(b + (size_t)k * 16);
+        pf_line(pf, k);
 #pragma GCC unroll 14
         for (int r = 0; r < rows; r++)
             a0[r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * ldx + k]), b0, a0[r]);
@@ -140,17 +175,16 @@ INL void block(const int rows, const float *x, int64_t ldx, int d, int k0, int k
 {
     int np = (m + NR - 1) / NR, lpr = (kc + 15) / 16, lines = nx ? nrows * lpr : 0;
     for (int p = 0; p < np; p++) {
-        for (int i = lines * p / np; i < lines * (p + 1) / np; i++)
-            _mm_prefetch((const char *)(nx + (i / lpr) * ldx + k0 + (i % lpr) * 16), _MM_HINT_T1);
+        pfplan pf = {nx + k0, ldx, lpr, lines * p / np, lines * (p + 1) / np};
         int w = m - p * NR < NR ? m - p * NR : NR;
-        const float *b = pk + ((size_t)p * (size_t)d + (size_t)k0) * NR;
+        const float *b = pk + (size_t)p * (size_t)d * NR + (size_t)k0 * (size_t)panel_width(m, p);
         float *op = o + p * NR;
         if (w > 16) {
             __mmask16 m1 = w == 32 ? (__mmask16)0xFFFF : (__mmask16)((1u << (w - 16)) - 1u);
-            kern2(rows, x + k0, ldx, kc, b, op, m, (__mmask16)0xFFFF, m1, k0 == 0);
+            kern2(rows, x + k0, ldx, kc, b, op, m, (__mmask16)0xFFFF, m1, k0 == 0, &pf);
         } else {
             __mmask16 m0 = w == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << w) - 1u);
-            kern1(rows, x + k0, ldx, kc, b, op, m, m0, k0 == 0);
+            kern1(rows, x + k0, ldx, kc, b, op, m, m0, k0 == 0, &pf);
         }
     }
 }
