@@ -71,12 +71,14 @@ typedef struct {
 } iis_ctx;
 
 /* IIS_KERNELS_AUTO: the float32 projection runs the built-in AVX-512 kernel where the
- * CPU has AVX-512F and the packed concepts (M x d rounded up to 32 concepts) take at
- * most 1 MiB, the BLAS sgemm otherwise; IIS_KERNELS_BLAS: always the BLAS. */
+ * CPU has AVX-512F and the packed concepts (M x d, M rounded up to 16 or 32) fit in
+ * iis_simd_max_panel_bytes(), the BLAS sgemm otherwise; IIS_KERNELS_BLAS: always the BLAS. */
 enum iis_kernels { IIS_KERNELS_AUTO = 0, IIS_KERNELS_BLAS = 1 };
 
 /* The SIMD level the built-in kernels can use on this CPU: "avx512f" or "none". */
 const char *iis_cpu_simd(void);
+/* The largest packed concept library the kernel takes: 3/4 of the per-core L2. */
+size_t iis_simd_max_panel_bytes(void);
 /* The GEMM the float32 projection of small libraries runs under ctx: "avx512f"
  * (built-in) or "blas"; larger libraries always run the BLAS. */
 const char *iis_projection_kernel(const iis_ctx *ctx);

@@ -785,13 +785,14 @@ static PyObject *py_config(PyObject *self, PyObject *noargs)
     omp = Py_None;
     omp_max = 1;
 #endif
-    return Py_BuildValue("{s:N,s:i,s:O,s:O,s:s,s:s,s:s}", "openmp", omp, "omp_max_threads", omp_max,
+    return Py_BuildValue("{s:N,s:i,s:O,s:O,s:s,s:s,s:s,s:n}", "openmp", omp, "omp_max_threads", omp_max,
                          "blas_set", (g_blas.sgemm && g_blas.dgemm) ? Py_True : Py_False,
                          "precondition_set",
                          (g_blas.ssyrk && g_blas.dsyrk && g_blas.dtrsm && g_blas.dpotrf) ? Py_True
                                                                                          : Py_False,
                          "kernels", kernels_name(g_kernels), "cpu_simd", iis_cpu_simd(),
-                         "projection_f32", iis_projection_kernel(&ctx));
+                         "projection_f32", iis_projection_kernel(&ctx), "simd_max_panel_bytes",
+                         (Py_ssize_t)iis_simd_max_panel_bytes());
 }
 
 /* ---- text_objective(F, T, W, n_threads) -> (sim, J, dJ/dW) ---------------- */

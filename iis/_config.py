@@ -42,6 +42,7 @@ def config() -> Dict[str, Any]:
         "kernels": core["kernels"],
         "cpu_simd": core["cpu_simd"],
         "projection_f32": core["projection_f32"],
+        "simd_max_panel_bytes": core["simd_max_panel_bytes"],
         "blas_libraries": blas,
         "openmp_libraries": omp,
     }
@@ -54,8 +55,9 @@ def show_config() -> None:
     print(f"numpy {c['numpy']}, scipy {c['scipy']}, cpu_count {c['cpu_count']}")
     print(f"C core: OpenMP {c['core_openmp']} (max threads {c['core_omp_max_threads']}); "
           f"BLAS via {c['core_blas']}")
-    kernel = ("built-in AVX-512 kernel up to 1 MiB of packed concepts (M x d <= 262,144), "
-              "BLAS sgemm above" if c["projection_f32"] == "avx512f" else "BLAS sgemm")
+    kernel = (f"built-in AVX-512 kernel for concept libraries up to {c['simd_max_panel_bytes'] / 2**20:.2f} MiB "
+              f"packed (M x d <= about {c['simd_max_panel_bytes'] // 4:,}), BLAS sgemm above"
+              if c["projection_f32"] == "avx512f" else "BLAS sgemm")
     print(f"float32 projection: {kernel} (IIS_KERNELS={c['kernels']}, CPU SIMD: {c['cpu_simd']})")
     for b in c["blas_libraries"]:
         print(f"BLAS: {b['internal_api']} {b['version']} threads={b['num_threads']} "

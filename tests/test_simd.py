@@ -168,3 +168,43 @@ def test_score_is_the_same_with_either_kernel():
             _core.set_kernels(prev)
     assert abs(res["auto"].iis - res["blas"].iis) < 0.01
     np.testing.assert_allclose(res["auto"].ip_accuracy, res["blas"].ip_accuracy, atol=0.01)
+
+
+def _sysfs_l2_bytes():
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for idx in sorted(os.listdir(base)):
+            with open(f"{base}/{idx}/level") as f:
+                level = f.read().strip()
+            with open(f"{base}/{idx}/size") as f:
+                size = f.read().strip()
+            if level == "2" and size.endswith("K"):
+                return int(size[:-1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def test_large_libraries_run_the_blas():
+    """Above the L2-sized cap the BLAS runs (same bits as kernels='blas'); below it the
+    result stays within the error bound (on an AVX-512 CPU: the built-in kernel, whose
+    bits may equal OpenBLAS's: both sum each output in k order when d is small)."""
+    cap = _core.config()["simd_max_panel_bytes"]
+    assert 1 << 18 <= cap
+    l2 = _sysfs_l2_bytes()
+    if l2 is not None:  # the kernel's cap is 3/4 of the L2 that glibc reports
+        assert cap == l2 // 4 * 3
+    d = 768  # OpenBLAS blocks k at this size: its bits differ from the kernel's
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((600, d)).astype(np.float32)
+    for m, big in [(cap // (4 * d) + 64, True), (max(1, cap // (4 * d) - 64), False)]:
+        u = rng.standard_normal((m, d)).astype(np.float32)
+        prev = _core.set_kernels("blas")
+        try:
+            ref = _project(x, u)[0]
+        finally:
+            _core.set_kernels(prev)
+        out = _project(x, u)[0]
+        if big:
+            assert np.array_equal(out, ref)
+        assert np.all(np.abs(out - x.astype(np.float64) @ u.astype(np.float64).T) <= _bound(x, u))
