@@ -1,15 +1,18 @@
 /* simd.c -- the built-in AVX-512 kernel of the float32 projection.
  *
- * out (rows x m) = F (rows x d, ld ldf) U^T for U (m x d): the shape of every
- * projection (and of a solver's forward pass), tall and narrow. OpenBLAS reaches
- * about 0.8 of its square-matrix speed on it, because it packs (copies) the tall
- * operand F before using each element only m times; the kernel here reads F in
- * place and packs only U, once per call, into panels of 32 concepts that stay in L2.
+ * out (rows x m) = F (rows x d, ld ldf) U^T for U (m x d): tall and narrow. On W1
+ * (50,000 x 768 x 200) NumPy's OpenBLAS sgemm reached 0.69-0.80 of the square-matmul
+ * peak. The kernel here reads F in place (no packed copy of the tall operand) and
+ * packs only U, once per call, into panels of 32 concepts that stay in L2.
+ * (In the solver's fused pass, Z_b = X_b W for a 512-row block, it measured no
+ * faster than the BLAS over a whole fit, so the solver keeps the BLAS.)
  *
  * Micro-kernel: 14 rows x 32 concepts in 28 zmm accumulators; per k, two loads of
- * the panel, 14 broadcasts of F and 28 FMAs. The input check (max |F|, NaN/Inf)
- * runs on each 14-row block just before the kernel reads it, so it costs no
- * second trip to memory.
+ * the panel, 14 broadcasts of F and 28 FMAs (about 170 GFLOP/s per core with its
+ * operands in cache, the FMA peak of the machine it was tuned on). The input check
+ * (max |F|, NaN/Inf) runs on each 14-row block just before the kernel reads it, and
+ * the next block is prefetched into L2 while the current one runs, so F makes one
+ * trip from memory.
  *
  * Every output is one FMA chain over k = 0..d-1 in order, started from 0 (blocks
  * of k only store and reload the float accumulator, which is exact): a row's result
@@ -39,28 +42,42 @@
  * kernel / BLAS: M = 200 at d = 768 (0.69 MB) 1.10-1.38 / 0.89-1.00; M = 200 at
  * d = 1,280 (1.1 MB) 1.27 / 0.97; M = 400 at d = 768 (1.3 MB) 1.12 / 1.04; M = 200
  * at d = 2,048 (1.8 MB) 0.93 / 0.92; M = 1,000 at d = 768 (3.1 MB) 0.94 / 1.09. */
+/* facts computed once: threads may race to compute them, but every one computes the
+ * same value and the load/store of it is atomic (relaxed) */
+#if defined(__GNUC__)
+#define LOAD_ONCE(v) __atomic_load_n(&(v), __ATOMIC_RELAXED)
+#define STORE_ONCE(v, x) __atomic_store_n(&(v), (x), __ATOMIC_RELAXED)
+#else
+#define LOAD_ONCE(v) (v)
+#define STORE_ONCE(v, x) ((v) = (x))
+#endif
+
 size_t iis_simd_max_panel_bytes(void)
 {
-    static size_t cap = 0; /* a benign race: every thread computes the same value */
-    if (!cap) {
+    static size_t cap = 0;
+    size_t c = LOAD_ONCE(cap);
+    if (!c) {
         long l2 = -1;
 #if defined(_SC_LEVEL2_CACHE_SIZE)
         l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
 #endif
-        cap = l2 >= (1L << 18) ? (size_t)l2 / 4 * 3 : ((size_t)1 << 20);
+        c = l2 >= (1L << 18) ? (size_t)l2 / 4 * 3 : ((size_t)1 << 20);
+        STORE_ONCE(cap, c);
     }
-    return cap;
+    return c;
 }
 
 int iis_simd_available(void)
 {
 #ifdef IIS_HAVE_AVX512_BUILD
-    static int have = -1; /* a benign race: every thread writes the same value */
-    if (have < 0) {
+    static int have = -1;
+    int h = LOAD_ONCE(have);
+    if (h < 0) {
         __builtin_cpu_init();
-        have = __builtin_cpu_supports("avx512f") ? 1 : 0;
+        h = __builtin_cpu_supports("avx512f") ? 1 : 0;
+        STORE_ONCE(have, h);
     }
-    return have;
+    return h;
 #else
     return 0;
 #endif
@@ -124,8 +141,9 @@ void iis_simd_pack(const float *u, int m, int d, float *pk)
 #define TGT __attribute__((target("avx512f")))
 #define INL static inline __attribute__((always_inline)) TGT
 
-/* rows (<= MR, a constant after inlining) x up to 32 concepts over k in [0, kc) */
-/* prefetch plan: lines [i0, i1) of the next block (lpr lines per row), one per 8 k */
+/* prefetch plan: lines [i0, i1) of the next block of rows (lpr lines per row), one
+ * line per 8 k of the micro-kernel (a burst of them before each panel measured no
+ * gain; spread out, 1.04-1.09x at 2 threads) */
 typedef struct {
     const float *nx;
     int64_t ldx;
@@ -139,6 +157,7 @@ INL void pf_line(const pfplan *pf, int k)
         _mm_prefetch((const char *)(pf->nx + (i / pf->lpr) * pf->ldx + (i % pf->lpr) * 16), _MM_HINT_T1);
 }
 
+/* rows (<= MR, a constant after inlining) x up to 32 concepts over k in [0, kc) */
 INL void kern2(const int rows, const float *x, int64_t ldx, int kc, const float *b, float *o,
                int64_t ldo, __mmask16 m0, __mmask16 m1, int first, const pfplan *pf)
 {
@@ -185,14 +204,14 @@ INL void kern1(const int rows, const float *x, int64_t ldx, int kc, const float 
 }
 
 /* all panels for one block of `rows` rows and k in [k0, k0 + kc); while they run, the
- * next block's rows (nx, nrows of them; NULL for none) are prefetched into L2 in
- * np slices, one before each panel */
+ * next block's rows (nx, nrows of them; NULL for none) are prefetched into L2, a
+ * 1/np share of its lines during each panel */
 INL void block(const int rows, const float *x, int64_t ldx, int d, int k0, int kc,
                const float *pk, int m, float *o, const float *nx, int nrows)
 {
     int np = (m + NR - 1) / NR, lpr = (kc + 15) / 16, lines = nx ? nrows * lpr : 0;
     for (int p = 0; p < np; p++) {
-        pfplan pf = {nx + k0, ldx, lpr, lines * p / np, lines * (p + 1) / np};
+        pfplan pf = {nx ? nx + k0 : NULL, ldx, lpr, lines * p / np, lines * (p + 1) / np};
         int w = m - p * NR < NR ? m - p * NR : NR;
         const float *b = pk + (size_t)p * (size_t)d * NR + (size_t)k0 * (size_t)panel_width(m, p);
         float *op = o + p * NR;
