@@ -143,7 +143,7 @@ def project(features: Any, library: Any, normalize: Optional[str] = None, *,
     if stats is not None and norm == "standardize":
         stats = _check_stats(stats, lib.n_concepts)
     with single_blas():
-        return _project(f, lib.unit(f.dtype), norm, stats, nt)
+        return _project(f, lib._unit(f.dtype), norm, stats, nt)
 
 
 def _check_stats(stats: Any, m: int) -> tuple:
@@ -192,7 +192,7 @@ def activation_stats(features: Any, library: Any, n_threads: Optional[int] = Non
     lib = _resolve_library(library, f.shape[1], f.dtype)
     nt = check_threads(n_threads)
     with single_blas():
-        a = _checked(_core.project(f, lib.unit(f.dtype), 0, None, None, nt, True), f, "features")
+        a = _checked(_core.project(f, lib._unit(f.dtype), 0, None, None, nt, True), f, "features")
         return _core.colstats(a, nt)
 
 
@@ -289,7 +289,7 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
 
     with single_blas():
         t0 = time.perf_counter()
-        unit_p = lib.unit(ftr.dtype)
+        unit_p = lib._unit(ftr.dtype)
         if norm == "standardize":
             atr = _checked(_core.project(ftr, unit_p, 0, None, None, nt, True), ftr, "train_features")
             stats = _core.colstats(atr, nt)

@@ -301,7 +301,7 @@ class InterpretablePredictor:
         M, K = lib.n_concepts, len(classes)
         k = int(_core.keep_count(M, float(self.sparsity), self.keep == "published"))
         with single_blas():
-            unit_p = lib.unit(x.dtype)
+            unit_p = lib._unit(x.dtype)
             mean = std = None
             if norm == "standardize":
                 a = _core.project(x, unit_p, 0, None, None, nt)
@@ -349,7 +349,7 @@ class InterpretablePredictor:
                              f"{self.n_features_in_}")
         nt = check_threads(self.n_threads)
         with single_blas():
-            unit_p = self.library_.unit(dt)
+            unit_p = self.library_._unit(dt)
             if self.normalize_ == "standardize":
                 a = _core.project(x, unit_p, 2, np.ascontiguousarray(self.mean_, dtype=dt),
                                   np.ascontiguousarray(self.std_, dtype=dt), nt)

@@ -637,7 +637,7 @@ def run(cfg: FinetuneConfig) -> Dict[str, Any]:
         before = {"acc_h": acc_h0, "acc_g": acc_g0, **_iis_entry(res_before, sec)}
         history: List[Dict[str, Any]] = []
         start_epoch = 0
-        prototypes = torch.from_numpy(np.asarray(library.vectors, dtype=np.float32))
+        prototypes = torch.from_numpy(np.array(library.vectors, dtype=np.float32))  # a writable copy
         proto_names = list(library.names)
     else:
         before = ckpt["before"]
@@ -677,7 +677,7 @@ def run(cfg: FinetuneConfig) -> Dict[str, Any]:
         if cfg.refresh_every and epoch > 0 and epoch % cfg.refresh_every == 0:
             lib_now = _prototypes(model, data, cfg, mean, std, device)
             head.set_prototypes(lib_now)
-            prototypes = torch.from_numpy(np.asarray(lib_now.vectors, dtype=np.float32))
+            prototypes = torch.from_numpy(np.array(lib_now.vectors, dtype=np.float32))  # a writable copy
             proto_names = list(lib_now.names)
             _log(f"epoch {epoch + 1}: prototypes refreshed from the current backbone")
         aug_gen.manual_seed(cfg.seed + 7919 + epoch)

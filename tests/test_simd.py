@@ -208,3 +208,28 @@ def test_large_libraries_run_the_blas():
         if big:
             assert np.array_equal(out, ref)
         assert np.all(np.abs(out - x.astype(np.float64) @ u.astype(np.float64).T) <= _bound(x, u))
+
+
+def test_library_unit_vectors_are_cached_safely():
+    """unit(P) is computed once per dtype; the cache can never go stale."""
+    rng = np.random.default_rng(11)
+    p = rng.standard_normal((30, 50))
+    x = rng.standard_normal((40, 50)).astype(np.float32)
+    lib = iis.ConceptLibrary(p)
+    a1 = iis.project(x, lib, normalize="none")
+    assert lib._unit(np.float32) is lib._unit(np.float32)  # cached
+    with pytest.raises(ValueError, match="read-only"):
+        lib.vectors[0, 0] = 5.0  # the library's own copy cannot change under the cache
+    u = lib.unit(np.float32)  # the public method hands out a writable copy
+    u[:] = 0
+    np.testing.assert_array_equal(iis.project(x, lib, normalize="none"), a1)
+    ref = x.astype(np.float64) @ (p / np.linalg.norm(p, axis=1, keepdims=True)).T
+    np.testing.assert_allclose(a1, ref, atol=1e-4)
+    # replacing the attribute with a writable array: never cached, mutations are seen
+    q = rng.standard_normal((30, 50))
+    lib.vectors = q
+    a2 = iis.project(x, lib, normalize="none")
+    np.testing.assert_allclose(a2, x.astype(np.float64) @ (q / np.linalg.norm(q, axis=1, keepdims=True)).T,
+                               atol=1e-4)
+    q[0] = -q[0]
+    np.testing.assert_allclose(iis.project(x, lib, normalize="none")[:, 0], -a2[:, 0], atol=1e-5)
