@@ -289,9 +289,9 @@ class InterpretablePredictor:
         -------
         self
         """
-        from ._api import ConvergenceWarning
+        from ._api import ConvergenceWarning, _checked
 
-        x = as_float_matrix(X, "X")
+        x = as_float_matrix(X, "X", check_finite=False)  # checked by the projection kernel
         lib, norm, nt = self._check_params(x.shape[1])
         classes, yy, _ = encode_labels(y)
         if yy.shape[0] != x.shape[0]:
@@ -304,12 +304,12 @@ class InterpretablePredictor:
             unit_p = lib._unit(x.dtype)
             mean = std = None
             if norm == "standardize":
-                a = _core.project(x, unit_p, 0, None, None, nt)
+                a = _checked(_core.project(x, unit_p, 0, None, None, nt, True), x, "X")
                 mean, std = _core.colstats(a, nt)
                 a -= mean
                 a /= std
             else:
-                a = _core.project(x, unit_p, _NORM_CODE[norm], None, None, nt)
+                a = _checked(_core.project(x, unit_p, _NORM_CODE[norm], None, None, nt, True), x, "X")
             idx, val = _core.topk(a, k, self.mask == "soft", 0, nt)
             del a
             w0 = np.zeros((M, K), dtype=x.dtype)
@@ -341,9 +341,11 @@ class InterpretablePredictor:
 
     def _masked(self, X: Any, dense: bool = False):
         """(idx, val) ELL masked activations of X (or the dense masked matrix)."""
+        from ._api import _checked
+
         self._check_fitted()
         dt = self.coef_.dtype
-        x = as_float_matrix(X, "X", dtype=dt)
+        x = as_float_matrix(X, "X", dtype=dt, check_finite=False)  # checked by the projection kernel
         if x.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {x.shape[1]} features but the predictor was fitted on "
                              f"{self.n_features_in_}")
@@ -351,10 +353,11 @@ class InterpretablePredictor:
         with single_blas():
             unit_p = self.library_._unit(dt)
             if self.normalize_ == "standardize":
-                a = _core.project(x, unit_p, 2, np.ascontiguousarray(self.mean_, dtype=dt),
-                                  np.ascontiguousarray(self.std_, dtype=dt), nt)
+                a = _checked(_core.project(x, unit_p, 2, np.ascontiguousarray(self.mean_, dtype=dt),
+                                           np.ascontiguousarray(self.std_, dtype=dt), nt, True), x, "X")
             else:
-                a = _core.project(x, unit_p, _NORM_CODE[self.normalize_], None, None, nt)
+                a = _checked(_core.project(x, unit_p, _NORM_CODE[self.normalize_], None, None, nt, True),
+                             x, "X")
             return _core.topk(a, self.k_, self.mask == "soft", int(dense), nt)
 
     def _logits(self, idx: np.ndarray, val: np.ndarray) -> np.ndarray:
