@@ -66,7 +66,9 @@ static inline int iis_team_interrupted(const iis_ctx *ctx, iis_poll *pl)
     return f;
 }
 
-/* simd.c: the built-in AVX-512 float32 projection kernel (see there) */
+/* simd.c: the built-in AVX-512 float32 projection kernel (see there); its tiles of
+ * rows are whole micro-blocks of IIS_SIMD_MR rows */
+#define IIS_SIMD_MR 14
 int iis_simd_available(void);
 size_t iis_simd_panel_floats(int m, int d);
 /* the float32 projection of m concepts of dimension d runs the built-in kernel */

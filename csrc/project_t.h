@@ -70,7 +70,7 @@ int FN(iis_project)(const iis_ctx *ctx, const REAL *f, int64_t n, int d, int64_t
             float *a = (float *)(((uintptr_t)pk_raw + 63) & ~(uintptr_t)63);
             iis_simd_pack(unit_p, m, d, a);
             pk = a;
-            tile = 14 * 36; /* whole micro-blocks of 14 rows */
+            tile = IIS_SIMD_MR * 36; /* whole micro-blocks */
         }
     }
 #endif

@@ -34,7 +34,7 @@
 #endif
 
 #define NR 32  /* concepts per panel (two zmm) */
-#define MR 14  /* rows per micro-block */
+#define MR IIS_SIMD_MR /* rows per micro-block (internal.h: tiles are whole blocks) */
 #define KC 1024 /* k per block: a 14-row slice of F (up to 56 KB) stays in L1/L2 */
 /* The kernel runs when the packed concepts take at most 3/4 of the per-core L2
  * (sysconf; 1 MiB when unknown): above it the panels stream from L3 for every block
@@ -99,17 +99,9 @@ const char *iis_projection_kernel(const iis_ctx *ctx)
     return iis_use_simd(ctx) ? "avx512f" : "blas";
 }
 
-/* lanes of panel p: NR, or 16 for a last panel of at most 16 concepts (kern1 reads
- * it; packed at 16 floats per k so that no half of each cache line is wasted) */
-static int panel_width(int m, int p)
-{
-    return m - p * NR <= 16 ? 16 : NR;
-}
-
 size_t iis_simd_panel_floats(int m, int d)
 {
-    int np = (m + NR - 1) / NR;
-    return np == 0 ? 0 : ((size_t)(np - 1) * NR + (size_t)panel_width(m, np - 1)) * (size_t)d;
+    return (size_t)((m + NR - 1) / NR) * NR * (size_t)d;
 }
 
 /* panel p starts at p * d * NR; pk[p][k][j] = U[p*NR + j][k], zero beyond m (the
@@ -118,19 +110,18 @@ void iis_simd_pack(const float *u, int m, int d, float *pk)
 {
     int np = (m + NR - 1) / NR;
     for (int p = 0; p < np; p++) {
-        int w = panel_width(m, p);
         float *panel = pk + (size_t)p * (size_t)d * NR;
-        /* blocks of 16 k: the 16 x w block of the panel stays in L1 while each
+        /* blocks of 16 k: the 16 x NR block of the panel stays in L1 while each
          * concept's row is read in order */
         for (int k0 = 0; k0 < d; k0 += 16) {
             int k1 = k0 + 16 < d ? k0 + 16 : d;
-            for (int j = 0; j < w; j++) {
+            for (int j = 0; j < NR; j++) {
                 int c = p * NR + j;
                 if (c < m) {
                     const float *src = u + (size_t)c * (size_t)d;
-                    for (int k = k0; k < k1; k++) panel[(size_t)k * (size_t)w + j] = src[k];
+                    for (int k = k0; k < k1; k++) panel[(size_t)k * NR + j] = src[k];
                 } else {
-                    for (int k = k0; k < k1; k++) panel[(size_t)k * (size_t)w + j] = 0.0f;
+                    for (int k = k0; k < k1; k++) panel[(size_t)k * NR + j] = 0.0f;
                 }
             }
         }
@@ -184,7 +175,7 @@ INL void kern2(const int rows, const float *x, int64_t ldx, int kc, const float 
     }
 }
 
-/* the same for a last panel of at most 16 concepts (one zmm; 16 floats per k) */
+/* the same for a last panel of at most 16 concepts (its first zmm only) */
 INL void kern1(const int rows, const float *x, int64_t ldx, int kc, const float *b, float *o,
                int64_t ldo, __mmask16 m0, int first, const pfplan *pf)
 {
@@ -193,7 +184,7 @@ INL void kern1(const int rows, const float *x, int64_t ldx, int kc, const float 
     for (int r = 0; r < rows; r++)
         a0[r] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m0, o + r * ldo);
     for (int k = 0; k < kc; k++) {
-        __m512 b0 = _mm512_load_ps(b + (size_t)k * 16);
+        __m512 b0 = _mm512_load_ps(b + (size_t)k * NR);
         pf_line(pf, k);
 #pragma GCC unroll 14
         for (int r = 0; r < rows; r++)
@@ -213,7 +204,7 @@ INL void block(const int rows, const float *x, int64_t ldx, int d, int k0, int k
     for (int p = 0; p < np; p++) {
         pfplan pf = {nx ? nx + k0 : NULL, ldx, lpr, lines * p / np, lines * (p + 1) / np};
         int w = m - p * NR < NR ? m - p * NR : NR;
-        const float *b = pk + (size_t)p * (size_t)d * NR + (size_t)k0 * (size_t)panel_width(m, p);
+        const float *b = pk + ((size_t)p * (size_t)d + (size_t)k0) * NR;
         float *op = o + p * NR;
         if (w > 16) {
             __mmask16 m1 = w == 32 ? (__mmask16)0xFFFF : (__mmask16)((1u << (w - 16)) - 1u);

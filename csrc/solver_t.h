@@ -588,7 +588,10 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
             alpha[s_] = rho[s_] * FN(dot)(S + (size_t)s_ * p, dir, p);
             for (size_t e = 0; e < p; e++) dir[e] -= alpha[s_] * Y[(size_t)s_ * p + e];
         }
-        if (hist > 0) { /* H0 = gamma I, or gamma P^-1 with gamma = s'y / y'P^-1 y */
+        /* H0 = gamma I, or gamma P^-1 with gamma = s'y / y'P^-1 y (gamma = 1 before
+         * the first pair) */
+        if (pre) FN(precond_apply)(ctx, L, X->d + 1, K, dir, 0);
+        if (hist > 0) {
             int last = (head - 1 + mem) % mem;
             const double *yl = Y + (size_t)last * p;
             double yy, gamma;
@@ -600,10 +603,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
                 yy = FN(dot)(yl, yl, p);
             }
             gamma = 1.0 / (rho[last] * yy);
-            if (pre) FN(precond_apply)(ctx, L, X->d + 1, K, dir, 0);
             for (size_t e = 0; e < p; e++) dir[e] *= gamma;
-        } else if (pre) {
-            FN(precond_apply)(ctx, L, X->d + 1, K, dir, 0);
         }
         for (int h = hist - 1; h >= 0; h--) {
             int s_ = (head - 1 - h + mem) % mem;
