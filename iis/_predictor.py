@@ -23,7 +23,6 @@ from ._validation import (read_npz, single_blas, as_float_matrix, check_option, 
                           check_threads, encode_labels, _labels_1d)
 
 _FORMAT = "iis.InterpretablePredictor/1"
-_NORM_CODE = {"none": 0, "layernorm": 1, "standardize": 2}
 _PARAMS = ("library", "sparsity", "normalize", "mask", "keep", "l2", "tol", "max_iter", "n_threads")
 _ORDERS = ("signed", "magnitude")
 
@@ -289,7 +288,7 @@ class InterpretablePredictor:
         -------
         self
         """
-        from ._api import ConvergenceWarning, _checked
+        from ._api import ConvergenceWarning, _checked, _project
 
         x = as_float_matrix(X, "X", check_finite=False)  # checked by the projection kernel
         lib, norm, nt = self._check_params(x.shape[1])
@@ -309,7 +308,7 @@ class InterpretablePredictor:
                 a -= mean
                 a /= std
             else:
-                a = _checked(_core.project(x, unit_p, _NORM_CODE[norm], None, None, nt, True), x, "X")
+                a = _project(x, unit_p, norm, None, nt, "X")
             idx, val = _core.topk(a, k, self.mask == "soft", 0, nt)
             del a
             w0 = np.zeros((M, K), dtype=x.dtype)
@@ -341,7 +340,7 @@ class InterpretablePredictor:
 
     def _masked(self, X: Any, dense: bool = False):
         """(idx, val) ELL masked activations of X (or the dense masked matrix)."""
-        from ._api import _checked
+        from ._api import _project
 
         self._check_fitted()
         dt = self.coef_.dtype
@@ -352,12 +351,8 @@ class InterpretablePredictor:
         nt = check_threads(self.n_threads)
         with single_blas():
             unit_p = self.library_._unit(dt)
-            if self.normalize_ == "standardize":
-                a = _checked(_core.project(x, unit_p, 2, np.ascontiguousarray(self.mean_, dtype=dt),
-                                           np.ascontiguousarray(self.std_, dtype=dt), nt, True), x, "X")
-            else:
-                a = _checked(_core.project(x, unit_p, _NORM_CODE[self.normalize_], None, None, nt, True),
-                             x, "X")
+            stats = (self.mean_, self.std_) if self.normalize_ == "standardize" else None
+            a = _project(x, unit_p, self.normalize_, stats, nt, "X")
             return _core.topk(a, self.k_, self.mask == "soft", int(dense), nt)
 
     def _logits(self, idx: np.ndarray, val: np.ndarray) -> np.ndarray:
