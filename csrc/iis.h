@@ -71,7 +71,7 @@ typedef struct {
 } iis_ctx;
 
 /* IIS_KERNELS_AUTO: the float32 projection runs the built-in AVX-512 kernel where the
- * CPU has AVX-512F and the packed concepts (M x d, M rounded up to 16 or 32) fit in
+ * CPU has AVX-512F and the packed concepts (M x d, M rounded up to 32) fit in
  * iis_simd_max_panel_bytes(), the BLAS sgemm otherwise; IIS_KERNELS_BLAS: always the BLAS. */
 enum iis_kernels { IIS_KERNELS_AUTO = 0, IIS_KERNELS_BLAS = 1 };
 
