@@ -25,6 +25,7 @@ sources = [
     "csrc/curve.c",
     "csrc/text.c",
     "csrc/simd.c",
+    "csrc/amx.c",
 ]
 compile_args = ["-std=c11", "-O3", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 link_args = []

@@ -82,6 +82,29 @@ static inline int iis_use_simd(const iis_ctx *ctx)
     return ctx && ctx->kernels == IIS_KERNELS_AUTO && iis_simd_available();
 }
 
+/* amx.c: bfloat16 AMX tiles for the float32 solver's fused pass (see there).
+ * IIS_AMX_RB rows per block; d is padded to iis_amx_dpad(d), K to iis_amx_kpad(K). */
+#define IIS_AMX_RB 256
+static inline int iis_thread_num(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+int iis_amx_dpad(int d);
+int iis_amx_kpad(int K);
+void iis_amx_pack_w(const double *w, int d, int K, uint16_t *wv);
+void iis_amx_begin(void);
+void iis_amx_end(void);
+void iis_amx_convert(const float *x, int64_t ldx, int d, const float *mu, const float *isg,
+                     int rows, uint16_t *xa, uint16_t *xv);
+void iis_amx_forward(const uint16_t *xa, const uint16_t *wv, int d, int K, float *z2);
+void iis_amx_residuals(const float *g, int rows, int K, uint16_t *gt, uint32_t *u);
+void iis_amx_backward(const uint16_t *gt, const uint16_t *xv, int d, int K, float *pt,
+                      int first);
+
 static inline void iis_report(const iis_ctx *ctx, int done, int total)
 {
     if (ctx && ctx->progress) ctx->progress(ctx->progress_ctx, done, total);

@@ -488,6 +488,65 @@ static PyObject *py_logreg_fit(PyObject *self, PyObject *args)
     return Py_BuildValue("NNiidd", w, b, info.n_iter, info.converged, info.loss, info.grad_max);
 }
 
+/* logreg_objective(X, idx, val, d, y, K, l2, W, b, mu, sigma, amx, n_threads) -> (f, grad)
+ * with grad = [dW (d x K) | db (K)] flattened (float64): one solver pass (tests) */
+static PyObject *py_logreg_objective(PyObject *self, PyObject *args)
+{
+    PyObject *ox, *oidx, *oval, *oy, *ow, *ob, *omu, *osg;
+    int d, K, nt, t, st = 0, amx;
+    double l2, f = 0.0;
+    iis_design D;
+    PyArrayObject *y, *w, *b, *g;
+    hook_state hs = {NULL, 0};
+    iis_ctx ctx;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOiOidOOOOpi", &ox, &oidx, &oval, &d, &oy, &K, &l2, &ow, &ob, &omu,
+                          &osg, &amx, &nt))
+        return NULL;
+    if ((t = float_type(ox != Py_None ? ox : oval, "X")) < 0) return NULL;
+    if (make_design(&D, ox, oidx, oval, d, omu, osg, t) < 0) return NULL;
+    if (!(y = arr(oy, "y", NPY_INT32, 1, 0))) return NULL;
+    if (PyArray_DIM(y, 0) != D.n || D.n < 1 || K < 1 || !(l2 >= 0.0)) {
+        PyErr_SetString(PyExc_ValueError, "logreg_objective: y must have one label per row (>= 1 "
+                                          "row), n_classes >= 1 and l2 >= 0");
+        return NULL;
+    }
+    {
+        const int32_t *yy = PyArray_DATA(y);
+        for (int64_t i = 0; i < D.n; i++)
+            if (yy[i] < 0 || yy[i] >= K) {
+                PyErr_Format(PyExc_ValueError, "label %d outside [0, %d)", yy[i], K);
+                return NULL;
+            }
+    }
+    if (!(w = arr(ow, "W", t, 2, 0)) || !(b = arr(ob, "b", t, 1, 0))) return NULL;
+    if (PyArray_DIM(w, 0) != D.d || PyArray_DIM(w, 1) != K || PyArray_DIM(b, 0) != K) {
+        PyErr_SetString(PyExc_ValueError, "W must be (d, n_classes) and b (n_classes,)");
+        return NULL;
+    }
+    {
+        npy_intp dims[1] = {(npy_intp)D.d * K + K};
+        if (!(g = (PyArrayObject *)PyArray_EMPTY(1, dims, NPY_FLOAT64, 0))) return NULL;
+    }
+    init_ctx(&ctx, &hs, nt);
+    IIS_BEGIN_ALLOW_THREADS
+    st = t == NPY_FLOAT32 ? iis_logreg_objective_f(&ctx, &D, PyArray_DATA(y), K, l2, PyArray_DATA(w),
+                                                   PyArray_DATA(b), amx, &f, PyArray_DATA(g))
+                          : iis_logreg_objective_d(&ctx, &D, PyArray_DATA(y), K, l2, PyArray_DATA(w),
+                                                   PyArray_DATA(b), amx, &f, PyArray_DATA(g));
+    IIS_END_ALLOW_THREADS
+    if (st != IIS_OK) {
+        Py_DECREF(g);
+        if (st == IIS_EINVAL && amx) {
+            PyErr_SetString(PyExc_ValueError, "logreg_objective: the AMX pass does not apply here "
+                                              "(float32 dense X, AMX-BF16 and IIS_KERNELS=auto needed)");
+            return NULL;
+        }
+        return raise_status(st, "logreg_objective");
+    }
+    return Py_BuildValue("dN", f, g);
+}
+
 /* logreg_predict(X, idx, val, d, W, b, mu, sigma, n_threads) -> (logits, pred) */
 static PyObject *py_logreg_predict(PyObject *self, PyObject *args)
 {
@@ -785,14 +844,16 @@ static PyObject *py_config(PyObject *self, PyObject *noargs)
     omp = Py_None;
     omp_max = 1;
 #endif
-    return Py_BuildValue("{s:N,s:i,s:O,s:O,s:s,s:s,s:s,s:n}", "openmp", omp, "omp_max_threads", omp_max,
+    return Py_BuildValue("{s:N,s:i,s:O,s:O,s:s,s:s,s:s,s:n,s:O,s:s}", "openmp", omp, "omp_max_threads", omp_max,
                          "blas_set", (g_blas.sgemm && g_blas.dgemm) ? Py_True : Py_False,
                          "precondition_set",
                          (g_blas.ssyrk && g_blas.dsyrk && g_blas.dtrsm && g_blas.dpotrf) ? Py_True
                                                                                          : Py_False,
                          "kernels", kernels_name(g_kernels), "cpu_simd", iis_cpu_simd(),
                          "projection_f32", iis_projection_kernel(&ctx), "simd_max_panel_bytes",
-                         (Py_ssize_t)iis_simd_max_panel_bytes());
+                         (Py_ssize_t)iis_simd_max_panel_bytes(), "cpu_amx",
+                         iis_amx_available() ? Py_True : Py_False, "solver_f32",
+                         iis_solver_kernel(&ctx));
 }
 
 /* ---- text_objective(F, T, W, n_threads) -> (sim, J, dJ/dW) ---------------- */
@@ -963,6 +1024,8 @@ static PyMethodDef methods[] = {
      "[, precondition])"},
     {"logreg_predict", py_logreg_predict, METH_VARARGS,
      "logreg_predict(X, idx, val, d, W, b, mu, sigma, n_threads) -> (logits, pred)"},
+    {"logreg_objective", py_logreg_objective, METH_VARARGS,
+     "logreg_objective(X, idx, val, d, y, K, l2, W, b, mu, sigma, amx, n_threads) -> (f, grad)"},
     {"logreg_precond", py_logreg_precond, METH_VARARGS,
      "logreg_precond(X, mu, sigma, l2, n_threads) -> P (the solver's preconditioner matrix)"},
     {"path", py_path, METH_VARARGS,

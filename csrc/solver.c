@@ -8,6 +8,7 @@
 #define FTOL (4.0 * FLT_EPSILON)
 #define VEXP iis_expf_neg
 #define FN(name) IIS_CAT(name, _f)
+#define AMX_PASSES 1
 #define GEMM(ctx) (ctx)->blas->sgemm
 #define SYRK(ctx) (ctx)->blas->ssyrk
 #include "gemm_t.h"
@@ -17,6 +18,7 @@
 #undef FTOL
 #undef VEXP
 #undef FN
+#undef AMX_PASSES
 #undef GEMM
 #undef SYRK
 
@@ -25,6 +27,7 @@
 #define FTOL (64.0 * DBL_EPSILON)
 #define VEXP iis_exp_neg
 #define FN(name) IIS_CAT(name, _d)
+#define AMX_PASSES 0
 #define GEMM(ctx) (ctx)->blas->dgemm
 #define SYRK(ctx) (ctx)->blas->dsyrk
 #include "gemm_t.h"

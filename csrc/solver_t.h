@@ -20,6 +20,15 @@ typedef struct {
     double *part;  /* chunk partials: nch x (K + 1) (colsum of G, loss) */
     REAL *ellacc;  /* ELL: nch_ell x d x K partial products of X^T G */
     int nch, nch_ell;
+    /* AMX passes (amx.c; float32 dense designs): on while amx != 0 */
+    int amx, namx;   /* namx fixed row chunks, each with a 2Kp x Dp partial in pt */
+    uint16_t *wv;    /* [W_hi | W_lo] packed for the forward tiles */
+    float *mu_p, *isg_p; /* Dp: mu and 1 / sigma of the implicit standardisation, 0-padded */
+    float *pt;
+    double *acc;     /* per thread: d doubles (the sum over chunks) */
+    unsigned char *scr; /* per thread: xa, xv, z2, gt, u (scr_bytes each) */
+    size_t scr_bytes;
+    int nscr;
 } FN(work);
 
 static void FN(work_free)(FN(work) * w)
@@ -30,6 +39,12 @@ static void FN(work_free)(FN(work) * w)
     free(w->gpart);
     free(w->part);
     free(w->ellacc);
+    free(w->wv);
+    free(w->mu_p);
+    free(w->isg_p);
+    free(w->pt);
+    free(w->acc);
+    free(w->scr);
 }
 
 static int FN(work_alloc)(FN(work) * w, const iis_design *X, int K, int need_grad)
@@ -243,6 +258,122 @@ static int FN(logits)(const iis_ctx *ctx, const iis_design *X, int K, const REAL
     return IIS_OK;
 }
 
+#if AMX_PASSES
+/* AMX passes pay from a few million multiply-adds per GEMM on; below that, and for
+ * partials over 128 MB, the float32 passes run alone */
+#define IIS_AMX_MIN_WORK ((int64_t)1 << 22)
+#define IIS_AMX_MAX_PARTIALS ((size_t)128 << 20)
+
+/* Sets w->amx when the passes over X run on AMX tiles first (iis_solver_kernel),
+ * with its buffers (any_size: whatever the problem size). IIS_ENOMEM when they were
+ * wanted but could not be allocated (w->amx stays 0: the float32 passes can still run). */
+static int FN(amx_setup)(const iis_ctx *ctx, const iis_design *X, int K, FN(work) * w,
+                         int any_size)
+{
+    int Dp, K2, nt;
+    size_t per, xab, z2b, gtb, ub;
+    if (X->idx || X->d < 1 || ctx->kernels != IIS_KERNELS_AUTO || !iis_amx_available())
+        return IIS_OK;
+    if (!any_size && (K < 2 || X->n < 2 * IIS_AMX_RB || X->n * (int64_t)X->d * K < IIS_AMX_MIN_WORK))
+        return IIS_OK;
+    Dp = iis_amx_dpad(X->d);
+    K2 = 2 * iis_amx_kpad(K);
+    per = sizeof(float) * (size_t)K2 * (size_t)Dp;
+    w->namx = w->natz;
+    while (w->namx > 1 && (size_t)w->namx * per > IIS_AMX_MAX_PARTIALS) w->namx--;
+    if ((size_t)w->namx * per > IIS_AMX_MAX_PARTIALS) return IIS_OK;
+    xab = sizeof(uint16_t) * (size_t)IIS_AMX_RB * (size_t)Dp;
+    z2b = sizeof(float) * (size_t)IIS_AMX_RB * (size_t)K2;
+    gtb = sizeof(uint16_t) * (size_t)K2 * (size_t)IIS_AMX_RB;
+    ub = sizeof(uint32_t) * (size_t)(IIS_AMX_RB / 2) * (size_t)K2;
+    w->scr_bytes = (2 * xab + z2b + gtb + ub + 255) / 64 * 64;
+    nt = ctx->n_threads > 0 ? ctx->n_threads : 1;
+    w->wv = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)Dp * (size_t)K2);
+    w->mu_p = (float *)calloc((size_t)Dp, sizeof(float));
+    w->isg_p = (float *)calloc((size_t)Dp, sizeof(float));
+    w->pt = (float *)malloc(per * (size_t)w->namx);
+    w->scr = (unsigned char *)malloc(w->scr_bytes * (size_t)nt + 64);
+    w->acc = (double *)malloc(sizeof(double) * (size_t)X->d * (size_t)nt);
+    if (!w->wv || !w->mu_p || !w->isg_p || !w->pt || !w->scr || !w->acc) return IIS_ENOMEM;
+    w->nscr = nt;
+    for (int j = 0; j < X->d; j++) {
+        w->mu_p[j] = X->mu ? (float)((const REAL *)X->mu)[j] : 0.0f;
+        w->isg_p[j] = X->sigma ? (float)(1.0 / (double)((const REAL *)X->sigma)[j]) : 1.0f;
+    }
+    w->amx = 1;
+    return IIS_OK;
+}
+
+/* One pass of amx.c's tiles over the standardised design: per block of IIS_AMX_RB
+ * rows, z = X_b W + b (hi and lo columns added in float), softmax and loss in
+ * place, then pt_c += [G_hi | G_lo]^T X_b. On return grad[0, dk) holds X'^T G for the
+ * standardised X' (no correction left to apply) and w->part the namx softmax
+ * partials. */
+static int FN(amx_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int K,
+                        const double *theta, const REAL *bias, FN(work) * w, double *grad)
+{
+    const int64_t n = X->n, ldx = X->ldx;
+    const int d = X->d, nch = w->namx, Dp = iis_amx_dpad(d), Kp = iis_amx_kpad(K), K2 = 2 * Kp;
+    const size_t per = (size_t)K2 * (size_t)Dp;
+    const REAL *x = (const REAL *)X->x;
+    int nt = iis_nt_for(ctx, n * (int64_t)K * d / 32), c;
+    int64_t j;
+    iis_poll pl = {0, 0.0};
+    unsigned char *scr0 = (unsigned char *)(((uintptr_t)w->scr + 63) & ~(uintptr_t)63);
+    if (nt > w->nscr) nt = w->nscr;
+    iis_amx_pack_w(theta, d, K, w->wv);
+    for (int c0 = 0; c0 < nch && !pl.stop; c0 += nt) {
+        int c1 = c0 + nt < nch ? c0 + nt : nch;
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (c = c0; c < c1; c++) {
+            int64_t lo, hi;
+            unsigned char *sc = scr0 + w->scr_bytes * (size_t)iis_thread_num();
+            uint16_t *xa = (uint16_t *)sc, *xv = xa + (size_t)IIS_AMX_RB * Dp;
+            float *z2 = (float *)(xv + (size_t)IIS_AMX_RB * Dp);
+            uint16_t *gt = (uint16_t *)(z2 + (size_t)IIS_AMX_RB * K2);
+            uint32_t *u = (uint32_t *)(gt + (size_t)K2 * IIS_AMX_RB);
+            float *pt = w->pt + (size_t)c * per;
+            double *p = w->part + (size_t)c * (K + 1);
+            iis_chunk(n, nch, c, &lo, &hi);
+            memset(p, 0, sizeof(double) * (size_t)(K + 1));
+            if (hi <= lo) memset(pt, 0, sizeof(float) * per);
+            iis_amx_begin();
+            for (int64_t b0 = lo; b0 < hi && !iis_team_interrupted(ctx, &pl); b0 += IIS_AMX_RB) {
+                int rows = (int)(hi - b0 < IIS_AMX_RB ? hi - b0 : IIS_AMX_RB);
+                REAL *zb = w->z + b0 * K;
+                iis_amx_convert(x + b0 * ldx, ldx, d, w->mu_p, w->isg_p, rows, xa, xv);
+                iis_amx_forward(xa, w->wv, d, K, z2);
+                for (int r = 0; r < rows; r++) {
+                    const float *zr = z2 + (size_t)r * K2;
+                    REAL *zo = zb + (size_t)r * K;
+                    for (int q = 0; q < K; q++) zo[q] = zr[q] + zr[Kp + q];
+                }
+                FN(softmax_rows)(w->z, y, K, bias, b0, b0 + rows, p);
+                iis_amx_residuals(zb, rows, K, gt, u);
+                iis_amx_backward(gt, xv, d, K, pt, b0 == lo);
+            }
+            iis_amx_end();
+        }
+    }
+    if (pl.stop) return IIS_EINTR;
+    /* grad[j][q] = sum over the chunks, in chunk order, of hi + lo; one class per
+     * iteration, the chunk partials read along their rows */
+#pragma omp parallel for num_threads(iis_nt_for(ctx, (int64_t)d * K * nch)) schedule(static)
+    for (j = 0; j < K; j++) {
+        const int q = (int)j;
+        double *acc = w->acc + (size_t)iis_thread_num() * (size_t)d;
+        for (int jj = 0; jj < d; jj++) acc[jj] = 0.0;
+        for (int cc = 0; cc < nch; cc++) {
+            const float *hi_ = w->pt + (size_t)cc * per + (size_t)q * Dp,
+                        *lo_ = w->pt + (size_t)cc * per + (size_t)(Kp + q) * Dp;
+            for (int jj = 0; jj < d; jj++) acc[jj] += (double)hi_[jj] + (double)lo_[jj];
+        }
+        for (int jj = 0; jj < d; jj++) grad[(size_t)jj * K + q] = acc[jj];
+    }
+    return IIS_OK;
+}
+#endif
+
 /* f and gradient at theta; z is overwritten by G = softmax(z) - onehot(y) */
 static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int K, double l2,
                      const double *theta, double *grad, double *fval, FN(work) * w)
@@ -257,12 +388,21 @@ static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
     REAL *cr = w->gw; /* c in REAL */
     int npart;
 
-    FN(effective)(X, K, theta, w->weff, cvec);
-    for (int q = 0; q < K; q++) cr[q] = (REAL)cvec[q];
+#if AMX_PASSES
+    if (w->amx) {
+        for (int q = 0; q < K; q++) cr[q] = (REAL)theta[dk + q];
+        if (FN(amx_pass)(ctx, X, y, K, theta, cr, w, grad) != IIS_OK) return IIS_EINTR;
+        npart = w->namx;
+    } else
+#endif
     if (!X->idx && d > 0) {
+        FN(effective)(X, K, theta, w->weff, cvec);
+        for (int q = 0; q < K; q++) cr[q] = (REAL)cvec[q];
         if (FN(fused_dense_pass)(ctx, X, y, K, w->weff, cr, w, grad) != IIS_OK) return IIS_EINTR;
         npart = w->natz;
     } else {
+        FN(effective)(X, K, theta, w->weff, cvec);
+        for (int q = 0; q < K; q++) cr[q] = (REAL)cvec[q];
         int err = FN(logits)(ctx, X, K, w->weff, cr, w->z);
         if (err != IIS_OK) return err;
         /* per row: loss_i = lse(z_i) - z_iy; z_i <- softmax(z_i) - e_y; partial sums
@@ -294,8 +434,8 @@ static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
                               w->ellacc + (size_t)c * dk);
         }
         FN(sum_parts)(ctx, w->ellacc, nch, dk, grad);
-    } else if (d > 0) { /* X^T G is in grad already (fused pass) */
-        if (sg || mu)
+    } else if (d > 0) { /* X^T G is in grad already (fused or AMX pass) */
+        if ((sg || mu) && !w->amx)
             for (int j = 0; j < d; j++) {
                 double inv = sg ? 1.0 / (double)sg[j] : 1.0, m0 = mu ? (double)mu[j] : 0.0;
                 for (int q = 0; q < K; q++)
@@ -524,6 +664,16 @@ static double FN(amax)(const double *a, size_t p)
     return m;
 }
 
+/* Ends the AMX passes: f and g at theta again from a float32 pass. The L-BFGS pairs
+ * gathered so far are kept (they carry the curvature of the same objective up to
+ * the bf16 rounding of the design). */
+static int FN(leave_amx)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int K,
+                         double l2, const double *theta, double *g, double *f, FN(work) * w)
+{
+    w->amx = 0;
+    return FN(fgrad)(ctx, X, y, K, l2, theta, g, f, w);
+}
+
 int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int n_classes,
                        const iis_solver_params *prm, REAL *wout, REAL *bout,
                        iis_solver_info *info)
@@ -561,6 +711,9 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
         goto cleanup;
     }
     if ((err = FN(work_alloc)(&w, X, K, 1)) != IIS_OK) goto cleanup;
+#if AMX_PASSES
+    (void)FN(amx_setup)(ctx, X, K, &w, 0); /* without its buffers: the float32 passes */
+#endif
     if (FN(precond_wanted)(ctx, X, K, prm)) {
         size_t d1 = (size_t)X->d + 1;
         if (!(L = (double *)malloc(sizeof(double) * d1 * d1))) {
@@ -578,8 +731,18 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
         int ls, accepted = 0, scaled = pre;
         gmax = FN(amax)(g, p);
         if (gmax <= prm->tol) {
-            converged = 1;
-            break;
+            if (!w.amx) {
+                converged = 1;
+                break;
+            }
+            /* the AMX passes meet the tolerance: the test is taken again in float32 */
+            if ((err = FN(leave_amx)(ctx, X, y, K, prm->l2, theta, g, &f, &w)) != IIS_OK)
+                goto cleanup;
+            gmax = FN(amax)(g, p);
+            if (gmax <= prm->tol) {
+                converged = 1;
+                break;
+            }
         }
         /* two-loop recursion: dir = -H g */
         for (size_t e = 0; e < p; e++) dir[e] = -g[e];
@@ -635,7 +798,13 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
                 goto cleanup;
             }
         }
-        if (!accepted) break; /* no decrease possible at this precision */
+        if (!accepted) {
+            if (!w.amx) break; /* no decrease possible at this precision */
+            /* none at the AMX passes' precision: go on in float32 from theta */
+            if ((err = FN(leave_amx)(ctx, X, y, K, prm->l2, theta, g, &f, &w)) != IIS_OK)
+                goto cleanup;
+            continue;
+        }
         /* curvature pair */
         {
             double sy;
@@ -656,7 +825,11 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
             memcpy(theta, tn, sizeof(double) * p);
             memcpy(g, gn, sizeof(double) * p);
             f = fnew;
-            if (rel <= ftol) {
+            if (rel <= ftol && w.amx) {
+                /* the relative-decrease stop belongs to the float32 passes */
+                if ((err = FN(leave_amx)(ctx, X, y, K, prm->l2, theta, g, &f, &w)) != IIS_OK)
+                    goto cleanup;
+            } else if (rel <= ftol) {
                 it++;
                 gmax = FN(amax)(g, p);
                 converged = 1; /* relative reduction of f below ftol (scipy's factr rule) */
@@ -740,6 +913,45 @@ cleanup:
     free(weff);
     free(cr);
     free(c);
+    free(theta);
+    return err;
+}
+
+int FN(iis_logreg_objective)(const iis_ctx *ctx, const iis_design *X, const int32_t *y,
+                             int n_classes, double l2, const REAL *w, const REAL *b, int amx,
+                             double *fval, double *grad)
+{
+    const int K = n_classes;
+    size_t dk, p;
+    int err = IIS_OK;
+    double *theta = NULL;
+    FN(work) wk;
+    memset(&wk, 0, sizeof(wk));
+    if (!X || !y || !w || !b || !fval || !grad || K < 1 || X->n <= 0 || X->d < 0 || l2 < 0)
+        return IIS_EINVAL;
+    if (!X->idx && (X->ldx < X->d || !iis_fits_int(X->ldx) || !iis_fits_int(X->n)))
+        return IIS_EINVAL;
+    if (!X->idx && X->d > 0 && !iis_blas_ok(ctx, IS_DOUBLE)) return IIS_ENOBLAS;
+    for (int64_t i = 0; i < X->n; i++)
+        if (y[i] < 0 || y[i] >= K) return IIS_EINVAL;
+    dk = (size_t)X->d * (size_t)K;
+    p = dk + (size_t)K;
+    if (!(theta = (double *)malloc(sizeof(double) * p))) return IIS_ENOMEM;
+    for (size_t e = 0; e < dk; e++) theta[e] = w[e];
+    for (int q = 0; q < K; q++) theta[dk + q] = b[q];
+    if ((err = FN(work_alloc)(&wk, X, K, 1)) != IIS_OK) goto cleanup;
+    if (amx) {
+#if AMX_PASSES
+        if ((err = FN(amx_setup)(ctx, X, K, &wk, 1)) != IIS_OK) goto cleanup;
+#endif
+        if (!wk.amx) {
+            err = IIS_EINVAL;
+            goto cleanup;
+        }
+    }
+    err = FN(fgrad)(ctx, X, y, K, l2, theta, grad, fval, &wk);
+cleanup:
+    FN(work_free)(&wk);
     free(theta);
     return err;
 }

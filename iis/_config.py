@@ -43,6 +43,8 @@ def config() -> Dict[str, Any]:
         "cpu_simd": core["cpu_simd"],
         "projection_f32": core["projection_f32"],
         "simd_max_panel_bytes": core["simd_max_panel_bytes"],
+        "cpu_amx": core["cpu_amx"],
+        "solver_f32": core["solver_f32"],
         "blas_libraries": blas,
         "openmp_libraries": omp,
     }
@@ -59,6 +61,9 @@ def show_config() -> None:
               f"packed (M x d <= about {c['simd_max_panel_bytes'] // 4:,}), BLAS sgemm above"
               if c["projection_f32"] == "avx512f" else "BLAS sgemm")
     print(f"float32 projection: {kernel} (IIS_KERNELS={c['kernels']}, CPU SIMD: {c['cpu_simd']})")
+    solver = ("bfloat16 AMX tile passes until the tolerance is met, then float32 passes to the "
+              "float32 stopping test" if c["solver_f32"] == "amx-bf16" else "float32 BLAS passes")
+    print(f"float32 solver (dense designs): {solver} (CPU AMX-BF16 usable: {c['cpu_amx']})")
     for b in c["blas_libraries"]:
         print(f"BLAS: {b['internal_api']} {b['version']} threads={b['num_threads']} "
               f"layer={b['threading_layer']} arch={b['architecture']}\n      {b['filepath']}")

@@ -1,0 +1,304 @@
+/* amx.c -- bfloat16 AMX tiles for the float32 solver's fused pass.
+ *
+ * One L-BFGS pass over a dense design is two GEMMs per block of rows:
+ * Z_b = X_b W (forward) and X_b^T G_b (backward), with G_b = softmax(Z_b) - onehot
+ * in between. On CPUs with AMX-BF16 (Intel Sapphire Rapids and later) the tile
+ * units multiply bfloat16 pairs into float32 at many times the AVX-512 FMA rate, so
+ * the solver (solver_t.h) runs its passes here until the bf16-pass gradient meets
+ * the tolerance, then goes on in float32: the stopping test that decides
+ * convergence is always taken on a float32 gradient.
+ *
+ * Precision: X_b is standardised and rounded to bf16 once per block (a fixed
+ * relative perturbation of 2^-9 of the design, the same in every pass). W and G
+ * are split into hi + lo bf16 parts (w = hi + lo to about 2^-17), carried as
+ * 2 Kp columns, so the weights and residuals that change from pass to pass are
+ * not rounded to bf16 and the optimisation does not stall at bf16 resolution (with
+ * W_hi alone the s = 0 fit of W1 stopped at max |grad| 7e-5, loss 1e-4 above the
+ * optimum; without G_lo the gradient floors near 1e-4). The products accumulate in
+ * float32 tiles. On W1 (benchmarks/) the probe runs 53 AMX passes, then 4 float32
+ * iterations to max |grad| <= 1e-5 (57 in all; 55 with float32 passes only), at about
+ * 0.6x the time of a float32 pass each.
+ *
+ * Layouts (Dp = d rounded up to 32, Kp = K rounded up to 16, RB rows per block):
+ *   xa  RB x Dp bf16, the block's standardised rows (A operand of the forward);
+ *   xv  RB/2 x Dp x 2 bf16, rows interleaved in pairs (B operand of the backward);
+ *   wv  Dp/2 x 2Kp x 2 bf16, [W_hi | W_lo] interleaved in pairs of k (B, forward);
+ *   z2  RB x 2Kp float, the forward product (hi columns, then lo columns);
+ *   gt  2Kp x RB bf16, [G_hi | G_lo]^T (A operand of the backward);
+ *   pt  2Kp x Dp float, the backward product, accumulated over the blocks of a chunk.
+ * Every tile is 16 rows x 64 bytes; the kernels keep four accumulator tiles (2 x 2).
+ * Results depend only on the block and chunk boundaries, never on the thread.
+ */
+#define _GNU_SOURCE /* syscall() in glibc */
+#include "internal.h"
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(IIS_NO_SIMD) && \
+    (__GNUC__ >= 11 || defined(__clang__))
+#define IIS_HAVE_AMX_BUILD 1
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#if defined(__GNUC__)
+#define LOAD_ONCE(v) __atomic_load_n(&(v), __ATOMIC_RELAXED)
+#define STORE_ONCE(v, x) __atomic_store_n(&(v), (x), __ATOMIC_RELAXED)
+#else
+#define LOAD_ONCE(v) (v)
+#define STORE_ONCE(v, x) ((v) = (x))
+#endif
+
+#define RB IIS_AMX_RB
+
+#ifdef IIS_HAVE_AMX_BUILD
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+#define AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
+
+/* CPU and OS support: AMX-TILE, AMX-BF16 and AVX512-BF16 in CPUID, the tile state
+ * enabled in XCR0, and Linux's permission for this process to use it (asked once;
+ * a kernel that refuses it leaves the float32 passes). */
+static int amx_probe(void)
+{
+    unsigned a, b, c, d, xlo, xhi;
+    if (__get_cpuid_max(0, NULL) < 7) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    if (!(d & (1u << 24)) || !(d & (1u << 22))) return 0; /* AMX-TILE, AMX-BF16 */
+    if (!(b & (1u << 16)) || !(b & (1u << 30))) return 0; /* AVX512F, AVX512BW */
+    __cpuid_count(7, 1, a, b, c, d);
+    if (!(a & (1u << 5))) return 0; /* AVX512-BF16 */
+    __cpuid(1, a, b, c, d);
+    if (!(c & (1u << 27))) return 0; /* OSXSAVE */
+    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    if ((xlo & 0xE6u) != 0xE6u) return 0;              /* SSE, AVX, AVX-512 state */
+    if ((xlo & (3u << 17)) != (3u << 17)) return 0;    /* XTILECFG, XTILEDATA */
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+}
+#endif
+
+int iis_amx_available(void)
+{
+#ifdef IIS_HAVE_AMX_BUILD
+    static int have = -1;
+    int h = LOAD_ONCE(have);
+    if (h < 0) {
+        h = amx_probe();
+        STORE_ONCE(have, h);
+    }
+    return h;
+#else
+    return 0;
+#endif
+}
+
+const char *iis_solver_kernel(const iis_ctx *ctx)
+{
+    return ctx->kernels == IIS_KERNELS_AUTO && iis_amx_available() ? "amx-bf16" : "blas";
+}
+
+int iis_amx_dpad(int d) { return (d + 31) / 32 * 32; }
+int iis_amx_kpad(int K) { return (K + 15) / 16 * 16; }
+
+/* round to nearest even, as the conversion instructions do (NaN is never passed) */
+static inline uint16_t to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static inline float from_bf16(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+void iis_amx_pack_w(const double *w, int d, int K, uint16_t *wv)
+{
+    const int Kp = iis_amx_kpad(K), K2 = 2 * Kp, Dp = iis_amx_dpad(d);
+    memset(wv, 0, sizeof(uint16_t) * (size_t)Dp * (size_t)K2);
+    for (int k = 0; k < d; k++) {
+        uint16_t *row = wv + (size_t)(k / 2) * K2 * 2 + (k & 1);
+        for (int q = 0; q < K; q++) {
+            float v = (float)w[(size_t)k * K + q];
+            uint16_t h = to_bf16(v);
+            row[(size_t)q * 2] = h;
+            row[(size_t)(Kp + q) * 2] = to_bf16(v - from_bf16(h));
+        }
+    }
+}
+
+#ifdef IIS_HAVE_AMX_BUILD
+/* The tile configuration is read from memory by ldtilecfg; GCC 12 does not see
+ * that read through the intrinsic and drops the stores that fill a local one, so
+ * it is a constant object. */
+static const struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_cfg = {1, 0, {0}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+
+AMX_TARGET void iis_amx_begin(void) { _tile_loadconfig(&tile_cfg); }
+AMX_TARGET void iis_amx_end(void) { _tile_release(); }
+
+static inline AMX_TARGET __mmask16 lanes(int have)
+{
+    return have <= 0 ? 0 : have >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << have) - 1u);
+}
+
+AMX_TARGET void iis_amx_convert(const float *x, int64_t ldx, int d, const float *mu,
+                                const float *isg, int rows, uint16_t *xa, uint16_t *xv)
+{
+    const int Dp = iis_amx_dpad(d);
+    __m512i ilo, ihi;
+    {
+        uint16_t a[32], b[32];
+        for (int m = 0; m < 16; m++) {
+            a[2 * m] = (uint16_t)m;
+            a[2 * m + 1] = (uint16_t)(32 + m);
+            b[2 * m] = (uint16_t)(16 + m);
+            b[2 * m + 1] = (uint16_t)(48 + m);
+        }
+        ilo = _mm512_loadu_si512(a);
+        ihi = _mm512_loadu_si512(b);
+    }
+    for (int p = 0; p < RB / 2; p++) {
+        const int r0 = 2 * p, r1 = r0 + 1;
+        const float *x0 = x + (int64_t)r0 * ldx, *x1 = x + (int64_t)r1 * ldx;
+        for (int j = 0; j < Dp; j += 32) {
+            __mmask16 m0 = lanes(d - j), m1 = lanes(d - j - 16);
+            __m512 mu0 = _mm512_maskz_loadu_ps(m0, mu + j), mu1 = _mm512_maskz_loadu_ps(m1, mu + j + 16);
+            __m512 s0 = _mm512_maskz_loadu_ps(m0, isg + j), s1 = _mm512_maskz_loadu_ps(m1, isg + j + 16);
+            __m512i a = _mm512_setzero_si512(), b = _mm512_setzero_si512();
+            if (r0 < rows) {
+                __m512 lo = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m0, x0 + j), mu0), s0);
+                __m512 hi = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m1, x0 + j + 16), mu1), s1);
+                a = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+            }
+            if (r1 < rows) {
+                __m512 lo = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m0, x1 + j), mu0), s0);
+                __m512 hi = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m1, x1 + j + 16), mu1), s1);
+                b = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+            }
+            _mm512_storeu_si512(xa + (size_t)r0 * Dp + j, a);
+            _mm512_storeu_si512(xa + (size_t)r1 * Dp + j, b);
+            _mm512_storeu_si512(xv + ((size_t)p * Dp + j) * 2, _mm512_permutex2var_epi16(a, ilo, b));
+            _mm512_storeu_si512(xv + ((size_t)p * Dp + j + 16) * 2,
+                                _mm512_permutex2var_epi16(a, ihi, b));
+        }
+    }
+}
+
+AMX_TARGET void iis_amx_forward(const uint16_t *xa, const uint16_t *wv, int d, int K, float *z2)
+{
+    const int Dp = iis_amx_dpad(d), K2 = 2 * iis_amx_kpad(K); /* K2 / 16 is even */
+    for (int rt = 0; rt < RB / 16; rt += 2)
+        for (int ct = 0; ct < K2 / 16; ct += 2) {
+            float *c = z2 + (size_t)rt * 16 * K2 + (size_t)ct * 16;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int kk = 0; kk < Dp / 32; kk++) {
+                const uint16_t *b = wv + (size_t)kk * 16 * K2 * 2 + (size_t)ct * 32;
+                _tile_loadd(4, xa + (size_t)rt * 16 * Dp + (size_t)kk * 32, Dp * 2);
+                _tile_loadd(5, xa + (size_t)(rt + 1) * 16 * Dp + (size_t)kk * 32, Dp * 2);
+                _tile_loadd(6, b, K2 * 4);
+                _tile_loadd(7, b + 32, K2 * 4);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_stored(0, c, K2 * 4);
+            _tile_stored(1, c + 16, K2 * 4);
+            _tile_stored(2, c + (size_t)16 * K2, K2 * 4);
+            _tile_stored(3, c + (size_t)16 * K2 + 16, K2 * 4);
+        }
+}
+
+/* gt (2Kp x RB) = [G_hi | G_lo]^T for the rows x K residuals g; rows >= `rows` and
+ * classes >= K are zero. The pairs of rows are formed as 32-bit units in u
+ * (RB/2 x 2Kp), which is then transposed in 16 x 16 blocks. */
+AMX_TARGET void iis_amx_residuals(const float *g, int rows, int K, uint16_t *gt, uint32_t *u)
+{
+    const int Kp = iis_amx_kpad(K), K2 = 2 * Kp, half = RB / 2;
+    uint32_t *gt32 = (uint32_t *)gt;
+    for (int p = 0; p < half; p++) {
+        const int r0 = 2 * p, r1 = r0 + 1;
+        uint32_t *up = u + (size_t)p * K2;
+        for (int q = 0; q < Kp; q += 16) {
+            __mmask16 m = lanes(K - q);
+            __m512 g0 = r0 < rows ? _mm512_maskz_loadu_ps(m, g + (size_t)r0 * K + q) : _mm512_setzero_ps();
+            __m512 g1 = r1 < rows ? _mm512_maskz_loadu_ps(m, g + (size_t)r1 * K + q) : _mm512_setzero_ps();
+            __m512i h0 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(g0));
+            __m512i h1 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(g1));
+            __m512 l0 = _mm512_sub_ps(g0, _mm512_castsi512_ps(_mm512_slli_epi32(h0, 16)));
+            __m512 l1 = _mm512_sub_ps(g1, _mm512_castsi512_ps(_mm512_slli_epi32(h1, 16)));
+            __m512i e0 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(l0));
+            __m512i e1 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(l1));
+            _mm512_storeu_si512(up + q, _mm512_or_si512(h0, _mm512_slli_epi32(h1, 16)));
+            _mm512_storeu_si512(up + Kp + q, _mm512_or_si512(e0, _mm512_slli_epi32(e1, 16)));
+        }
+    }
+    for (int q0 = 0; q0 < K2; q0 += 16)
+        for (int p0 = 0; p0 < half; p0 += 16)
+            for (int q = q0; q < q0 + 16; q++)
+                for (int p = p0; p < p0 + 16; p++) gt32[(size_t)q * half + p] = u[(size_t)p * K2 + q];
+}
+
+AMX_TARGET void iis_amx_backward(const uint16_t *gt, const uint16_t *xv, int d, int K, float *pt,
+                                 int first)
+{
+    const int Dp = iis_amx_dpad(d), K2 = 2 * iis_amx_kpad(K);
+    for (int qt = 0; qt < K2 / 16; qt += 2)
+        for (int jt = 0; jt < Dp / 16; jt += 2) {
+            float *c = pt + (size_t)qt * 16 * Dp + (size_t)jt * 16;
+            if (first) {
+                _tile_zero(0);
+                _tile_zero(1);
+                _tile_zero(2);
+                _tile_zero(3);
+            } else {
+                _tile_loadd(0, c, Dp * 4);
+                _tile_loadd(1, c + 16, Dp * 4);
+                _tile_loadd(2, c + (size_t)16 * Dp, Dp * 4);
+                _tile_loadd(3, c + (size_t)16 * Dp + 16, Dp * 4);
+            }
+            for (int pp = 0; pp < RB / 32; pp++) {
+                const uint16_t *b = xv + ((size_t)pp * 16 * Dp + (size_t)jt * 16) * 2;
+                _tile_loadd(4, gt + (size_t)qt * 16 * RB + (size_t)pp * 32, RB * 2);
+                _tile_loadd(5, gt + (size_t)(qt + 1) * 16 * RB + (size_t)pp * 32, RB * 2);
+                _tile_loadd(6, b, Dp * 4);
+                _tile_loadd(7, b + 32, Dp * 4);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_stored(0, c, Dp * 4);
+            _tile_stored(1, c + 16, Dp * 4);
+            _tile_stored(2, c + (size_t)16 * Dp, Dp * 4);
+            _tile_stored(3, c + (size_t)16 * Dp + 16, Dp * 4);
+        }
+}
+#else
+/* never called: iis_amx_available() is 0 in this build */
+void iis_amx_begin(void) {}
+void iis_amx_end(void) {}
+void iis_amx_convert(const float *x, int64_t ldx, int d, const float *mu, const float *isg,
+                     int rows, uint16_t *xa, uint16_t *xv)
+{
+}
+void iis_amx_forward(const uint16_t *xa, const uint16_t *wv, int d, int K, float *z2) {}
+void iis_amx_residuals(const float *g, int rows, int K, uint16_t *gt, uint32_t *u) {}
+void iis_amx_backward(const uint16_t *gt, const uint16_t *xv, int d, int K, float *pt, int first)
+{
+}
+#endif
