@@ -223,34 +223,62 @@ AMX_TARGET void iis_amx_forward(const uint16_t *xa, const uint16_t *wv, int d, i
         }
 }
 
-/* gt (2Kp x RB) = [G_hi | G_lo]^T for the rows x K residuals g; rows >= `rows` and
- * classes >= K are zero. The pairs of rows are formed as 32-bit units in u
- * (RB/2 x 2Kp), which is then transposed in 16 x 16 blocks. */
-AMX_TARGET void iis_amx_residuals(const float *g, int rows, int K, uint16_t *gt, uint32_t *u)
+/* 16 x 16 transpose of 32-bit lanes in registers */
+static inline AMX_TARGET void transpose16(__m512i *r)
 {
-    const int Kp = iis_amx_kpad(K), K2 = 2 * Kp, half = RB / 2;
-    uint32_t *gt32 = (uint32_t *)gt;
-    for (int p = 0; p < half; p++) {
-        const int r0 = 2 * p, r1 = r0 + 1;
-        uint32_t *up = u + (size_t)p * K2;
-        for (int q = 0; q < Kp; q += 16) {
-            __mmask16 m = lanes(K - q);
-            __m512 g0 = r0 < rows ? _mm512_maskz_loadu_ps(m, g + (size_t)r0 * K + q) : _mm512_setzero_ps();
-            __m512 g1 = r1 < rows ? _mm512_maskz_loadu_ps(m, g + (size_t)r1 * K + q) : _mm512_setzero_ps();
-            __m512i h0 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(g0));
-            __m512i h1 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(g1));
-            __m512 l0 = _mm512_sub_ps(g0, _mm512_castsi512_ps(_mm512_slli_epi32(h0, 16)));
-            __m512 l1 = _mm512_sub_ps(g1, _mm512_castsi512_ps(_mm512_slli_epi32(h1, 16)));
-            __m512i e0 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(l0));
-            __m512i e1 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(l1));
-            _mm512_storeu_si512(up + q, _mm512_or_si512(h0, _mm512_slli_epi32(h1, 16)));
-            _mm512_storeu_si512(up + Kp + q, _mm512_or_si512(e0, _mm512_slli_epi32(e1, 16)));
-        }
+    __m512i t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
     }
-    for (int q0 = 0; q0 < K2; q0 += 16)
-        for (int p0 = 0; p0 < half; p0 += 16)
-            for (int q = q0; q < q0 + 16; q++)
-                for (int p = p0; p < p0 + 16; p++) gt32[(size_t)q * half + p] = u[(size_t)p * K2 + q];
+    for (int i = 0; i < 4; i++) {
+        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++) {
+            t[8 * i + j] = _mm512_shuffle_i32x4(r[8 * i + j], r[8 * i + j + 4], 0x88);
+            t[8 * i + j + 4] = _mm512_shuffle_i32x4(r[8 * i + j], r[8 * i + j + 4], 0xdd);
+        }
+    for (int j = 0; j < 8; j++) {
+        r[j] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0x88);
+        r[j + 8] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0xdd);
+    }
+}
+
+/* gt (2Kp x RB) = [G_hi | G_lo]^T for the rows x K residuals g; rows >= `rows` and
+ * classes >= K are zero. A pair of rows (2p, 2p + 1) of one class is one 32-bit unit
+ * of gt; 16 pairs x 16 classes are formed in registers and transposed there. */
+AMX_TARGET void iis_amx_residuals(const float *g, int rows, int K, uint16_t *gt)
+{
+    const int Kp = iis_amx_kpad(K), half = RB / 2;
+    uint32_t *gt32 = (uint32_t *)gt;
+    for (int p0 = 0; p0 < half; p0 += 16)
+        for (int q = 0; q < Kp; q += 16) {
+            __m512i hv[16], lv[16];
+            __mmask16 m = lanes(K - q);
+            for (int t = 0; t < 16; t++) {
+                const int r0 = 2 * (p0 + t), r1 = r0 + 1;
+                __m512 g0 = r0 < rows ? _mm512_maskz_loadu_ps(m, g + (size_t)r0 * K + q) : _mm512_setzero_ps();
+                __m512 g1 = r1 < rows ? _mm512_maskz_loadu_ps(m, g + (size_t)r1 * K + q) : _mm512_setzero_ps();
+                __m512i h0 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(g0));
+                __m512i h1 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(g1));
+                __m512 l0 = _mm512_sub_ps(g0, _mm512_castsi512_ps(_mm512_slli_epi32(h0, 16)));
+                __m512 l1 = _mm512_sub_ps(g1, _mm512_castsi512_ps(_mm512_slli_epi32(h1, 16)));
+                __m512i e0 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(l0));
+                __m512i e1 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(l1));
+                hv[t] = _mm512_or_si512(h0, _mm512_slli_epi32(h1, 16));
+                lv[t] = _mm512_or_si512(e0, _mm512_slli_epi32(e1, 16));
+            }
+            transpose16(hv);
+            transpose16(lv);
+            for (int t = 0; t < 16; t++) {
+                _mm512_storeu_si512(gt32 + (size_t)(q + t) * half + p0, hv[t]);
+                _mm512_storeu_si512(gt32 + (size_t)(Kp + q + t) * half + p0, lv[t]);
+            }
+        }
 }
 
 AMX_TARGET void iis_amx_backward(const uint16_t *gt, const uint16_t *xv, int d, int K, float *pt,
@@ -297,7 +325,7 @@ void iis_amx_convert(const float *x, int64_t ldx, int d, const float *mu, const 
 {
 }
 void iis_amx_forward(const uint16_t *xa, const uint16_t *wv, int d, int K, float *z2) {}
-void iis_amx_residuals(const float *g, int rows, int K, uint16_t *gt, uint32_t *u) {}
+void iis_amx_residuals(const float *g, int rows, int K, uint16_t *gt) {}
 void iis_amx_backward(const uint16_t *gt, const uint16_t *xv, int d, int K, float *pt, int first)
 {
 }

@@ -284,3 +284,107 @@ double iis_simd_project_tile(const float *x, int64_t rows, int d, int64_t ldx, c
     return (double)NAN; /* never called: iis_simd_available() is 0 */
 #endif
 }
+
+/* ---- softmax rows of the float32 solver -------------------------------------------
+ * The per-row work between a pass's two GEMMs (solver_t.h, softmax_rows): the same
+ * arithmetic as the portable loop (iis_expf_neg's polynomial, multiply and add kept
+ * apart as the portable code compiles them), in three sweeps over the row instead of
+ * six: bias and max; exp and a 16-lane sum; scale, the column sums of G in double and
+ * the one-hot. The row sum is added in double across lanes. With z2, row i's logits
+ * are first formed as z2[(i - lo) ld2 + q] + z2[(i - lo) ld2 + off2 + q] (the hi and
+ * lo halves of an AMX forward product) and written to z. */
+#ifdef IIS_HAVE_AVX512_BUILD
+INL __m512 exp_neg16(__m512 x)
+{
+    const __m512 shift = _mm512_set1_ps(12582912.0f);
+    __m512 t, n, r, p, r2;
+    __m512i bits;
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    t = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), shift);
+    n = _mm512_sub_ps(t, shift);
+    r = _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f)));
+    r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(-2.12194440e-4f)));
+    p = _mm512_set1_ps(1.9875691500E-4f);
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.3981999507E-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(8.3334519073E-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(4.1665795894E-2f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.6666665459E-1f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(5.0000001201E-1f));
+    r2 = _mm512_mul_ps(_mm512_mul_ps(p, r), r);
+    p = _mm512_add_ps(_mm512_add_ps(r2, r), _mm512_set1_ps(1.0f));
+    bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(_mm512_castps_si512(t),
+                                                                _mm512_set1_epi32(0x4B400000)),
+                                               _mm512_set1_epi32(127)),
+                             23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+}
+
+INL __mmask16 lanes16(int have)
+{
+    return have >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (have > 0 ? have : 0)) - 1u);
+}
+
+TGT static void softmax_avx512(float *z, const int32_t *y, int K, const float *cr, int64_t lo,
+                               int64_t hi, double *p, const float *z2, int ld2, int off2)
+{
+    const int nv = (K + 15) / 16;
+    for (int64_t i = lo; i < hi; i++) {
+        float *zi = z + i * (int64_t)K;
+        __m512 vmx = _mm512_set1_ps(-INFINITY), vs = _mm512_setzero_ps();
+        float mx, zy, inv;
+        double sr;
+        for (int v = 0; v < nv; v++) {
+            __mmask16 m = lanes16(K - 16 * v);
+            __m512 x;
+            if (z2) { /* z = hi + lo columns of the AMX forward product */
+                const float *zr = z2 + (i - lo) * (int64_t)ld2 + 16 * v;
+                x = _mm512_add_ps(_mm512_maskz_loadu_ps(m, zr), _mm512_maskz_loadu_ps(m, zr + off2));
+            } else {
+                x = _mm512_maskz_loadu_ps(m, zi + 16 * v);
+            }
+            if (cr) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, cr + 16 * v));
+            if (cr || z2) _mm512_mask_storeu_ps(zi + 16 * v, m, x);
+            vmx = _mm512_mask_max_ps(vmx, m, vmx, x);
+        }
+        mx = _mm512_reduce_max_ps(vmx);
+        zy = zi[y[i]];
+        for (int v = 0; v < nv; v++) {
+            __mmask16 m = lanes16(K - 16 * v);
+            __m512 e = exp_neg16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, zi + 16 * v), _mm512_set1_ps(mx)));
+            _mm512_mask_storeu_ps(zi + 16 * v, m, e);
+            vs = _mm512_mask_add_ps(vs, m, vs, e);
+        }
+        sr = _mm512_reduce_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(vs))) +
+             _mm512_reduce_add_pd(_mm512_cvtps_pd(
+                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(vs), 1))));
+        p[K] += (double)mx + log(sr) - (double)zy;
+        inv = (float)(1.0 / sr);
+        for (int v = 0; v < nv; v++) {
+            __mmask16 m = lanes16(K - 16 * v);
+            __mmask8 m0 = (__mmask8)(m & 0xFF), m1 = (__mmask8)(m >> 8);
+            __m512 g = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, zi + 16 * v), _mm512_set1_ps(inv));
+            double *pv = p + 16 * v;
+            _mm512_mask_storeu_ps(zi + 16 * v, m, g);
+            _mm512_mask_storeu_pd(pv, m0, _mm512_add_pd(_mm512_maskz_loadu_pd(m0, pv),
+                                                        _mm512_cvtps_pd(_mm512_castps512_ps256(g))));
+            _mm512_mask_storeu_pd(pv + 8, m1,
+                                  _mm512_add_pd(_mm512_maskz_loadu_pd(m1, pv + 8),
+                                                _mm512_cvtps_pd(_mm256_castpd_ps(
+                                                    _mm512_extractf64x4_pd(_mm512_castps_pd(g), 1)))));
+        }
+        zi[y[i]] -= 1.0f;
+        p[y[i]] -= 1.0;
+    }
+}
+#endif
+
+void iis_simd_softmax_rows(float *z, const int32_t *y, int K, const float *cr, int64_t lo,
+                           int64_t hi, double *p, const float *z2, int ld2, int off2)
+{
+#ifdef IIS_HAVE_AVX512_BUILD
+    softmax_avx512(z, y, K, cr, lo, hi, p, z2, ld2, off2);
+#else
+    (void)z, (void)y, (void)K, (void)cr, (void)lo, (void)hi, (void)p; /* never called */
+    (void)z2, (void)ld2, (void)off2;
+#endif
+}

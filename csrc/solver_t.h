@@ -26,7 +26,7 @@ typedef struct {
     float *mu_p, *isg_p; /* Dp: mu and 1 / sigma of the implicit standardisation, 0-padded */
     float *pt;
     double *acc;     /* per thread: d doubles (the sum over chunks) */
-    unsigned char *scr; /* per thread: xa, xv, z2, gt, u (scr_bytes each) */
+    unsigned char *scr; /* per thread: xa, xv, z2, gt (scr_bytes each) */
     size_t scr_bytes;
     int nscr;
 } FN(work);
@@ -130,10 +130,16 @@ IIS_HOT static void FN(ell_grad_rows)(const int32_t *restrict idx, const REAL *r
 
 /* Softmax rows: z_i (+= c when cr), loss_i = lse(z_i) - z_iy, z_i <- softmax(z_i) - e_y;
  * p (K + 1 doubles) gets the column sums of the result and the loss. */
-IIS_HOT static void FN(softmax_rows)(REAL *restrict z, const int32_t *restrict y, int K,
-                                     const REAL *restrict cr, int64_t lo, int64_t hi,
-                                     double *restrict p)
+IIS_HOT static void FN(softmax_rows)(const iis_ctx *ctx, REAL *restrict z,
+                                     const int32_t *restrict y, int K, const REAL *restrict cr,
+                                     int64_t lo, int64_t hi, double *restrict p)
 {
+#if !IS_DOUBLE
+    if (iis_use_simd(ctx)) {
+        iis_simd_softmax_rows(z, y, K, cr, lo, hi, p, NULL, 0, 0);
+        return;
+    }
+#endif
     for (int64_t i = lo; i < hi; i++) {
         REAL *restrict zi = z + i * (int64_t)K;
         REAL mx, zy, inv;
@@ -221,7 +227,7 @@ static int FN(fused_dense_pass)(const iis_ctx *ctx, const iis_design *X, const i
                 int ik = K, id = d, ir = rows, il = (int)ldx;
                 GEMM(ctx)(&nn, &nn, &ik, &ir, &id, &one, weff, &ik, x + b0 * ldx, &il, &zero, zb,
                           &ik);
-                FN(softmax_rows)(w->z, y, K, cr, b0, b0 + rows, p);
+                FN(softmax_rows)(ctx, w->z, y, K, cr, b0, b0 + rows, p);
                 GEMM(ctx)(&nn, &tt, &ik, &id, &ir, &one, zb, &ik, x + b0 * ldx, &il, &beta, part,
                           &ik);
             }
@@ -271,7 +277,7 @@ static int FN(amx_setup)(const iis_ctx *ctx, const iis_design *X, int K, FN(work
                          int any_size)
 {
     int Dp, K2, nt;
-    size_t per, xab, z2b, gtb, ub;
+    size_t per, xab, z2b, gtb;
     if (X->idx || X->d < 1 || ctx->kernels != IIS_KERNELS_AUTO || !iis_amx_available())
         return IIS_OK;
     if (!any_size && (K < 2 || X->n < 2 * IIS_AMX_RB || X->n * (int64_t)X->d * K < IIS_AMX_MIN_WORK))
@@ -285,8 +291,7 @@ static int FN(amx_setup)(const iis_ctx *ctx, const iis_design *X, int K, FN(work
     xab = sizeof(uint16_t) * (size_t)IIS_AMX_RB * (size_t)Dp;
     z2b = sizeof(float) * (size_t)IIS_AMX_RB * (size_t)K2;
     gtb = sizeof(uint16_t) * (size_t)K2 * (size_t)IIS_AMX_RB;
-    ub = sizeof(uint32_t) * (size_t)(IIS_AMX_RB / 2) * (size_t)K2;
-    w->scr_bytes = (2 * xab + z2b + gtb + ub + 255) / 64 * 64;
+    w->scr_bytes = (2 * xab + z2b + gtb + 255) / 64 * 64;
     nt = ctx->n_threads > 0 ? ctx->n_threads : 1;
     w->wv = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)Dp * (size_t)K2);
     w->mu_p = (float *)calloc((size_t)Dp, sizeof(float));
@@ -331,7 +336,6 @@ static int FN(amx_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *
             uint16_t *xa = (uint16_t *)sc, *xv = xa + (size_t)IIS_AMX_RB * Dp;
             float *z2 = (float *)(xv + (size_t)IIS_AMX_RB * Dp);
             uint16_t *gt = (uint16_t *)(z2 + (size_t)IIS_AMX_RB * K2);
-            uint32_t *u = (uint32_t *)(gt + (size_t)K2 * IIS_AMX_RB);
             float *pt = w->pt + (size_t)c * per;
             double *p = w->part + (size_t)c * (K + 1);
             iis_chunk(n, nch, c, &lo, &hi);
@@ -343,13 +347,9 @@ static int FN(amx_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *
                 REAL *zb = w->z + b0 * K;
                 iis_amx_convert(x + b0 * ldx, ldx, d, w->mu_p, w->isg_p, rows, xa, xv);
                 iis_amx_forward(xa, w->wv, d, K, z2);
-                for (int r = 0; r < rows; r++) {
-                    const float *zr = z2 + (size_t)r * K2;
-                    REAL *zo = zb + (size_t)r * K;
-                    for (int q = 0; q < K; q++) zo[q] = zr[q] + zr[Kp + q];
-                }
-                FN(softmax_rows)(w->z, y, K, bias, b0, b0 + rows, p);
-                iis_amx_residuals(zb, rows, K, gt, u);
+                /* z = hi + lo columns + bias, softmax (AMX implies AVX-512) */
+                iis_simd_softmax_rows(w->z, y, K, bias, b0, b0 + rows, p, z2, K2, Kp);
+                iis_amx_residuals(zb, rows, K, gt);
                 iis_amx_backward(gt, xv, d, K, pt, b0 == lo);
             }
             iis_amx_end();
@@ -413,7 +413,7 @@ static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
             double *p = w->part + (size_t)c * (K + 1);
             iis_chunk(n, w->nch, c, &lo, &hi);
             memset(p, 0, sizeof(double) * (size_t)(K + 1));
-            FN(softmax_rows)(w->z, y, K, NULL, lo, hi, p);
+            FN(softmax_rows)(ctx, w->z, y, K, NULL, lo, hi, p);
         }
         npart = w->nch;
     }

@@ -441,19 +441,28 @@ def test_preconditioned_probe_matches_plain_optimum(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_preconditioned_path_on_layernorm_activations(dtype):
     """The layernorm design is rank-deficient (each row sums to zero): the damped
-    preconditioner still converges on every dense ratio to the plain solver's
-    accuracies, with fewer iterations over those ratios (k-sparse ones run plain)."""
+    preconditioner still converges on every dense ratio to the accuracies of a tight
+    float64 solution, with fewer iterations over those ratios than the plain solver
+    (k-sparse ones run plain)."""
     x, y = _digits(np.float64)
     lib = iis.ConceptLibrary.prototype(x[::2], y[::2], n_concepts=60, seed=0)
-    a = _core.project(x.astype(dtype), lib.unit().astype(dtype), 1, None, None, 2)
-    atr, ytr, aev, yev = a[::2].copy(), y[::2].copy(), a[1::2].copy(), y[1::2].copy()
     s = np.array([0.0, 0.1, 0.3, 0.5, 0.7, 0.9])
+
+    def run(dt, tol, precondition):
+        a = _core.project(x.astype(dt), lib.unit().astype(dt), 1, None, None, 2)
+        atr, ytr, aev, yev = a[::2].copy(), y[::2].copy(), a[1::2].copy(), y[1::2].copy()
+        args = (10, s, False, False, 1e-3, tol, 3000, 2, None, False)
+        return _core.path(atr, ytr, aev, yev, *args, precondition), len(yev)
+
+    (acc_ref, _, _, conv_ref), n_ev = run(np.float64, 1e-10, True)
     tol = 1e-5 if dtype == np.float32 else 1e-8
-    args = (10, s, False, False, 1e-3, tol, 3000, 2, None, False)
-    acc_p, _, it_p, conv_p = _core.path(atr, ytr, aev, yev, *args, True)
-    acc_n, _, it_n, conv_n = _core.path(atr, ytr, aev, yev, *args, False)
-    assert conv_p.all() and conv_n.all()
-    assert np.abs(acc_p - acc_n).max() <= 2 / len(yev)
+    (acc_p, _, it_p, conv_p), _ = run(dtype, tol, True)
+    (acc_n, _, it_n, conv_n), _ = run(dtype, tol, False)
+    assert conv_ref.all() and conv_p.all() and conv_n.all()
+    assert np.abs(acc_p - acc_ref).max() <= 2 / n_ev
+    # the plain float32 solver can stop earlier on the relative-decrease rule (4 eval
+    # digits off at s = 0.5 measured); float64 is within one
+    assert np.abs(acc_n - acc_ref).max() <= (5 if dtype == np.float32 else 1) / n_ev
     dense = 4 * np.array([60 - int(np.floor(60 * v)) for v in s]) > 60
     assert it_p[dense].sum() < it_n[dense].sum()
 
