@@ -18,14 +18,17 @@ int iis_keep_count(int m, double s, int published)
 }
 
 #define REAL float
+#define UINT uint32_t
 #define FABS fabsf
 #define FN(name) IIS_CAT(name, _f)
 #include "mask_t.h"
 #undef REAL
+#undef UINT
 #undef FABS
 #undef FN
 
 #define REAL double
+#define UINT uint64_t
 #define FABS fabs
 #define FN(name) IIS_CAT(name, _d)
 #include "mask_t.h"

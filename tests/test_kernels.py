@@ -124,7 +124,7 @@ def test_topk_ties_lower_index_wins():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("soft", [False, True])
 def test_topk_wide_rows_with_many_ties(dtype, soft):
-    """m = 257 (the quickselect on |a| runs many partition rounds), values from 7
+    """m = 257 (many rounds of the selection on |a|), values from 7
     levels (ties everywhere, equal magnitudes of both signs), every k from 1 to m."""
     rng = np.random.default_rng(11)
     a = rng.integers(-3, 4, size=(40, 257)).astype(dtype) * dtype(0.25)
@@ -134,6 +134,33 @@ def test_topk_wide_rows_with_many_ties(dtype, soft):
         expected = ref.mask(a, k, soft)
         np.testing.assert_array_equal(_core.topk(a, k, soft, 1, 2), expected)
         np.testing.assert_array_equal(val, np.take_along_axis(expected, idx.astype(np.int64), axis=1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("soft", [False, True])
+def test_topk_across_the_whole_range_of_magnitudes(dtype, soft):
+    """The k-th largest |a| is found by bisection over the bit patterns of the
+    magnitudes: rows mixing zeros of both signs, subnormals, the smallest and largest
+    normals, values one ulp apart and all-equal rows select exactly what the reference
+    selects, for every k."""
+    fi = np.finfo(dtype)
+    sub = fi.smallest_subnormal
+    specials = np.array([0.0, -0.0, sub, -sub, 2 * sub, fi.tiny, -fi.tiny, 1.0, -1.0,
+                         np.nextafter(dtype(1), dtype(2)), -np.nextafter(dtype(1), dtype(0)),
+                         1e30, -1e30, 3.5, -3.5, 1e-30], dtype=dtype)
+    rng = np.random.default_rng(3)
+    rows = [rng.permutation(specials) for _ in range(30)]
+    rows += [np.full(16, dtype(2.5)), np.full(16, dtype(-sub)), np.zeros(16, dtype)]
+    a = np.array(rows, dtype=dtype)
+    for k in range(0, 17):
+        idx, val = _core.topk(a, k, soft, 0, 2)
+        np.testing.assert_array_equal(idx, ref.topk_index(a, k))
+        expected = ref.mask(a, k, soft)
+        got = _core.topk(a, k, soft, 1, 2)
+        if soft:  # |a| - tau is formed in the input's precision
+            np.testing.assert_allclose(got, expected, rtol=2 * fi.eps, atol=0)
+        else:
+            np.testing.assert_array_equal(got, expected)
 
 
 # ---------------------------------------------------------------- solver
