@@ -650,17 +650,67 @@ static void FN(precond_apply)(const iis_ctx *ctx, const double *L, int d1, int K
     }
 }
 
-static double FN(dot)(const double *a, const double *b, size_t p)
+/* ---- L-BFGS vector algebra over the p = (d + 1) K parameters --------------------
+ * Serial, these loops (about 50 sweeps of p doubles per iteration, over a history that
+ * outgrows the L2 for the probe) were what kept 2 threads from 2x once the passes got
+ * fast. They run over fixed chunks of IIS_VEC_CHUNK entries: a dot product adds its
+ * chunk partials in chunk order, so the result does not depend on the thread count. */
+#ifndef IIS_VEC_CHUNK
+#define IIS_VEC_CHUNK 8192
+#define IIS_VEC_PAR_MIN 32768 /* entries below which the loops stay serial */
+#endif
+
+static int FN(vec_threads)(const iis_ctx *ctx, size_t p)
 {
+    return p < IIS_VEC_PAR_MIN ? 1 : iis_nthreads(ctx);
+}
+
+/* sum of a[i] b[i]; part: scratch of ceil(p / IIS_VEC_CHUNK) doubles */
+static double FN(dot)(const iis_ctx *ctx, const double *a, const double *b, size_t p, double *part)
+{
+    int64_t nc = (int64_t)((p + IIS_VEC_CHUNK - 1) / IIS_VEC_CHUNK), c;
     double s = 0.0;
-    for (size_t i = 0; i < p; i++) s += a[i] * b[i];
+#pragma omp parallel for num_threads(FN(vec_threads)(ctx, p)) schedule(static)
+    for (c = 0; c < nc; c++) {
+        size_t lo = (size_t)c * IIS_VEC_CHUNK, hi = lo + IIS_VEC_CHUNK < p ? lo + IIS_VEC_CHUNK : p;
+        double t = 0.0;
+        for (size_t i = lo; i < hi; i++) t += a[i] * b[i];
+        part[c] = t;
+    }
+    for (c = 0; c < nc; c++) s += part[c];
     return s;
 }
 
-static double FN(amax)(const double *a, size_t p)
+/* y += beta x (elementwise: the same bits for any thread count) */
+static void FN(vaxpy)(const iis_ctx *ctx, double *y, double beta, const double *x, size_t p)
+{
+    int64_t i, ip = (int64_t)p;
+#pragma omp parallel for num_threads(FN(vec_threads)(ctx, p)) schedule(static)
+    for (i = 0; i < ip; i++) y[i] += beta * x[i];
+}
+
+/* out = c a (out may be a) */
+static void FN(vscale)(const iis_ctx *ctx, double *out, double c, const double *a, size_t p)
+{
+    int64_t i, ip = (int64_t)p;
+#pragma omp parallel for num_threads(FN(vec_threads)(ctx, p)) schedule(static)
+    for (i = 0; i < ip; i++) out[i] = c * a[i];
+}
+
+/* out = a - b */
+static void FN(vsub)(const iis_ctx *ctx, double *out, const double *a, const double *b, size_t p)
+{
+    int64_t i, ip = (int64_t)p;
+#pragma omp parallel for num_threads(FN(vec_threads)(ctx, p)) schedule(static)
+    for (i = 0; i < ip; i++) out[i] = a[i] - b[i];
+}
+
+static double FN(amax)(const iis_ctx *ctx, const double *a, size_t p)
 {
     double m = 0.0;
-    for (size_t i = 0; i < p; i++) m = fabs(a[i]) > m ? fabs(a[i]) : m;
+    int64_t i, ip = (int64_t)p;
+#pragma omp parallel for num_threads(FN(vec_threads)(ctx, p)) schedule(static) reduction(max : m)
+    for (i = 0; i < ip; i++) m = fabs(a[i]) > m ? fabs(a[i]) : m;
     return m;
 }
 
@@ -684,7 +734,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
     int err = IIS_OK, it = 0, hist = 0, head = 0, converged = 0;
     double f = 0.0, fnew = 0.0, gmax = 0.0;
     double *theta = NULL, *g = NULL, *tn = NULL, *gn = NULL, *dir = NULL, *S = NULL, *Y = NULL;
-    double *rho = NULL, *alpha = NULL, *L = NULL;
+    double *rho = NULL, *alpha = NULL, *L = NULL, *vpart = NULL;
     int pre = 0;
     FN(work) w;
     memset(&w, 0, sizeof(w));
@@ -706,7 +756,8 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
     Y = (double *)malloc(sizeof(double) * p * (size_t)mem);
     rho = (double *)malloc(sizeof(double) * (size_t)mem);
     alpha = (double *)malloc(sizeof(double) * (size_t)mem);
-    if (!theta || !g || !tn || !gn || !dir || !S || !Y || !rho || !alpha) {
+    vpart = (double *)malloc(sizeof(double) * (p / IIS_VEC_CHUNK + 1));
+    if (!theta || !g || !tn || !gn || !dir || !S || !Y || !rho || !alpha || !vpart) {
         err = IIS_ENOMEM;
         goto cleanup;
     }
@@ -729,7 +780,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
     for (it = 0; it < prm->max_iter; it++) {
         double gd, step, gnorm;
         int ls, accepted = 0, scaled = pre;
-        gmax = FN(amax)(g, p);
+        gmax = FN(amax)(ctx, g, p);
         if (gmax <= prm->tol) {
             if (!w.amx) {
                 converged = 1;
@@ -738,18 +789,18 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
             /* the AMX passes meet the tolerance: the test is taken again in float32 */
             if ((err = FN(leave_amx)(ctx, X, y, K, prm->l2, theta, g, &f, &w)) != IIS_OK)
                 goto cleanup;
-            gmax = FN(amax)(g, p);
+            gmax = FN(amax)(ctx, g, p);
             if (gmax <= prm->tol) {
                 converged = 1;
                 break;
             }
         }
         /* two-loop recursion: dir = -H g */
-        for (size_t e = 0; e < p; e++) dir[e] = -g[e];
+        FN(vscale)(ctx, dir, -1.0, g, p);
         for (int h = 0; h < hist; h++) {
             int s_ = (head - 1 - h + mem) % mem;
-            alpha[s_] = rho[s_] * FN(dot)(S + (size_t)s_ * p, dir, p);
-            for (size_t e = 0; e < p; e++) dir[e] -= alpha[s_] * Y[(size_t)s_ * p + e];
+            alpha[s_] = rho[s_] * FN(dot)(ctx, S + (size_t)s_ * p, dir, p, vpart);
+            FN(vaxpy)(ctx, dir, -alpha[s_], Y + (size_t)s_ * p, p);
         }
         /* H0 = gamma I, or gamma P^-1 with gamma = s'y / y'P^-1 y (gamma = 1 before
          * the first pair) */
@@ -761,31 +812,32 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
             if (pre) {
                 memcpy(tn, yl, sizeof(double) * p);
                 FN(precond_apply)(ctx, L, X->d + 1, K, tn, 1);
-                yy = FN(dot)(tn, tn, p);
+                yy = FN(dot)(ctx, tn, tn, p, vpart);
             } else {
-                yy = FN(dot)(yl, yl, p);
+                yy = FN(dot)(ctx, yl, yl, p, vpart);
             }
             gamma = 1.0 / (rho[last] * yy);
-            for (size_t e = 0; e < p; e++) dir[e] *= gamma;
+            FN(vscale)(ctx, dir, gamma, dir, p);
         }
         for (int h = hist - 1; h >= 0; h--) {
             int s_ = (head - 1 - h + mem) % mem;
-            double beta = rho[s_] * FN(dot)(Y + (size_t)s_ * p, dir, p);
-            for (size_t e = 0; e < p; e++) dir[e] += (alpha[s_] - beta) * S[(size_t)s_ * p + e];
+            double beta = rho[s_] * FN(dot)(ctx, Y + (size_t)s_ * p, dir, p, vpart);
+            FN(vaxpy)(ctx, dir, alpha[s_] - beta, S + (size_t)s_ * p, p);
         }
-        gd = FN(dot)(g, dir, p);
+        gd = FN(dot)(ctx, g, dir, p, vpart);
         if (!(gd < 0.0)) { /* not a descent direction: restart from steepest descent */
-            for (size_t e = 0; e < p; e++) dir[e] = -g[e];
-            gd = FN(dot)(g, dir, p);
+            FN(vscale)(ctx, dir, -1.0, g, p);
+            gd = FN(dot)(ctx, g, dir, p, vpart);
             hist = 0;
             scaled = 0;
         }
-        gnorm = sqrt(FN(dot)(g, g, p));
+        gnorm = sqrt(FN(dot)(ctx, g, g, p, vpart));
         /* P^-1 g has the scale of a Newton step already (at most: the softmax
          * curvature is below 1), so it starts at a unit step like the pairs do */
         step = hist == 0 && !scaled ? (1.0 / gnorm < 1.0 ? 1.0 / gnorm : 1.0) : 1.0;
         for (ls = 0; ls < 40; ls++) {
-            for (size_t e = 0; e < p; e++) tn[e] = theta[e] + step * dir[e];
+            memcpy(tn, theta, sizeof(double) * p);
+            FN(vaxpy)(ctx, tn, step, dir, p);
             if ((err = FN(fgrad)(ctx, X, y, K, prm->l2, tn, gn, &fnew, &w)) != IIS_OK) goto cleanup;
             if (fnew <= f + 1e-4 * step * gd) {
                 accepted = 1;
@@ -809,12 +861,10 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
         {
             double sy;
             double *sv = S + (size_t)head * p, *yv = Y + (size_t)head * p;
-            for (size_t e = 0; e < p; e++) {
-                sv[e] = tn[e] - theta[e];
-                yv[e] = gn[e] - g[e];
-            }
-            sy = FN(dot)(sv, yv, p);
-            if (sy > 1e-12 * FN(dot)(yv, yv, p)) {
+            FN(vsub)(ctx, sv, tn, theta, p);
+            FN(vsub)(ctx, yv, gn, g, p);
+            sy = FN(dot)(ctx, sv, yv, p, vpart);
+            if (sy > 1e-12 * FN(dot)(ctx, yv, yv, p, vpart)) {
                 rho[head] = 1.0 / sy;
                 head = (head + 1) % mem;
                 if (hist < mem) hist++;
@@ -831,7 +881,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
                     goto cleanup;
             } else if (rel <= ftol) {
                 it++;
-                gmax = FN(amax)(g, p);
+                gmax = FN(amax)(ctx, g, p);
                 converged = 1; /* relative reduction of f below ftol (scipy's factr rule) */
                 break;
             }
@@ -841,7 +891,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
             goto cleanup;
         }
     }
-    gmax = FN(amax)(g, p);
+    gmax = FN(amax)(ctx, g, p);
     if (gmax <= prm->tol) converged = 1;
     for (size_t e = 0; e < dk; e++) wout[e] = (REAL)theta[e];
     for (int q = 0; q < K; q++) bout[q] = (REAL)theta[dk + q];
@@ -862,6 +912,7 @@ cleanup:
     free(Y);
     free(rho);
     free(alpha);
+    free(vpart);
     free(L);
     return err;
 }

@@ -144,6 +144,14 @@ def test_kernels_bitwise_identical_for_any_thread_count():
             out["precond"] = _core.logreg_precond(xb, None, None, 1e-3, nt)
             out["probe_pre"] = _core.logreg_fit(xb, None, None, 0, yb, K, 1e-3, 1e-6, 15, np.zeros((160, K)),
                                                 np.zeros(K), None, None, nt)
+            # p = (d + 1) K = 40,100 parameters: the L-BFGS vector algebra runs in
+            # parallel over fixed chunks (float32 also on AMX passes where the CPU has them)
+            xw = rng_pre.normal(size=(3000, 400))
+            yw = rng_pre.integers(0, 100, 3000).astype(np.int32)
+            for dt in (np.float32, np.float64):
+                out[f"wide_{dt.__name__}"] = _core.logreg_fit(
+                    xw.astype(dt), None, None, 0, yw, 100, 1e-3, 1e-6, 12, np.zeros((400, 100), dt),
+                    np.zeros(100, dt), None, None, nt)
             out["predict"] = _core.logreg_predict(x, None, None, 0, out["probe"][0], out["probe"][1], mu, sd, nt)
             out["path"] = _core.path(a, y, a[:500], y[:500], K, np.array([0.0, 0.5, 0.9]), False, False, 1e-3,
                                      1e-5, 40, nt, None)
