@@ -324,10 +324,17 @@ INL __mmask16 lanes16(int have)
     return have >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (have > 0 ? have : 0)) - 1u);
 }
 
+/* the column sums of G gather in float over groups of SOFTMAX_GROUP rows (each term
+ * in [-1, 1], so a group's sum is off by at most SOFTMAX_GROUP^2 2^-24 ~ 1.5e-5 before
+ * it is added to p in double), in acc when K fits, else straight into p */
+#define SOFTMAX_GROUP 16
+#define SOFTMAX_ACC 1024
 TGT static void softmax_avx512(float *z, const int32_t *y, int K, const float *cr, int64_t lo,
                                int64_t hi, double *p, const float *z2, int ld2, int off2)
 {
-    const int nv = (K + 15) / 16;
+    const int nv = (K + 15) / 16, grouped = K <= SOFTMAX_ACC;
+    float acc[SOFTMAX_ACC];
+    if (grouped) memset(acc, 0, sizeof(float) * (size_t)nv * 16);
     for (int64_t i = lo; i < hi; i++) {
         float *zi = z + i * (int64_t)K;
         __m512 vmx = _mm512_set1_ps(-INFINITY), vs = _mm512_setzero_ps();
@@ -363,17 +370,25 @@ TGT static void softmax_avx512(float *z, const int32_t *y, int K, const float *c
             __mmask16 m = lanes16(K - 16 * v);
             __mmask8 m0 = (__mmask8)(m & 0xFF), m1 = (__mmask8)(m >> 8);
             __m512 g = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, zi + 16 * v), _mm512_set1_ps(inv));
-            double *pv = p + 16 * v;
             _mm512_mask_storeu_ps(zi + 16 * v, m, g);
-            _mm512_mask_storeu_pd(pv, m0, _mm512_add_pd(_mm512_maskz_loadu_pd(m0, pv),
-                                                        _mm512_cvtps_pd(_mm512_castps512_ps256(g))));
-            _mm512_mask_storeu_pd(pv + 8, m1,
-                                  _mm512_add_pd(_mm512_maskz_loadu_pd(m1, pv + 8),
-                                                _mm512_cvtps_pd(_mm256_castpd_ps(
-                                                    _mm512_extractf64x4_pd(_mm512_castps_pd(g), 1)))));
+            if (grouped) {
+                _mm512_storeu_ps(acc + 16 * v, _mm512_add_ps(_mm512_loadu_ps(acc + 16 * v), g));
+            } else {
+                double *pv = p + 16 * v;
+                _mm512_mask_storeu_pd(pv, m0, _mm512_add_pd(_mm512_maskz_loadu_pd(m0, pv),
+                                                            _mm512_cvtps_pd(_mm512_castps512_ps256(g))));
+                _mm512_mask_storeu_pd(pv + 8, m1,
+                                      _mm512_add_pd(_mm512_maskz_loadu_pd(m1, pv + 8),
+                                                    _mm512_cvtps_pd(_mm256_castpd_ps(
+                                                        _mm512_extractf64x4_pd(_mm512_castps_pd(g), 1)))));
+            }
         }
         zi[y[i]] -= 1.0f;
         p[y[i]] -= 1.0;
+        if (grouped && ((i - lo + 1) % SOFTMAX_GROUP == 0 || i + 1 == hi)) {
+            for (int q = 0; q < K; q++) p[q] += (double)acc[q];
+            memset(acc, 0, sizeof(float) * (size_t)nv * 16);
+        }
     }
 }
 #endif

@@ -724,6 +724,15 @@ static int FN(leave_amx)(const iis_ctx *ctx, const iis_design *X, const int32_t 
     return FN(fgrad)(ctx, X, y, K, l2, theta, g, f, w);
 }
 
+/* The relative-decrease stop needs this many iterations in a row: a single step with
+ * a decrease below ftol happens in float32 well before the optimum (on digits, s = 0
+ * stopped after 28 iterations, 5 of 597 eval predictions away from the float64
+ * optimum; with 3 in a row, 89 iterations and within 1 prediction at every ratio,
+ * at 2% more iterations on W1) */
+#ifndef IIS_FTOL_RUN
+#define IIS_FTOL_RUN 3
+#endif
+
 int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int n_classes,
                        const iis_solver_params *prm, REAL *wout, REAL *bout,
                        iis_solver_info *info)
@@ -735,7 +744,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
     double f = 0.0, fnew = 0.0, gmax = 0.0;
     double *theta = NULL, *g = NULL, *tn = NULL, *gn = NULL, *dir = NULL, *S = NULL, *Y = NULL;
     double *rho = NULL, *alpha = NULL, *L = NULL, *vpart = NULL;
-    int pre = 0;
+    int pre = 0, ftol_hits = 0;
     FN(work) w;
     memset(&w, 0, sizeof(w));
     if (!X || !y || K < 1 || X->n <= 0 || X->d < 0 || !prm || prm->l2 < 0 || prm->max_iter < 0)
@@ -872,6 +881,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
         }
         {
             double rel = (f - fnew) / fmax(fmax(fabs(f), fabs(fnew)), 1.0);
+            if (rel > ftol) ftol_hits = 0;
             memcpy(theta, tn, sizeof(double) * p);
             memcpy(g, gn, sizeof(double) * p);
             f = fnew;
@@ -879,10 +889,11 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
                 /* the relative-decrease stop belongs to the float32 passes */
                 if ((err = FN(leave_amx)(ctx, X, y, K, prm->l2, theta, g, &f, &w)) != IIS_OK)
                     goto cleanup;
-            } else if (rel <= ftol) {
+            } else if (rel <= ftol && ++ftol_hits >= IIS_FTOL_RUN) {
                 it++;
                 gmax = FN(amax)(ctx, g, p);
-                converged = 1; /* relative reduction of f below ftol (scipy's factr rule) */
+                converged = 1; /* relative reduction of f below ftol (scipy's factr rule),
+                                  IIS_FTOL_RUN iterations in a row */
                 break;
             }
         }

@@ -242,7 +242,8 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         The same penalty is used for the probe.
     tol, max_iter : float, int
         L-BFGS stops when ``max |grad| <= tol`` (or the relative decrease of
-        the objective falls below machine precision), at most ``max_iter``.
+        the objective stays below machine precision for three iterations in a
+        row), at most ``max_iter``.
         On dense designs (the probe, and ratios keeping more than a quarter of
         the concepts) it is preconditioned by the design's Gram matrix, which
         changes the path to the optimum, not the optimum.
