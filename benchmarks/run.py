@@ -502,13 +502,14 @@ def _auto_note(gid, value, status, res):
         if gid == "W1.vs_b":
             note += f"; (b) iterations {sum(opp.get('n_iter', []))}, probe {opp.get('probe_n_iter')}"
         if status == "MISS":
-            note += (". Each L-BFGS iteration is about one fused pass over the data, its GEMMs near OpenBLAS's speed "
-                     "for these shapes, and the Gram preconditioner has already cut the passes 1.7x (probe 90 -> 55, "
-                     "path 411 -> about 230): what is left is the number of passes. To close: several times fewer "
-                     "passes again at the same tolerance (measured without gain: L-BFGS memory 30/60, subsample warm "
-                     "starts with and without the preconditioner, subsampled-Hessian Newton-CG, descending path order, "
-                     "curvature-weighted Gram refreshes, damping above 1e-2), or lower-precision GEMMs, which would no "
-                     "longer give the float32 optimum")
+            kern = res["meta"].get("kernels", {}).get("solver_f32", "?")
+            note += (f". Solver passes: {kern}. Each L-BFGS iteration is about one fused pass over the data (on "
+                     "AMX-BF16 CPUs bfloat16 tile passes until the tolerance, then float32 ones), and the Gram "
+                     "preconditioner has already cut the passes 1.7x (probe 90 -> 55, path 411 -> about 230): what is "
+                     "left is the number of passes and the per-row work between the GEMMs (softmax, bf16 conversion). "
+                     "To close: fewer passes at the same tolerance (measured without gain: L-BFGS memory 30/60, "
+                     "subsample warm starts with and without the preconditioner, subsampled-Hessian Newton-CG, "
+                     "descending path order, curvature-weighted Gram refreshes, damping above 1e-2)")
         return note
     if gid in ("W1.arr", "W1.iis"):
         note = ""
@@ -655,8 +656,10 @@ def render(res: dict) -> str:
         f"load average before/after: {meta['loadavg_before']} / {meta.get('loadavg_after')}.",
         f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}.",
         f"iis float32 projection kernel: {meta.get('kernels', {}).get('projection_f32', '?')} "
-        f"(IIS_KERNELS={meta.get('kernels', {}).get('kernels', '?')}, CPU SIMD {meta.get('kernels', {}).get('cpu_simd', '?')}).",
-        f"Solver settings (iis and (b)): l2 = {meta['l2']}, tol = {meta['tol']}, max_iter = {meta['max_iter']}.",
+        f"(IIS_KERNELS={meta.get('kernels', {}).get('kernels', '?')}, CPU SIMD {meta.get('kernels', {}).get('cpu_simd', '?')}); "
+        f"float32 solver passes: {meta.get('kernels', {}).get('solver_f32', '?')}.",
+        f"Solver settings (iis and (b)): l2 = {meta['l2']}, tol = {meta['tol']}, max_iter = {meta['max_iter']}. "
+        f"iis.score times: best of {meta.get('repeat', 1)} run(s); each opponent runs once (minutes each).",
         "",
         "## Goals",
         "",
@@ -743,7 +746,8 @@ def main(argv=None) -> int:
     ap.add_argument("--l2", type=float, default=1e-4)
     ap.add_argument("--tol", type=float, default=1e-5, help="stopping tolerance for iis and (b) (max |grad|); iis.score default")
     ap.add_argument("--max-iter", type=int, default=1000)
-    ap.add_argument("--repeat", type=int, default=1, help="iis.score runs per workload (best time kept)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="iis.score runs per workload (best time kept, as timeit does: the VM's noise only ever adds)")
     ap.add_argument("--proj-repeat", type=int, default=5,
                     help="interleaved rounds of the projection timings (NumPy, iis none, iis layernorm)")
     ap.add_argument("--sgemm-n", type=int, default=None, help="side of the sgemm-peak matmul (4096; 1024 with --quick)")
@@ -787,9 +791,10 @@ def main(argv=None) -> int:
         threads=args.threads,
         loadavg_before=[round(x, 2) for x in os.getloadavg()],
         versions=_versions(),
-        kernels=({k: v for k, v in iis._core.config().items() if k in ("kernels", "cpu_simd", "projection_f32")}
+        kernels=({k: v for k, v in iis._core.config().items()
+                  if k in ("kernels", "cpu_simd", "projection_f32", "cpu_amx", "solver_f32")}
                  if iis is not None else {}),
-        l2=args.l2, tol=args.tol, max_iter=args.max_iter,
+        l2=args.l2, tol=args.tol, max_iter=args.max_iter, repeat=args.repeat,
         argv=sys.argv[1:] if argv is None else list(argv),
         methods=METHODS,
         remarks=[],
