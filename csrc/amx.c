@@ -43,13 +43,6 @@
 #include <unistd.h>
 #endif
 
-#if defined(__GNUC__)
-#define LOAD_ONCE(v) __atomic_load_n(&(v), __ATOMIC_RELAXED)
-#define STORE_ONCE(v, x) __atomic_store_n(&(v), (x), __ATOMIC_RELAXED)
-#else
-#define LOAD_ONCE(v) (v)
-#define STORE_ONCE(v, x) ((v) = (x))
-#endif
 
 #define RB IIS_AMX_RB
 

@@ -66,6 +66,16 @@ static inline int iis_team_interrupted(const iis_ctx *ctx, iis_poll *pl)
     return f;
 }
 
+/* facts computed once (CPU features, cache sizes): threads may race to compute them,
+ * but every one computes the same value and the load/store of it is atomic (relaxed) */
+#if defined(__GNUC__)
+#define LOAD_ONCE(v) __atomic_load_n(&(v), __ATOMIC_RELAXED)
+#define STORE_ONCE(v, x) __atomic_store_n(&(v), (x), __ATOMIC_RELAXED)
+#else
+#define LOAD_ONCE(v) (v)
+#define STORE_ONCE(v, x) ((v) = (x))
+#endif
+
 /* simd.c: the built-in AVX-512 float32 projection kernel (see there); its tiles of
  * rows are whole micro-blocks of IIS_SIMD_MR rows */
 #define IIS_SIMD_MR 14

@@ -420,6 +420,28 @@ static int make_design(iis_design *D, PyObject *ox, PyObject *oidx, PyObject *ov
 
 /* logreg_fit(X, idx, val, d, y, n_classes, l2, tol, max_iter, W0, b0, mu, sigma, n_threads
  *            [, precondition=True]) -> (W, b, n_iter, converged, loss, grad_max) */
+/* y holds one label in [0, K) per row of an n-row design (n >= 1, K >= 1); -1 with a
+ * ValueError otherwise */
+static int check_labels(PyArrayObject *y, int64_t n, int K)
+{
+    const int32_t *yy = PyArray_DATA(y);
+    if (PyArray_DIM(y, 0) != n || n < 1) {
+        PyErr_Format(PyExc_ValueError, "y has %zd entries for %zd rows (need >= 1)",
+                     (Py_ssize_t)PyArray_DIM(y, 0), (Py_ssize_t)n);
+        return -1;
+    }
+    if (K < 1) {
+        PyErr_SetString(PyExc_ValueError, "need n_classes >= 1");
+        return -1;
+    }
+    for (int64_t i = 0; i < n; i++)
+        if (yy[i] < 0 || yy[i] >= K) {
+            PyErr_Format(PyExc_ValueError, "label %d outside [0, %d)", yy[i], K);
+            return -1;
+        }
+    return 0;
+}
+
 static PyObject *py_logreg_fit(PyObject *self, PyObject *args)
 {
     PyObject *ox, *oidx, *oval, *oy, *ow, *ob, *omu, *osg;
@@ -437,23 +459,10 @@ static PyObject *py_logreg_fit(PyObject *self, PyObject *args)
         return NULL;
     if ((t = float_type(ox != Py_None ? ox : oval, "X")) < 0) return NULL;
     if (make_design(&D, ox, oidx, oval, d, omu, osg, t) < 0) return NULL;
-    if (!(y = arr(oy, "y", NPY_INT32, 1, 0))) return NULL;
-    if (PyArray_DIM(y, 0) != D.n || D.n < 1) {
-        PyErr_Format(PyExc_ValueError, "y has %zd entries for %zd rows (need >= 1)",
-                     (Py_ssize_t)PyArray_DIM(y, 0), (Py_ssize_t)D.n);
+    if (!(y = arr(oy, "y", NPY_INT32, 1, 0)) || check_labels(y, D.n, K) < 0) return NULL;
+    if (!(l2 >= 0.0) || !(tol >= 0.0) || max_iter < 0) {
+        PyErr_SetString(PyExc_ValueError, "need l2 >= 0, tol >= 0, max_iter >= 0");
         return NULL;
-    }
-    if (K < 1 || !(l2 >= 0.0) || !(tol >= 0.0) || max_iter < 0) {
-        PyErr_SetString(PyExc_ValueError, "need n_classes >= 1, l2 >= 0, tol >= 0, max_iter >= 0");
-        return NULL;
-    }
-    {
-        const int32_t *yy = PyArray_DATA(y);
-        for (int64_t i = 0; i < D.n; i++)
-            if (yy[i] < 0 || yy[i] >= K) {
-                PyErr_Format(PyExc_ValueError, "label %d outside [0, %d)", yy[i], K);
-                return NULL;
-            }
     }
     if (!(w0 = arr(ow, "W0", t, 2, 0)) || !(b0 = arr(ob, "b0", t, 1, 0))) return NULL;
     if (PyArray_DIM(w0, 0) != D.d || PyArray_DIM(w0, 1) != K || PyArray_DIM(b0, 0) != K) {
@@ -505,19 +514,10 @@ static PyObject *py_logreg_objective(PyObject *self, PyObject *args)
         return NULL;
     if ((t = float_type(ox != Py_None ? ox : oval, "X")) < 0) return NULL;
     if (make_design(&D, ox, oidx, oval, d, omu, osg, t) < 0) return NULL;
-    if (!(y = arr(oy, "y", NPY_INT32, 1, 0))) return NULL;
-    if (PyArray_DIM(y, 0) != D.n || D.n < 1 || K < 1 || !(l2 >= 0.0)) {
-        PyErr_SetString(PyExc_ValueError, "logreg_objective: y must have one label per row (>= 1 "
-                                          "row), n_classes >= 1 and l2 >= 0");
+    if (!(y = arr(oy, "y", NPY_INT32, 1, 0)) || check_labels(y, D.n, K) < 0) return NULL;
+    if (!(l2 >= 0.0)) {
+        PyErr_SetString(PyExc_ValueError, "need l2 >= 0");
         return NULL;
-    }
-    {
-        const int32_t *yy = PyArray_DATA(y);
-        for (int64_t i = 0; i < D.n; i++)
-            if (yy[i] < 0 || yy[i] >= K) {
-                PyErr_Format(PyExc_ValueError, "label %d outside [0, %d)", yy[i], K);
-                return NULL;
-            }
     }
     if (!(w = arr(ow, "W", t, 2, 0)) || !(b = arr(ob, "b", t, 1, 0))) return NULL;
     if (PyArray_DIM(w, 0) != D.d || PyArray_DIM(w, 1) != K || PyArray_DIM(b, 0) != K) {

@@ -42,15 +42,6 @@
  * kernel / BLAS: M = 200 at d = 768 (0.69 MB) 1.10-1.38 / 0.89-1.00; M = 200 at
  * d = 1,280 (1.1 MB) 1.27 / 0.97; M = 400 at d = 768 (1.3 MB) 1.12 / 1.04; M = 200
  * at d = 2,048 (1.8 MB) 0.93 / 0.92; M = 1,000 at d = 768 (3.1 MB) 0.94 / 1.09. */
-/* facts computed once: threads may race to compute them, but every one computes the
- * same value and the load/store of it is atomic (relaxed) */
-#if defined(__GNUC__)
-#define LOAD_ONCE(v) __atomic_load_n(&(v), __ATOMIC_RELAXED)
-#define STORE_ONCE(v, x) __atomic_store_n(&(v), (x), __ATOMIC_RELAXED)
-#else
-#define LOAD_ONCE(v) (v)
-#define STORE_ONCE(v, x) ((v) = (x))
-#endif
 
 size_t iis_simd_max_panel_bytes(void)
 {

@@ -714,6 +714,18 @@ static double FN(amax)(const iis_ctx *ctx, const double *a, size_t p)
     return m;
 }
 
+/* A design the solver can take, labels in [0, K), and the BLAS it needs */
+static int FN(check_problem)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int K)
+{
+    if (!X || !y || K < 1 || X->n <= 0 || X->d < 0) return IIS_EINVAL;
+    if (!X->idx && (X->ldx < X->d || !iis_fits_int(X->ldx) || !iis_fits_int(X->n)))
+        return IIS_EINVAL;
+    if (!X->idx && X->d > 0 && !iis_blas_ok(ctx, IS_DOUBLE)) return IIS_ENOBLAS;
+    for (int64_t i = 0; i < X->n; i++)
+        if (y[i] < 0 || y[i] >= K) return IIS_EINVAL;
+    return IIS_OK;
+}
+
 /* Ends the AMX passes: f and g at theta again from a float32 pass. The L-BFGS pairs
  * gathered so far are kept (they carry the curvature of the same objective up to
  * the bf16 rounding of the design). */
@@ -747,13 +759,8 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
     int pre = 0, ftol_hits = 0;
     FN(work) w;
     memset(&w, 0, sizeof(w));
-    if (!X || !y || K < 1 || X->n <= 0 || X->d < 0 || !prm || prm->l2 < 0 || prm->max_iter < 0)
-        return IIS_EINVAL;
-    if (!X->idx && (X->ldx < X->d || !iis_fits_int(X->ldx) || !iis_fits_int(X->n)))
-        return IIS_EINVAL;
-    if (!X->idx && X->d > 0 && !iis_blas_ok(ctx, IS_DOUBLE)) return IIS_ENOBLAS;
-    for (int64_t i = 0; i < X->n; i++)
-        if (y[i] < 0 || y[i] >= K) return IIS_EINVAL;
+    if (!prm || prm->l2 < 0 || prm->max_iter < 0) return IIS_EINVAL;
+    if ((err = FN(check_problem)(ctx, X, y, K)) != IIS_OK) return err;
     dk = (size_t)X->d * (size_t)K;
     p = dk + (size_t)K;
     theta = (double *)malloc(sizeof(double) * p);
@@ -989,13 +996,8 @@ int FN(iis_logreg_objective)(const iis_ctx *ctx, const iis_design *X, const int3
     double *theta = NULL;
     FN(work) wk;
     memset(&wk, 0, sizeof(wk));
-    if (!X || !y || !w || !b || !fval || !grad || K < 1 || X->n <= 0 || X->d < 0 || l2 < 0)
-        return IIS_EINVAL;
-    if (!X->idx && (X->ldx < X->d || !iis_fits_int(X->ldx) || !iis_fits_int(X->n)))
-        return IIS_EINVAL;
-    if (!X->idx && X->d > 0 && !iis_blas_ok(ctx, IS_DOUBLE)) return IIS_ENOBLAS;
-    for (int64_t i = 0; i < X->n; i++)
-        if (y[i] < 0 || y[i] >= K) return IIS_EINVAL;
+    if (!w || !b || !fval || !grad || l2 < 0) return IIS_EINVAL;
+    if ((err = FN(check_problem)(ctx, X, y, K)) != IIS_OK) return err;
     dk = (size_t)X->d * (size_t)K;
     p = dk + (size_t)K;
     if (!(theta = (double *)malloc(sizeof(double) * p))) return IIS_ENOMEM;

@@ -20,7 +20,10 @@ import iis
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 CHILD = r"""
-import sys, time, traceback, warnings
+import signal, sys, time, traceback, warnings
+# a launcher without job control (`cmd &` in a script, some CI runners) starts us with
+# SIGINT ignored, and Python then installs no handler: restore Python's own
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import numpy as np
 import iis
 warnings.simplefilter("ignore")
