@@ -35,7 +35,7 @@
 #include <string.h>
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(IIS_NO_SIMD) && \
-    (__GNUC__ >= 11 || defined(__clang__))
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
 #define IIS_HAVE_AMX_BUILD 1
 #include <cpuid.h>
 #include <immintrin.h>
