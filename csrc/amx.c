@@ -16,8 +16,8 @@
  * W_hi alone the s = 0 fit of W1 stopped at max |grad| 7e-5, loss 1e-4 above the
  * optimum; without G_lo the gradient floors near 1e-4). The products accumulate in
  * float32 tiles. On W1 (benchmarks/) the probe runs 53 AMX passes, then 4 float32
- * iterations to max |grad| <= 1e-5 (57 in all; 55 with float32 passes only), at about
- * 0.6x the time of a float32 pass each.
+ * iterations to max |grad| <= 1e-5 (57 in all; 55 with float32 passes only); an AMX
+ * pass takes 0.53-0.6x the time of a float32 one there.
  *
  * Layouts (Dp = d rounded up to 32, Kp = K rounded up to 16, RB rows per block):
  *   xa  RB x Dp bf16, the block's standardised rows (A operand of the forward);
