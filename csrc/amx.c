@@ -140,9 +140,45 @@ static const struct {
 AMX_TARGET void iis_amx_begin(void) { _tile_loadconfig(&tile_cfg); }
 AMX_TARGET void iis_amx_end(void) { _tile_release(); }
 
-static inline AMX_TARGET __mmask16 lanes(int have)
+/* The 2 x 2 block of accumulator tiles 0-3 at c (row stride ld floats): tile 0 at c,
+ * 1 at c + 16, 2 at c + 16 ld, 3 at c + 16 ld + 16 */
+static inline AMX_TARGET void acc_zero(void)
 {
-    return have <= 0 ? 0 : have >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << have) - 1u);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+}
+
+static inline AMX_TARGET void acc_load(const float *c, int ld)
+{
+    _tile_loadd(0, c, ld * 4);
+    _tile_loadd(1, c + 16, ld * 4);
+    _tile_loadd(2, c + (size_t)16 * ld, ld * 4);
+    _tile_loadd(3, c + (size_t)16 * ld + 16, ld * 4);
+}
+
+static inline AMX_TARGET void acc_store(float *c, int ld)
+{
+    _tile_stored(0, c, ld * 4);
+    _tile_stored(1, c + 16, ld * 4);
+    _tile_stored(2, c + (size_t)16 * ld, ld * 4);
+    _tile_stored(3, c + (size_t)16 * ld + 16, ld * 4);
+}
+
+/* accumulators += [A0; A1] [B0 B1]: A tiles (16 rows x 32 bf16) at a0, a1 with row
+ * stride lda bytes, B tiles (16 pairs x 16 columns) at b and b + 32 with stride ldb */
+static inline AMX_TARGET void acc_madd(const uint16_t *a0, const uint16_t *a1, int lda,
+                                       const uint16_t *b, int ldb)
+{
+    _tile_loadd(4, a0, lda);
+    _tile_loadd(5, a1, lda);
+    _tile_loadd(6, b, ldb);
+    _tile_loadd(7, b + 32, ldb);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
 }
 
 AMX_TARGET void iis_amx_convert(const float *x, int64_t ldx, int d, const float *mu,
@@ -165,7 +201,7 @@ AMX_TARGET void iis_amx_convert(const float *x, int64_t ldx, int d, const float 
         const int r0 = 2 * p, r1 = r0 + 1;
         const float *x0 = x + (int64_t)r0 * ldx, *x1 = x + (int64_t)r1 * ldx;
         for (int j = 0; j < Dp; j += 32) {
-            __mmask16 m0 = lanes(d - j), m1 = lanes(d - j - 16);
+            __mmask16 m0 = iis_lanes16(d - j), m1 = iis_lanes16(d - j - 16);
             __m512 mu0 = _mm512_maskz_loadu_ps(m0, mu + j), mu1 = _mm512_maskz_loadu_ps(m1, mu + j + 16);
             __m512 s0 = _mm512_maskz_loadu_ps(m0, isg + j), s1 = _mm512_maskz_loadu_ps(m1, isg + j + 16);
             __m512i a = _mm512_setzero_si512(), b = _mm512_setzero_si512();
@@ -193,26 +229,12 @@ AMX_TARGET void iis_amx_forward(const uint16_t *xa, const uint16_t *wv, int d, i
     const int Dp = iis_amx_dpad(d), K2 = 2 * iis_amx_kpad(K); /* K2 / 16 is even */
     for (int rt = 0; rt < RB / 16; rt += 2)
         for (int ct = 0; ct < K2 / 16; ct += 2) {
-            float *c = z2 + (size_t)rt * 16 * K2 + (size_t)ct * 16;
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-            for (int kk = 0; kk < Dp / 32; kk++) {
-                const uint16_t *b = wv + (size_t)kk * 16 * K2 * 2 + (size_t)ct * 32;
-                _tile_loadd(4, xa + (size_t)rt * 16 * Dp + (size_t)kk * 32, Dp * 2);
-                _tile_loadd(5, xa + (size_t)(rt + 1) * 16 * Dp + (size_t)kk * 32, Dp * 2);
-                _tile_loadd(6, b, K2 * 4);
-                _tile_loadd(7, b + 32, K2 * 4);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
-            }
-            _tile_stored(0, c, K2 * 4);
-            _tile_stored(1, c + 16, K2 * 4);
-            _tile_stored(2, c + (size_t)16 * K2, K2 * 4);
-            _tile_stored(3, c + (size_t)16 * K2 + 16, K2 * 4);
+            acc_zero();
+            for (int kk = 0; kk < Dp / 32; kk++)
+                acc_madd(xa + (size_t)rt * 16 * Dp + (size_t)kk * 32,
+                         xa + (size_t)(rt + 1) * 16 * Dp + (size_t)kk * 32, Dp * 2,
+                         wv + (size_t)kk * 16 * K2 * 2 + (size_t)ct * 32, K2 * 4);
+            acc_store(z2 + (size_t)rt * 16 * K2 + (size_t)ct * 16, K2);
         }
 }
 
@@ -251,7 +273,7 @@ AMX_TARGET void iis_amx_residuals(const float *g, int rows, int K, uint16_t *gt)
     for (int p0 = 0; p0 < half; p0 += 16)
         for (int q = 0; q < Kp; q += 16) {
             __m512i hv[16], lv[16];
-            __mmask16 m = lanes(K - q);
+            __mmask16 m = iis_lanes16(K - q);
             for (int t = 0; t < 16; t++) {
                 const int r0 = 2 * (p0 + t), r1 = r0 + 1;
                 __m512 g0 = r0 < rows ? _mm512_maskz_loadu_ps(m, g + (size_t)r0 * K + q) : _mm512_setzero_ps();
@@ -281,32 +303,13 @@ AMX_TARGET void iis_amx_backward(const uint16_t *gt, const uint16_t *xv, int d, 
     for (int qt = 0; qt < K2 / 16; qt += 2)
         for (int jt = 0; jt < Dp / 16; jt += 2) {
             float *c = pt + (size_t)qt * 16 * Dp + (size_t)jt * 16;
-            if (first) {
-                _tile_zero(0);
-                _tile_zero(1);
-                _tile_zero(2);
-                _tile_zero(3);
-            } else {
-                _tile_loadd(0, c, Dp * 4);
-                _tile_loadd(1, c + 16, Dp * 4);
-                _tile_loadd(2, c + (size_t)16 * Dp, Dp * 4);
-                _tile_loadd(3, c + (size_t)16 * Dp + 16, Dp * 4);
-            }
-            for (int pp = 0; pp < RB / 32; pp++) {
-                const uint16_t *b = xv + ((size_t)pp * 16 * Dp + (size_t)jt * 16) * 2;
-                _tile_loadd(4, gt + (size_t)qt * 16 * RB + (size_t)pp * 32, RB * 2);
-                _tile_loadd(5, gt + (size_t)(qt + 1) * 16 * RB + (size_t)pp * 32, RB * 2);
-                _tile_loadd(6, b, Dp * 4);
-                _tile_loadd(7, b + 32, Dp * 4);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
-            }
-            _tile_stored(0, c, Dp * 4);
-            _tile_stored(1, c + 16, Dp * 4);
-            _tile_stored(2, c + (size_t)16 * Dp, Dp * 4);
-            _tile_stored(3, c + (size_t)16 * Dp + 16, Dp * 4);
+            if (first) acc_zero();
+            else acc_load(c, Dp);
+            for (int pp = 0; pp < RB / 32; pp++)
+                acc_madd(gt + (size_t)qt * 16 * RB + (size_t)pp * 32,
+                         gt + (size_t)(qt + 1) * 16 * RB + (size_t)pp * 32, RB * 2,
+                         xv + ((size_t)pp * 16 * Dp + (size_t)jt * 16) * 2, Dp * 4);
+            acc_store(c, Dp);
         }
 }
 #else

@@ -9,6 +9,22 @@
 #include <omp.h>
 #endif
 
+/* the calling thread's number in its OpenMP team (0 outside one, or without OpenMP) */
+static inline int iis_thread_num(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* bit mask of the first `have` of 16 vector lanes (have <= 0: none, >= 16: all) */
+static inline uint16_t iis_lanes16(int have)
+{
+    return have <= 0 ? 0 : have >= 16 ? (uint16_t)0xFFFF : (uint16_t)((1u << have) - 1u);
+}
+
 #define IIS_CAT_(a, b) a##b
 #define IIS_CAT(a, b) IIS_CAT_(a, b)
 
@@ -99,14 +115,6 @@ static inline int iis_use_simd(const iis_ctx *ctx)
 /* amx.c: bfloat16 AMX tiles for the float32 solver's fused pass (see there).
  * IIS_AMX_RB rows per block; d is padded to iis_amx_dpad(d), K to iis_amx_kpad(K). */
 #define IIS_AMX_RB 256
-static inline int iis_thread_num(void)
-{
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
 int iis_amx_dpad(int d);
 int iis_amx_kpad(int K);
 void iis_amx_pack_w(const double *w, int d, int K, uint16_t *wv);

@@ -32,11 +32,7 @@ static int FN(assign)(const iis_ctx *ctx, const REAL *x, int64_t n, int d, const
 #pragma omp atomic read
         halt = stop;
         if (halt) continue; /* Ctrl-C: skip the remaining tiles */
-#ifdef _OPENMP
-        REAL *buf = tilebuf + (size_t)omp_get_thread_num() * (size_t)tile * (size_t)k;
-#else
-        REAL *buf = tilebuf;
-#endif
+        REAL *buf = tilebuf + (size_t)iis_thread_num() * (size_t)tile * (size_t)k;
         int64_t r0 = t * tile;
         int rows = (int)(n - r0 < tile ? n - r0 : tile);
         /* column-major view: T^T (k x rows) = C (d x k)^T X^T (d x rows) */
@@ -58,13 +54,11 @@ static int FN(assign)(const iis_ctx *ctx, const REAL *x, int64_t n, int d, const
             labels[r0 + i] = bi;
             dist[r0 + i] = best > 0.0 ? best : 0.0;
         }
-#ifdef _OPENMP
-        if (omp_get_thread_num() == 0) /* the calling thread, which may take the GIL */
-#endif
-            if (t + 1 < ntiles && iis_interrupted(ctx)) {
+        if (iis_thread_num() == 0 && t + 1 < ntiles && iis_interrupted(ctx)) {
+            /* thread 0 is the calling thread, which may take the GIL */
 #pragma omp atomic write
-                stop = 1;
-            }
+            stop = 1;
+        }
     }
     return stop ? IIS_EINTR : IIS_OK;
 }

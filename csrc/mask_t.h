@@ -90,12 +90,7 @@ static int FN(topk_any)(const iis_ctx *ctx, const REAL *a, int64_t n, int m, int
     if (!mag) return IIS_ENOMEM;
 #pragma omp parallel num_threads(nt)
     {
-#ifdef _OPENMP
-        int t = omp_get_thread_num();
-#else
-        int t = 0;
-#endif
-        UINT *mg = mag + (size_t)t * m;
+        UINT *mg = mag + (size_t)iis_thread_num() * m;
 #pragma omp for schedule(static)
         for (i = 0; i < n; i++) {
             const REAL *r = a + i * lda;

@@ -310,11 +310,6 @@ INL __m512 exp_neg16(__m512 x)
     return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
 }
 
-INL __mmask16 lanes16(int have)
-{
-    return have >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (have > 0 ? have : 0)) - 1u);
-}
-
 /* the column sums of G gather in float over groups of SOFTMAX_GROUP rows (each term
  * in [-1, 1], so a group's sum is off by at most SOFTMAX_GROUP^2 2^-24 ~ 1.5e-5 before
  * it is added to p in double), in acc when K fits, else straight into p */
@@ -332,7 +327,7 @@ TGT static void softmax_avx512(float *z, const int32_t *y, int K, const float *c
         float mx, zy, inv;
         double sr;
         for (int v = 0; v < nv; v++) {
-            __mmask16 m = lanes16(K - 16 * v);
+            __mmask16 m = iis_lanes16(K - 16 * v);
             __m512 x;
             if (z2) { /* z = hi + lo columns of the AMX forward product */
                 const float *zr = z2 + (i - lo) * (int64_t)ld2 + 16 * v;
@@ -347,7 +342,7 @@ TGT static void softmax_avx512(float *z, const int32_t *y, int K, const float *c
         mx = _mm512_reduce_max_ps(vmx);
         zy = zi[y[i]];
         for (int v = 0; v < nv; v++) {
-            __mmask16 m = lanes16(K - 16 * v);
+            __mmask16 m = iis_lanes16(K - 16 * v);
             __m512 e = exp_neg16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, zi + 16 * v), _mm512_set1_ps(mx)));
             _mm512_mask_storeu_ps(zi + 16 * v, m, e);
             vs = _mm512_mask_add_ps(vs, m, vs, e);
@@ -358,7 +353,7 @@ TGT static void softmax_avx512(float *z, const int32_t *y, int K, const float *c
         p[K] += (double)mx + log(sr) - (double)zy;
         inv = (float)(1.0 / sr);
         for (int v = 0; v < nv; v++) {
-            __mmask16 m = lanes16(K - 16 * v);
+            __mmask16 m = iis_lanes16(K - 16 * v);
             __mmask8 m0 = (__mmask8)(m & 0xFF), m1 = (__mmask8)(m >> 8);
             __m512 g = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, zi + 16 * v), _mm512_set1_ps(inv));
             _mm512_mask_storeu_ps(zi + 16 * v, m, g);

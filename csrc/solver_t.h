@@ -388,21 +388,22 @@ static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
     REAL *cr = w->gw; /* c in REAL */
     int npart;
 
+    if (w->amx) { /* the AMX pass standardises X itself: W and b as they are */
+        for (int q = 0; q < K; q++) cr[q] = (REAL)theta[dk + q];
+    } else {
+        FN(effective)(X, K, theta, w->weff, cvec);
+        for (int q = 0; q < K; q++) cr[q] = (REAL)cvec[q];
+    }
 #if AMX_PASSES
     if (w->amx) {
-        for (int q = 0; q < K; q++) cr[q] = (REAL)theta[dk + q];
         if (FN(amx_pass)(ctx, X, y, K, theta, cr, w, grad) != IIS_OK) return IIS_EINTR;
         npart = w->namx;
     } else
 #endif
     if (!X->idx && d > 0) {
-        FN(effective)(X, K, theta, w->weff, cvec);
-        for (int q = 0; q < K; q++) cr[q] = (REAL)cvec[q];
         if (FN(fused_dense_pass)(ctx, X, y, K, w->weff, cr, w, grad) != IIS_OK) return IIS_EINTR;
         npart = w->natz;
     } else {
-        FN(effective)(X, K, theta, w->weff, cvec);
-        for (int q = 0; q < K; q++) cr[q] = (REAL)cvec[q];
         int err = FN(logits)(ctx, X, K, w->weff, cr, w->z);
         if (err != IIS_OK) return err;
         /* per row: loss_i = lse(z_i) - z_iy; z_i <- softmax(z_i) - e_y; partial sums
@@ -681,12 +682,14 @@ static double FN(dot)(const iis_ctx *ctx, const double *a, const double *b, size
     return s;
 }
 
-/* y += beta x (elementwise: the same bits for any thread count) */
-static void FN(vaxpy)(const iis_ctx *ctx, double *y, double beta, const double *x, size_t p)
+/* out = a + c b (elementwise: the same bits for any thread count; out may be a;
+ * c = -1 gives a - b exactly) */
+static void FN(vcomb)(const iis_ctx *ctx, double *out, const double *a, double c, const double *b,
+                      size_t p)
 {
     int64_t i, ip = (int64_t)p;
 #pragma omp parallel for num_threads(FN(vec_threads)(ctx, p)) schedule(static)
-    for (i = 0; i < ip; i++) y[i] += beta * x[i];
+    for (i = 0; i < ip; i++) out[i] = a[i] + c * b[i];
 }
 
 /* out = c a (out may be a) */
@@ -695,14 +698,6 @@ static void FN(vscale)(const iis_ctx *ctx, double *out, double c, const double *
     int64_t i, ip = (int64_t)p;
 #pragma omp parallel for num_threads(FN(vec_threads)(ctx, p)) schedule(static)
     for (i = 0; i < ip; i++) out[i] = c * a[i];
-}
-
-/* out = a - b */
-static void FN(vsub)(const iis_ctx *ctx, double *out, const double *a, const double *b, size_t p)
-{
-    int64_t i, ip = (int64_t)p;
-#pragma omp parallel for num_threads(FN(vec_threads)(ctx, p)) schedule(static)
-    for (i = 0; i < ip; i++) out[i] = a[i] - b[i];
 }
 
 static double FN(amax)(const iis_ctx *ctx, const double *a, size_t p)
@@ -816,7 +811,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
         for (int h = 0; h < hist; h++) {
             int s_ = (head - 1 - h + mem) % mem;
             alpha[s_] = rho[s_] * FN(dot)(ctx, S + (size_t)s_ * p, dir, p, vpart);
-            FN(vaxpy)(ctx, dir, -alpha[s_], Y + (size_t)s_ * p, p);
+            FN(vcomb)(ctx, dir, dir, -alpha[s_], Y + (size_t)s_ * p, p);
         }
         /* H0 = gamma I, or gamma P^-1 with gamma = s'y / y'P^-1 y (gamma = 1 before
          * the first pair) */
@@ -838,7 +833,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
         for (int h = hist - 1; h >= 0; h--) {
             int s_ = (head - 1 - h + mem) % mem;
             double beta = rho[s_] * FN(dot)(ctx, Y + (size_t)s_ * p, dir, p, vpart);
-            FN(vaxpy)(ctx, dir, alpha[s_] - beta, S + (size_t)s_ * p, p);
+            FN(vcomb)(ctx, dir, dir, alpha[s_] - beta, S + (size_t)s_ * p, p);
         }
         gd = FN(dot)(ctx, g, dir, p, vpart);
         if (!(gd < 0.0)) { /* not a descent direction: restart from steepest descent */
@@ -852,8 +847,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
          * curvature is below 1), so it starts at a unit step like the pairs do */
         step = hist == 0 && !scaled ? (1.0 / gnorm < 1.0 ? 1.0 / gnorm : 1.0) : 1.0;
         for (ls = 0; ls < 40; ls++) {
-            memcpy(tn, theta, sizeof(double) * p);
-            FN(vaxpy)(ctx, tn, step, dir, p);
+            FN(vcomb)(ctx, tn, theta, step, dir, p);
             if ((err = FN(fgrad)(ctx, X, y, K, prm->l2, tn, gn, &fnew, &w)) != IIS_OK) goto cleanup;
             if (fnew <= f + 1e-4 * step * gd) {
                 accepted = 1;
@@ -877,8 +871,8 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
         {
             double sy;
             double *sv = S + (size_t)head * p, *yv = Y + (size_t)head * p;
-            FN(vsub)(ctx, sv, tn, theta, p);
-            FN(vsub)(ctx, yv, gn, g, p);
+            FN(vcomb)(ctx, sv, tn, -1.0, theta, p);
+            FN(vcomb)(ctx, yv, gn, -1.0, g, p);
             sy = FN(dot)(ctx, sv, yv, p, vpart);
             if (sy > 1e-12 * FN(dot)(ctx, yv, yv, p, vpart)) {
                 rho[head] = 1.0 / sy;
