@@ -102,6 +102,11 @@ typedef struct {
                          P = [X 1]^T [X 1] / n + l2 + damping, instead of a scaled
                          identity. Same objective, same stopping rule, same optimum;
                          fewer passes when the columns are correlated. */
+    const void *start_logits; /* NULL, or n x K logits T of another predictor on the
+                         same rows (REAL, row-major): a preconditioned fit (above) then
+                         starts from the least-squares fit P^-1 [X' 1]^T T / n of T by
+                         this design instead of w and b (iis.score starts the probe from
+                         the first IP's train logits). Otherwise ignored. */
 } iis_solver_params;
 
 typedef struct {
@@ -211,6 +216,8 @@ typedef struct {
     int *kept;          /* n_s */
     int *n_iter;        /* n_s */
     int *converged;     /* n_s */
+    void *train_logits0; /* NULL, or n_tr x K (REAL): filled with the train logits of
+                            the IP at s[0] (iis.score starts the probe from them) */
 } iis_path_result;
 
 int iis_path_f(const iis_ctx *ctx, const float *a_tr, int64_t n_tr, const int32_t *y_tr,

@@ -114,7 +114,7 @@ static inline int iis_use_simd(const iis_ctx *ctx)
 
 /* amx.c: bfloat16 AMX tiles for the float32 solver's fused pass (see there).
  * IIS_AMX_RB rows per block; d is padded to iis_amx_dpad(d), K to iis_amx_kpad(K). */
-#define IIS_AMX_RB 256
+#define IIS_AMX_RB 128
 int iis_amx_dpad(int d);
 int iis_amx_kpad(int K);
 void iis_amx_pack_w(const double *w, int d, int K, uint16_t *wv);

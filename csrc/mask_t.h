@@ -2,10 +2,12 @@
 
 /* Bit patterns of nonnegative REALs order as the values do (no NaN reaches a mask:
  * every input is checked finite), so the k-th largest magnitude is the largest
- * pattern t with #{j : b[j] >= t} >= k, found by bisection over the patterns: about
+ * pattern t with #{j : b[j] >= t} >= k, found by bisection over the patterns: at most
  * 31 (float) or 63 (double) branch-free counting sweeps that vectorise, where a
- * quickselect spends most of its time on mispredicted compares. The result is an
- * entry of b: the count only changes at the entries' patterns. */
+ * quickselect spends most of its time on mispredicted compares. A sweep that counts
+ * exactly k ends it (one more sweep takes the minimum of those k), usually after a
+ * dozen sweeps; ties at the k-th value run the bisection to the end. The result is
+ * an entry of b: the count only changes at the entries' patterns. */
 static UINT FN(kth_largest)(const UINT *restrict b, int m, int k)
 {
     UINT lo = 0, hi = 0; /* #{b >= lo} >= k (lo = 0 counts all m >= k), #{b >= hi} < k */
@@ -16,7 +18,12 @@ static UINT FN(kth_largest)(const UINT *restrict b, int m, int k)
         UINT mid = lo + (hi - lo) / 2;
         int c = 0;
         for (int j = 0; j < m; j++) c += b[j] >= mid;
-        if (c >= k) lo = mid;
+        if (c == k) { /* exactly k at or above mid: the k-th largest is their minimum */
+            UINT t = hi;
+            for (int j = 0; j < m; j++) t = b[j] >= mid && b[j] < t ? b[j] : t;
+            return t;
+        }
+        if (c > k) lo = mid;
         else hi = mid;
     }
     return lo;

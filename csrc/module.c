@@ -418,8 +418,6 @@ static int make_design(iis_design *D, PyObject *ox, PyObject *oidx, PyObject *ov
     return 0;
 }
 
-/* logreg_fit(X, idx, val, d, y, n_classes, l2, tol, max_iter, W0, b0, mu, sigma, n_threads
- *            [, precondition=True]) -> (W, b, n_iter, converged, loss, grad_max) */
 /* y holds one label in [0, K) per row of an n-row design (n >= 1, K >= 1); -1 with a
  * ValueError otherwise */
 static int check_labels(PyArrayObject *y, int64_t n, int K)
@@ -442,9 +440,31 @@ static int check_labels(PyArrayObject *y, int64_t n, int K)
     return 0;
 }
 
+/* a (n x K logits) has n rows of K entries; -1 with a ValueError otherwise */
+static int check_logits(PyArrayObject *a, int64_t n, int K, const char *name)
+{
+    if (PyArray_DIM(a, 0) != n || PyArray_DIM(a, 1) != K) {
+        PyErr_Format(PyExc_ValueError, "%s must be (%zd, %d), got (%zd, %zd)", name, (Py_ssize_t)n, K,
+                     (Py_ssize_t)PyArray_DIM(a, 0), (Py_ssize_t)PyArray_DIM(a, 1));
+        return -1;
+    }
+    return 0;
+}
+
+/* 1 when the bytes of a and b overlap */
+static int arrays_overlap(PyArrayObject *a, PyArrayObject *b)
+{
+    const char *lo1 = PyArray_DATA(a), *lo2 = PyArray_DATA(b);
+    const char *hi1 = lo1 + PyArray_NBYTES(a), *hi2 = lo2 + PyArray_NBYTES(b);
+    return lo1 < hi2 && lo2 < hi1;
+}
+
+/* logreg_fit(X, idx, val, d, y, n_classes, l2, tol, max_iter, W0, b0, mu, sigma, n_threads
+ *            [, precondition=True, start_logits=None]) -> (W, b, n_iter, converged, loss,
+ * grad_max); start_logits (n x K, X's dtype): see iis_solver_params */
 static PyObject *py_logreg_fit(PyObject *self, PyObject *args)
 {
-    PyObject *ox, *oidx, *oval, *oy, *ow, *ob, *omu, *osg;
+    PyObject *ox, *oidx, *oval, *oy, *ow, *ob, *omu, *osg, *ostart = Py_None;
     int d, K, max_iter, nt, t, st = 0, precondition = 1;
     double l2, tol;
     iis_design D;
@@ -454,8 +474,8 @@ static PyObject *py_logreg_fit(PyObject *self, PyObject *args)
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOiOiddiOOOOi|p", &ox, &oidx, &oval, &d, &oy, &K, &l2, &tol,
-                          &max_iter, &ow, &ob, &omu, &osg, &nt, &precondition))
+    if (!PyArg_ParseTuple(args, "OOOiOiddiOOOOi|pO", &ox, &oidx, &oval, &d, &oy, &K, &l2, &tol,
+                          &max_iter, &ow, &ob, &omu, &osg, &nt, &precondition, &ostart))
         return NULL;
     if ((t = float_type(ox != Py_None ? ox : oval, "X")) < 0) return NULL;
     if (make_design(&D, ox, oidx, oval, d, omu, osg, t) < 0) return NULL;
@@ -481,6 +501,16 @@ static PyObject *py_logreg_fit(PyObject *self, PyObject *args)
     prm.max_iter = max_iter;
     prm.memory = 10;
     prm.precondition = precondition;
+    prm.start_logits = NULL;
+    if (ostart != Py_None) {
+        PyArrayObject *st0 = arr(ostart, "start_logits", t, 2, 0);
+        if (!st0 || check_logits(st0, D.n, K, "start_logits") < 0) {
+            Py_DECREF(w);
+            Py_DECREF(b);
+            return NULL;
+        }
+        prm.start_logits = PyArray_DATA(st0);
+    }
     memset(&info, 0, sizeof(info));
     init_ctx(&ctx, &hs, nt);
     IIS_BEGIN_ALLOW_THREADS
@@ -628,11 +658,12 @@ static PyObject *py_logreg_precond(PyObject *self, PyObject *args)
 }
 
 /* path(Atr, ytr, Aev, yev, n_classes, s, soft, published, l2, tol, max_iter, n_threads,
- *      progress[, overwrite=False, precondition=True]) -> (accuracy, kept, n_iter, converged);
- *      with overwrite, hard masks are applied in place to Atr and Aev (see iis_path_params) */
+ *      progress[, overwrite=False, precondition=True, train_logits0=None]) -> (accuracy, kept,
+ *      n_iter, converged); with overwrite, hard masks are applied in place to Atr and Aev (see
+ *      iis_path_params); train_logits0 (ntr x K, writable) receives the s[0] IP's train logits */
 static PyObject *py_path(PyObject *self, PyObject *args)
 {
-    PyObject *oatr, *oytr, *oaev, *oyev, *os, *oprog;
+    PyObject *oatr, *oytr, *oaev, *oyev, *os, *oprog, *ologits = Py_None;
     int K, soft, published, max_iter, nt, t, st = 0, m, ns, overwrite = 0, precondition = 1;
     double l2, tol;
     PyArrayObject *atr, *ytr, *aev, *yev, *s, *acc = NULL, *kept = NULL, *nit = NULL, *conv = NULL;
@@ -641,8 +672,9 @@ static PyObject *py_path(PyObject *self, PyObject *args)
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOOiOppddiiO|pp", &oatr, &oytr, &oaev, &oyev, &K, &os, &soft,
-                          &published, &l2, &tol, &max_iter, &nt, &oprog, &overwrite, &precondition))
+    if (!PyArg_ParseTuple(args, "OOOOiOppddiiO|ppO", &oatr, &oytr, &oaev, &oyev, &K, &os, &soft,
+                          &published, &l2, &tol, &max_iter, &nt, &oprog, &overwrite, &precondition,
+                          &ologits))
         return NULL;
     if ((t = float_type(oatr, "train activations")) < 0) return NULL;
     if (!(atr = arr(oatr, "train activations", t, 2, 0)) ||
@@ -681,9 +713,7 @@ static PyObject *py_path(PyObject *self, PyObject *args)
         return NULL;
     }
     if (overwrite) { /* masks are written into the activations: two separate writable arrays */
-        const char *lo1 = PyArray_DATA(atr), *lo2 = PyArray_DATA(aev);
-        const char *hi1 = lo1 + PyArray_NBYTES(atr), *hi2 = lo2 + PyArray_NBYTES(aev);
-        if (!PyArray_ISWRITEABLE(atr) || !PyArray_ISWRITEABLE(aev) || (lo1 < hi2 && lo2 < hi1)) {
+        if (!PyArray_ISWRITEABLE(atr) || !PyArray_ISWRITEABLE(aev) || arrays_overlap(atr, aev)) {
             PyErr_SetString(PyExc_ValueError,
                             "path(overwrite=True) needs two separate, writable activation arrays");
             return NULL;
@@ -705,10 +735,21 @@ static PyObject *py_path(PyObject *self, PyObject *args)
     prm.solver.max_iter = max_iter;
     prm.solver.memory = 10;
     prm.solver.precondition = precondition;
+    prm.solver.start_logits = NULL;
     res.accuracy = PyArray_DATA(acc);
     res.kept = PyArray_DATA(kept);
     res.n_iter = PyArray_DATA(nit);
     res.converged = PyArray_DATA(conv);
+    res.train_logits0 = NULL;
+    if (ologits != Py_None) {
+        PyArrayObject *lg = arr(ologits, "train_logits0", t, 2, 0);
+        if (!lg || check_logits(lg, PyArray_DIM(atr, 0), K, "train_logits0") < 0) goto fail;
+        if (!PyArray_ISWRITEABLE(lg) || arrays_overlap(lg, atr) || arrays_overlap(lg, aev)) {
+            PyErr_SetString(PyExc_ValueError, "train_logits0 must be writable and apart from the activations");
+            goto fail;
+        }
+        res.train_logits0 = PyArray_DATA(lg);
+    }
     hs.progress = oprog != Py_None ? oprog : NULL;
     init_ctx(&ctx, &hs, nt);
     IIS_BEGIN_ALLOW_THREADS
@@ -1021,7 +1062,7 @@ static PyMethodDef methods[] = {
     {"keep_count", py_keep_count, METH_VARARGS, "keep_count(m, s, published) -> k"},
     {"logreg_fit", py_logreg_fit, METH_VARARGS,
      "logreg_fit(X, idx, val, d, y, K, l2, tol, max_iter, W0, b0, mu, sigma, n_threads"
-     "[, precondition])"},
+     "[, precondition, start_logits])"},
     {"logreg_predict", py_logreg_predict, METH_VARARGS,
      "logreg_predict(X, idx, val, d, W, b, mu, sigma, n_threads) -> (logits, pred)"},
     {"logreg_objective", py_logreg_objective, METH_VARARGS,
@@ -1030,7 +1071,7 @@ static PyMethodDef methods[] = {
      "logreg_precond(X, mu, sigma, l2, n_threads) -> P (the solver's preconditioner matrix)"},
     {"path", py_path, METH_VARARGS,
      "path(Atr, ytr, Aev, yev, K, s, soft, published, l2, tol, max_iter, n_threads, progress[, "
-     "overwrite, precondition])"},
+     "overwrite, precondition, train_logits0])"},
     {"kmeans", py_kmeans, METH_VARARGS, "kmeans(X, k, seed, max_iter, tol, n_threads)"},
     {"trapezoid", py_trapezoid, METH_VARARGS, "trapezoid(s, arr) -> IIS"},
     {"accuracy", py_accuracy, METH_VARARGS, "accuracy(pred, y) -> float"},

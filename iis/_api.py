@@ -305,14 +305,19 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         t0 = time.perf_counter()
         max_iter = min(int(max_iter), 2**31 - 1)  # the core counts iterations in a C int
         # atr and aev are this call's own: hard masks may be applied to them in place
+        # the probe starts from the least-squares fit of the first IP's train logits
+        logits0 = np.empty((ftr.shape[0], K), dtype=atr.dtype)
         acc, kept, n_iter, conv = _core.path(atr, ytr, aev, yev, K, s, mask == "soft",
                                              keep == "published", float(l2), float(tol),
-                                             max_iter, nt, _progress_printer(bool(progress), s), True)
+                                             max_iter, nt, _progress_printer(bool(progress), s), True,
+                                             True, logits0)
         timings["path"] = time.perf_counter() - t0
         del atr, aev
 
         t0 = time.perf_counter()
-        probe_acc, p_iter, p_conv = _probe(ftr, ytr, fev, yev, K, float(l2), float(tol), int(max_iter), nt)
+        probe_acc, p_iter, p_conv = _probe(ftr, ytr, fev, yev, K, float(l2), float(tol), int(max_iter), nt,
+                                           logits0.astype(ftr.dtype, copy=False))
+        del logits0
         timings["probe"] = time.perf_counter() - t0
 
     not_conv = [float(x) for x, c in zip(s, conv) if not c]
@@ -338,13 +343,15 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         l2=float(l2), library_kind=lib.kind, timings=timings, concept_names=list(lib.names))
 
 
-def _probe(ftr, ytr, fev, yev, K, l2, tol, max_iter, nt):
+def _probe(ftr, ytr, fev, yev, K, l2, tol, max_iter, nt, start_logits=None):
     """Dense probe: the same solver on features standardised with train statistics
-    (applied implicitly inside the kernel, so the features are not copied)."""
+    (applied implicitly inside the kernel, so the features are not copied), started
+    from the least-squares fit of start_logits (n_train x K) when given: the optimum is
+    unique, the start only saves iterations."""
     mu, sigma = _core.colstats(ftr, nt)
     w0 = np.zeros((ftr.shape[1], K), dtype=ftr.dtype)
     b0 = np.zeros(K, dtype=ftr.dtype)
     w, b, n_iter, conv, _, _ = _core.logreg_fit(ftr, None, None, 0, ytr, K, l2, tol, max_iter,
-                                                w0, b0, mu, sigma, nt)
+                                                w0, b0, mu, sigma, nt, True, start_logits)
     _, pred = _core.logreg_predict(fev, None, None, 0, w, b, mu, sigma, nt)
     return float(_core.accuracy(pred, yev)), n_iter, conv

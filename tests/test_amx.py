@@ -145,7 +145,7 @@ def test_blas_setting_gives_the_float32_bits(kernels):
 # ---- the AMX pass ----------------------------------------------------------------------
 
 SHAPES = [
-    # n, d, K: padding of d to 32 and K to 16, a partial last block of 256 rows,
+    # n, d, K: padding of d to 32 and K to 16, a partial last block of 128 rows,
     # several chunks (n >= 4096), one row, one column, one class
     (1000, 50, 7),
     (5000, 33, 17),

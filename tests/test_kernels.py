@@ -529,3 +529,109 @@ def test_preconditioner_skipped_when_the_gram_overflows():
     plain = _core.logreg_fit(x, None, None, 0, y, *args, False)
     for a, b in zip(pre, plain):
         np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- start from logits
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("standardise", [False, True])
+def test_start_logits_is_the_least_squares_fit(dtype, standardise):
+    """max_iter = 0 returns the start itself: theta = P^-1 [X' 1]^T T / n with P the
+    preconditioner matrix (NumPy's solve against logreg_precond), over several chunks of
+    rows (n > 4096); the passed W0, b0 and T are left untouched."""
+    rng = np.random.default_rng(40)
+    n, d, K = 6000, 23, 6
+    x = (rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) + 3.0).astype(dtype)
+    y = (np.arange(n) % K).astype(np.int32)
+    t = rng.normal(size=(n, K)).astype(dtype)
+    mu = sd = None
+    xs = x.astype(np.float64)
+    if standardise:
+        mu, sd = (v.astype(dtype) for v in ref.colstats(x.astype(np.float64)))
+        xs = (xs - mu) / sd
+    l2 = 1e-3
+    P = _core.logreg_precond(x, mu, sd, l2, 2)
+    want = np.linalg.solve(P, np.hstack([xs, np.ones((n, 1))]).T @ t.astype(np.float64) / n)
+    w0, b0, t0 = np.ones((d, K), dtype), np.ones(K, dtype), t.copy()
+    w, b, it, *_ = _core.logreg_fit(x, None, None, 0, y, K, l2, 1e-5, 0, w0, b0, mu, sd, 2, True, t)
+    assert it == 0
+    tol = 2e-4 if dtype == np.float32 else 1e-9
+    np.testing.assert_allclose(w, want[:d], rtol=tol, atol=tol * np.abs(want).max())
+    np.testing.assert_allclose(b, want[d], rtol=tol, atol=tol * np.abs(want).max())
+    np.testing.assert_array_equal(w0, 1)
+    np.testing.assert_array_equal(b0, 1)
+    np.testing.assert_array_equal(t, t0)
+
+
+def test_start_logits_reaches_the_same_optimum_in_fewer_iterations():
+    """The probe on digits started from a concept predictor's train logits: the same
+    optimum as from zero (unique: l2 > 0), fewer iterations; the thread count does not
+    change the bits."""
+    x, y = _digits(np.float64)
+    mu, sd = ref.colstats(x)
+    lib = iis.ConceptLibrary.prototype(x[::3], y[::3], n_concepts=40, seed=0)
+    a = _core.project(x, lib.unit(), 1, None, None, 2)
+    wa, ba, *_ = _core.logreg_fit(a, None, None, 0, y, 10, 1e-3, 1e-8, 2000, np.zeros((40, 10)),
+                                  np.zeros(10), None, None, 2)
+    t = a @ wa + ba
+    args = (10, 1e-3, 1e-8, 2000, np.zeros((64, 10)), np.zeros(10), mu, sd)
+    cold = _core.logreg_fit(x, None, None, 0, y, *args, 2)
+    warm = _core.logreg_fit(x, None, None, 0, y, *args, 2, True, t)
+    warm1 = _core.logreg_fit(x, None, None, 0, y, *args, 1, True, t)
+    assert cold[3] and warm[3] and warm[2] < cold[2]
+    assert abs(warm[4] - cold[4]) < 1e-12
+    np.testing.assert_allclose(warm[0], cold[0], atol=1e-4)
+    for u, v in zip(warm, warm1):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_start_logits_ignored_without_the_preconditioner_and_not_finite():
+    """No preconditioner (precondition=False, or a k-sparse design): the start is W0, b0
+    as passed, bit for bit; non-finite logits leave W0, b0 as well."""
+    x, y = _digits(np.float64)
+    t = np.random.default_rng(41).normal(size=(len(y), 10))
+    args = (10, 1e-3, 1e-6, 30, np.zeros((64, 10)), np.zeros(10), None, None, 2)
+    plain = _core.logreg_fit(x, None, None, 0, y, *args, False)
+    started = _core.logreg_fit(x, None, None, 0, y, *args, False, t)
+    for u, v in zip(plain, started):
+        np.testing.assert_array_equal(u, v)
+    t[5, 3] = np.nan
+    pre = _core.logreg_fit(x, None, None, 0, y, *args, True)
+    bad = _core.logreg_fit(x, None, None, 0, y, *args, True, t)
+    for u, v in zip(pre, bad):
+        np.testing.assert_array_equal(u, v)
+    idx = np.argsort(-x, axis=1)[:, :8].astype(np.int32)
+    val = np.take_along_axis(x, idx, 1)
+    ell = (10, 1e-3, 1e-6, 30, np.zeros((64, 10)), np.zeros(10), None, None, 2)
+    e1 = _core.logreg_fit(None, idx, val, 64, y, *ell, True)
+    e2 = _core.logreg_fit(None, idx, val, 64, y, *ell, True, t)
+    for u, v in zip(e1, e2):
+        np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_path_returns_the_first_ratios_train_logits(dtype):
+    """train_logits0 = the train logits of the IP fitted at s[0]: the same as refitting
+    that ratio alone and predicting on its (unmasked) train activations."""
+    x, y = _digits(np.float64)
+    lib = iis.ConceptLibrary.prototype(x[::2], y[::2], n_concepts=30, seed=0)
+    a = _core.project(x.astype(dtype), lib.unit().astype(dtype), 1, None, None, 2)
+    atr, ytr, aev, yev = a[::2].copy(), y[::2].copy(), a[1::2].copy(), y[1::2].copy()
+    s = np.array([0.0, 0.5, 0.9])
+    lg = np.full((len(ytr), 10), np.nan, dtype)
+    _core.path(atr.copy(), ytr, aev.copy(), yev, 10, s, False, False, 1e-3, 1e-5, 500, 2, None, True,
+               True, lg)
+    w, b, *_ = _core.logreg_fit(atr, None, None, 0, ytr, 10, 1e-3, 1e-5, 500, np.zeros((30, 10), dtype),
+                                np.zeros(10, dtype), None, None, 2)
+    want, _ = _core.logreg_predict(atr, None, None, 0, w, b, None, None, 2)
+    np.testing.assert_array_equal(lg, want)
+    with pytest.raises(ValueError, match="train_logits0 must be"):
+        _core.path(atr.copy(), ytr, aev.copy(), yev, 10, s, False, False, 1e-3, 1e-5, 5, 2, None, True,
+                   True, np.zeros((len(ytr), 9), dtype))
+    ro = np.zeros((len(ytr), 10), dtype)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        _core.path(atr.copy(), ytr, aev.copy(), yev, 10, s, False, False, 1e-3, 1e-5, 5, 2, None, True,
+                   True, ro)
+    with pytest.raises(ValueError, match="start_logits must be"):
+        _core.logreg_fit(atr, None, None, 0, ytr, 10, 1e-3, 1e-5, 5, np.zeros((30, 10), dtype),
+                         np.zeros(10, dtype), None, None, 2, True, np.zeros((3, 10), dtype))
