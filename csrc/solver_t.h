@@ -291,7 +291,8 @@ static int FN(amx_setup)(const iis_ctx *ctx, const iis_design *X, int K, FN(work
     xab = sizeof(uint16_t) * (size_t)IIS_AMX_RB * (size_t)Dp;
     z2b = sizeof(float) * (size_t)IIS_AMX_RB * (size_t)K2;
     gtb = sizeof(uint16_t) * (size_t)K2 * (size_t)IIS_AMX_RB;
-    w->scr_bytes = (2 * xab + z2b + gtb + 255) / 64 * 64;
+    /* + the block's logits and residuals (RB x K floats): they never go to memory */
+    w->scr_bytes = (2 * xab + z2b + gtb + sizeof(float) * (size_t)IIS_AMX_RB * (size_t)K + 255) / 64 * 64;
     nt = ctx->n_threads > 0 ? ctx->n_threads : 1;
     w->wv = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)Dp * (size_t)K2);
     w->mu_p = (float *)calloc((size_t)Dp, sizeof(float));
@@ -336,6 +337,7 @@ static int FN(amx_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *
             uint16_t *xa = (uint16_t *)sc, *xv = xa + (size_t)IIS_AMX_RB * Dp;
             float *z2 = (float *)(xv + (size_t)IIS_AMX_RB * Dp);
             uint16_t *gt = (uint16_t *)(z2 + (size_t)IIS_AMX_RB * K2);
+            float *zb = (float *)(gt + (size_t)K2 * IIS_AMX_RB);
             float *pt = w->pt + (size_t)c * per;
             double *p = w->part + (size_t)c * (K + 1);
             iis_chunk(n, nch, c, &lo, &hi);
@@ -344,11 +346,11 @@ static int FN(amx_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *
             iis_amx_begin();
             for (int64_t b0 = lo; b0 < hi && !iis_team_interrupted(ctx, &pl); b0 += IIS_AMX_RB) {
                 int rows = (int)(hi - b0 < IIS_AMX_RB ? hi - b0 : IIS_AMX_RB);
-                REAL *zb = w->z + b0 * K;
                 iis_amx_convert(x + b0 * ldx, ldx, d, w->mu_p, w->isg_p, rows, xa, xv);
                 iis_amx_forward(xa, w->wv, d, K, z2);
-                /* z = hi + lo columns + bias, softmax (AMX implies AVX-512) */
-                iis_simd_softmax_rows(w->z, y, K, bias, b0, b0 + rows, p, z2, K2, Kp);
+                /* z = hi + lo columns + bias, softmax (AMX implies AVX-512), in the
+                 * thread's block scratch: Z and G never make a round trip to memory */
+                iis_simd_softmax_rows(zb, y + b0, K, bias, 0, rows, p, z2, K2, Kp);
                 iis_amx_residuals(zb, rows, K, gt);
                 iis_amx_backward(gt, xv, d, K, pt, b0 == lo);
             }
