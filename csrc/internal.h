@@ -151,6 +151,13 @@ static inline void iis_chunk(int64_t n, int nch, int c, int64_t *lo, int64_t *hi
 #define IIS_HOT
 #endif
 
+/* helpers of IIS_HOT kernels: inlined so that they run on the clone's vector width */
+#if defined(__GNUC__)
+#define IIS_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define IIS_ALWAYS_INLINE inline
+#endif
+
 /* exp(x) for x <= 0 in float, written so that loops over it vectorise (libm's
  * expf is a call per element). Cephes' polynomial on r = x - n ln2, scaled by
  * 2^n built in the exponent bits; maximum relative error 8.4e-8 on [-87, 0]

@@ -8,7 +8,7 @@
  * exactly k ends it (one more sweep takes the minimum of those k), usually after a
  * dozen sweeps; ties at the k-th value run the bisection to the end. The result is
  * an entry of b: the count only changes at the entries' patterns. */
-static UINT FN(kth_largest)(const UINT *restrict b, int m, int k)
+static IIS_ALWAYS_INLINE UINT FN(kth_largest)(const UINT *restrict b, int m, int k)
 {
     UINT lo = 0, hi = 0; /* #{b >= lo} >= k (lo = 0 counts all m >= k), #{b >= hi} < k */
     for (int j = 0; j < m; j++) hi = b[j] > hi ? b[j] : hi;

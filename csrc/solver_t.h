@@ -204,10 +204,10 @@ static int FN(fused_dense_pass)(const iis_ctx *ctx, const iis_design *X, const i
     const REAL *x = (const REAL *)X->x;
     int nt = iis_nt_for(ctx, n * (int64_t)K * d / 32), c;
     iis_poll pl = {0, 0.0};
-    for (int c0 = 0; c0 < nch && !pl.stop; c0 += nt) { /* one chunk per thread per round */
-        int c1 = c0 + nt < nch ? c0 + nt : nch;
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (c = c0; c < c1; c++) {
+    { /* chunks handed out as threads free up (a preempted core does not hold the
+       * other at a barrier); each chunk has its own partials: the same bits */
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+        for (c = 0; c < nch; c++) {
             int64_t lo, hi;
             REAL *part = w->gpart + (size_t)c * dk;
             double *p = w->part + (size_t)c * (K + 1);
@@ -328,10 +328,9 @@ static int FN(amx_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *
     unsigned char *scr0 = (unsigned char *)(((uintptr_t)w->scr + 63) & ~(uintptr_t)63);
     if (nt > w->nscr) nt = w->nscr;
     iis_amx_pack_w(theta, d, K, w->wv);
-    for (int c0 = 0; c0 < nch && !pl.stop; c0 += nt) {
-        int c1 = c0 + nt < nch ? c0 + nt : nch;
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (c = c0; c < c1; c++) {
+    { /* chunks handed out as threads free up, as in the fused pass */
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+        for (c = 0; c < nch; c++) {
             int64_t lo, hi;
             unsigned char *sc = scr0 + w->scr_bytes * (size_t)iis_thread_num();
             uint16_t *xa = (uint16_t *)sc, *xv = xa + (size_t)IIS_AMX_RB * Dp;
