@@ -15,9 +15,14 @@
  * not rounded to bf16 and the optimisation does not stall at bf16 resolution (with
  * W_hi alone the s = 0 fit of W1 stopped at max |grad| 7e-5, loss 1e-4 above the
  * optimum; without G_lo the gradient floors near 1e-4). The products accumulate in
- * float32 tiles. On W1 (benchmarks/) the probe runs 53 AMX passes, then 4 float32
- * iterations to max |grad| <= 1e-5 (57 in all; 55 with float32 passes only); an AMX
- * pass takes 0.53-0.6x the time of a float32 one there.
+ * float32 tiles. On W1 (benchmarks/) the probe, started from zero, ran 53 AMX passes,
+ * then 4 float32 iterations to max |grad| <= 1e-5 (57 in all; 55 with float32 passes
+ * only); an AMX pass takes 0.45-0.6x the time of a float32 one there.
+ *
+ * Blocks of RB = 128 rows: the block's bf16 copies, logits and residuals and the
+ * chunk's partial product then fit a 2 MB L2 with W1's probe (d = 768, K = 100); with
+ * 256 rows they did not, and its pass took 42-45 ms instead of 34-37 (64 and 96 rows
+ * measured 37-38 and 33-37).
  *
  * Layouts (Dp = d rounded up to 32, Kp = K rounded up to 16, RB rows per block):
  *   xa  RB x Dp bf16, the block's standardised rows (A operand of the forward);

@@ -279,10 +279,10 @@ double iis_simd_project_tile(const float *x, int64_t rows, int d, int64_t ldx, c
 /* ---- softmax rows of the float32 solver -------------------------------------------
  * The per-row work between a pass's two GEMMs (solver_t.h, softmax_rows): the
  * portable loop's arithmetic (iis_expf_neg's polynomial, here with fused multiply-adds:
- * a shorter dependency chain, 0.5 ulp closer per step; results differ from the
+ * a shorter dependency chain, half a rounding less per step; results differ from the
  * portable loop in the last bits, as the kernels' GEMMs do), in three sweeps over the
- * row instead of six: bias and max; exp and a 16-lane sum; scale, the column sums of G in double and
- * the one-hot. The row sum is added in double across lanes. With z2, row i's logits
+ * row instead of six: bias and max; exp and a 16-lane sum; scale, the column sums of G
+ * in double and the one-hot. The row sum is added in double across lanes. With z2, row i's logits
  * are first formed as z2[(i - lo) ld2 + q] + z2[(i - lo) ld2 + off2 + q] (the hi and
  * lo halves of an AMX forward product) and written to z. */
 #ifdef IIS_HAVE_AVX512_BUILD
