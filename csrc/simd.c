@@ -310,6 +310,28 @@ INL __m512 exp_neg16(__m512 x)
     return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
 }
 
+/* log(x) for 8 doubles x >= 1 (the softmax row sums): x = 2^e m with m in
+ * [sqrt(1/2), sqrt(2)), log m = 2 atanh(s) = 2 s (1 + s^2/3 + ... + s^20/21) with
+ * s = (m - 1)/(m + 1), |s| < 0.172 (the next term is below 2^-56 of the sum), and
+ * e ln 2 in two parts: within a few ulp of libm's log, one call for 8 rows */
+INL __m512d log8(__m512d x)
+{
+    const __m512d one = _mm512_set1_pd(1.0);
+    __m512d e = _mm512_getexp_pd(x), m = _mm512_getmant_pd(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
+    __mmask8 big = _mm512_cmp_pd_mask(m, _mm512_set1_pd(1.4142135623730951), _CMP_GT_OQ);
+    __m512d s, s2, q;
+    m = _mm512_mask_mul_pd(m, big, m, _mm512_set1_pd(0.5));
+    e = _mm512_mask_add_pd(e, big, e, one);
+    s = _mm512_div_pd(_mm512_sub_pd(m, one), _mm512_add_pd(m, one));
+    s2 = _mm512_mul_pd(s, s);
+    q = _mm512_set1_pd(1.0 / 21.0);
+    for (int k = 19; k >= 3; k -= 2) q = _mm512_fmadd_pd(q, s2, _mm512_set1_pd(1.0 / k));
+    q = _mm512_fmadd_pd(q, s2, one);
+    q = _mm512_mul_pd(_mm512_add_pd(s, s), q);
+    q = _mm512_fmadd_pd(e, _mm512_set1_pd(1.9082149292705877e-10), q);
+    return _mm512_fmadd_pd(e, _mm512_set1_pd(6.9314718036912382e-01), q);
+}
+
 /* the column sums of G gather in float over groups of SOFTMAX_GROUP rows (each term
  * in [-1, 1], so a group's sum is off by at most SOFTMAX_GROUP^2 2^-24 ~ 1.5e-5 before
  * it is added to p in double), in acc when K fits, else straight into p */
@@ -320,6 +342,9 @@ TGT static void softmax_avx512(float *z, const int32_t *y, int K, const float *c
 {
     const int nv = (K + 15) / 16, grouped = K <= SOFTMAX_ACC;
     float acc[SOFTMAX_ACC];
+    double lsr[8], lmx[8], lzy[8]; /* row sums, maxima and true-class logits of up to 8
+                                      rows, whose losses are added 8 at a time (log8) */
+    int nl = 0;
     if (grouped) memset(acc, 0, sizeof(float) * (size_t)nv * 16);
     for (int64_t i = lo; i < hi; i++) {
         float *zi = z + i * (int64_t)K;
@@ -350,7 +375,16 @@ TGT static void softmax_avx512(float *z, const int32_t *y, int K, const float *c
         sr = _mm512_reduce_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(vs))) +
              _mm512_reduce_add_pd(_mm512_cvtps_pd(
                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(vs), 1))));
-        p[K] += (double)mx + log(sr) - (double)zy;
+        lsr[nl] = sr;
+        lmx[nl] = (double)mx;
+        lzy[nl] = (double)zy;
+        if (++nl == 8 || i + 1 == hi) { /* the loss of these rows, in row order */
+            double lg[8];
+            for (int j = nl; j < 8; j++) lsr[j] = 1.0;
+            _mm512_storeu_pd(lg, log8(_mm512_loadu_pd(lsr)));
+            for (int j = 0; j < nl; j++) p[K] += lmx[j] + lg[j] - lzy[j];
+            nl = 0;
+        }
         inv = (float)(1.0 / sr);
         for (int v = 0; v < nv; v++) {
             __mmask16 m = iis_lanes16(K - 16 * v);
