@@ -301,6 +301,24 @@ AMX_TARGET void iis_amx_residuals(const float *g, int rows, int K, uint16_t *gt)
         }
 }
 
+/* gt (Dp x RB bf16) = the block's rows as the A operand of the backward tiles, from
+ * xv: unit (j, p) of gt (32 bits: rows 2p and 2p + 1 of column j) is unit (p, j) of
+ * xv, so gt is xv's 32-bit transpose, done in 16 x 16 register blocks. With it,
+ * iis_amx_backward(gt, xv, d, Dp / 2, ...) accumulates the block's Gram X_b^T X_b. */
+AMX_TARGET void iis_amx_gram_operand(const uint16_t *xv, int d, uint16_t *gt)
+{
+    const int Dp = iis_amx_dpad(d), half = RB / 2;
+    const uint32_t *xv32 = (const uint32_t *)xv;
+    uint32_t *gt32 = (uint32_t *)gt;
+    for (int p0 = 0; p0 < half; p0 += 16)
+        for (int j0 = 0; j0 < Dp; j0 += 16) {
+            __m512i r[16];
+            for (int t = 0; t < 16; t++) r[t] = _mm512_loadu_si512(xv32 + (size_t)(p0 + t) * Dp + j0);
+            transpose16(r);
+            for (int t = 0; t < 16; t++) _mm512_storeu_si512(gt32 + (size_t)(j0 + t) * half + p0, r[t]);
+        }
+}
+
 AMX_TARGET void iis_amx_backward(const uint16_t *gt, const uint16_t *xv, int d, int K, float *pt,
                                  int first)
 {
@@ -330,4 +348,5 @@ void iis_amx_residuals(const float *g, int rows, int K, uint16_t *gt) {}
 void iis_amx_backward(const uint16_t *gt, const uint16_t *xv, int d, int K, float *pt, int first)
 {
 }
+void iis_amx_gram_operand(const uint16_t *xv, int d, uint16_t *gt) {}
 #endif

@@ -190,8 +190,11 @@ int iis_logreg_objective_f(const iis_ctx *ctx, const iis_design *X, const int32_
 int iis_logreg_objective_d(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int n_classes,
                            double l2, const double *w, const double *b, int amx, double *fval,
                            double *grad);
-int iis_logreg_precond_f(const iis_ctx *ctx, const iis_design *X, double l2, double *P);
-int iis_logreg_precond_d(const iis_ctx *ctx, const iis_design *X, double l2, double *P);
+/* amx != 0: the Gram from bfloat16 AMX products of the rounded design, as the float32
+ * solver builds it where its AMX passes run (IIS_EINVAL where they cannot: float64,
+ * IIS_KERNELS_BLAS, no AMX-BF16); amx = 0: in REAL with syrk. */
+int iis_logreg_precond_f(const iis_ctx *ctx, const iis_design *X, double l2, int amx, double *P);
+int iis_logreg_precond_d(const iis_ctx *ctx, const iis_design *X, double l2, int amx, double *P);
 /* logits (n x K, may be NULL) and argmax labels (ties: lower class) */
 int iis_logreg_predict_f(const iis_ctx *ctx, const iis_design *X, int n_classes, const float *w,
                          const float *b, float *logits, int32_t *pred);

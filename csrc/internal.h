@@ -124,6 +124,7 @@ void iis_amx_convert(const float *x, int64_t ldx, int d, const float *mu, const 
                      int rows, uint16_t *xa, uint16_t *xv);
 void iis_amx_forward(const uint16_t *xa, const uint16_t *wv, int d, int K, float *z2);
 void iis_amx_residuals(const float *g, int rows, int K, uint16_t *gt);
+void iis_amx_gram_operand(const uint16_t *xv, int d, uint16_t *gt);
 void iis_amx_backward(const uint16_t *gt, const uint16_t *xv, int d, int K, float *pt,
                       int first);
 

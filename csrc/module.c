@@ -622,19 +622,19 @@ static PyObject *py_logreg_predict(PyObject *self, PyObject *args)
     return Py_BuildValue("NN", logits, pred);
 }
 
-/* logreg_precond(X, mu, sigma, l2, n_threads) -> P, the solver's preconditioner matrix
- * ((d+1) x (d+1) float64; see iis_logreg_precond) */
+/* logreg_precond(X, mu, sigma, l2, n_threads[, amx=False]) -> P, the solver's
+ * preconditioner matrix ((d+1) x (d+1) float64; see iis_logreg_precond) */
 static PyObject *py_logreg_precond(PyObject *self, PyObject *args)
 {
     PyObject *ox, *omu, *osg;
-    int nt, t, st = 0;
+    int nt, t, st = 0, amx = 0;
     double l2;
     iis_design D;
     PyArrayObject *P;
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOdi", &ox, &omu, &osg, &l2, &nt)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOOdi|p", &ox, &omu, &osg, &l2, &nt, &amx)) return NULL;
     if ((t = float_type(ox, "X")) < 0) return NULL;
     if (make_design(&D, ox, Py_None, Py_None, 0, omu, osg, t) < 0) return NULL;
     if (D.n < 1 || D.d < 1 || !(l2 >= 0.0)) {
@@ -647,11 +647,16 @@ static PyObject *py_logreg_precond(PyObject *self, PyObject *args)
     }
     init_ctx(&ctx, &hs, nt);
     IIS_BEGIN_ALLOW_THREADS
-    st = t == NPY_FLOAT32 ? iis_logreg_precond_f(&ctx, &D, l2, PyArray_DATA(P))
-                          : iis_logreg_precond_d(&ctx, &D, l2, PyArray_DATA(P));
+    st = t == NPY_FLOAT32 ? iis_logreg_precond_f(&ctx, &D, l2, amx, PyArray_DATA(P))
+                          : iis_logreg_precond_d(&ctx, &D, l2, amx, PyArray_DATA(P));
     IIS_END_ALLOW_THREADS
     if (st != IIS_OK) {
         Py_DECREF(P);
+        if (st == IIS_EINVAL && amx) {
+            PyErr_SetString(PyExc_ValueError, "logreg_precond: the AMX Gram does not apply here "
+                                              "(float32 X, AMX-BF16 and IIS_KERNELS=auto needed)");
+            return NULL;
+        }
         return raise_status(st, "logreg_precond");
     }
     return (PyObject *)P;
@@ -1068,7 +1073,7 @@ static PyMethodDef methods[] = {
     {"logreg_objective", py_logreg_objective, METH_VARARGS,
      "logreg_objective(X, idx, val, d, y, K, l2, W, b, mu, sigma, amx, n_threads) -> (f, grad)"},
     {"logreg_precond", py_logreg_precond, METH_VARARGS,
-     "logreg_precond(X, mu, sigma, l2, n_threads) -> P (the solver's preconditioner matrix)"},
+     "logreg_precond(X, mu, sigma, l2, n_threads[, amx]) -> P (the solver's preconditioner matrix)"},
     {"path", py_path, METH_VARARGS,
      "path(Atr, ytr, Aev, yev, K, s, soft, published, l2, tol, max_iter, n_threads, progress[, "
      "overwrite, precondition, train_logits0])"},

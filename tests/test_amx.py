@@ -259,3 +259,60 @@ def test_score_with_amx_matches_the_float32_score(kernels):
     assert abs(ra.iis - rb.iis) <= 0.005
     assert np.abs(ra.arr - rb.arr).max() <= 0.01
     assert abs(ra.probe_accuracy - rb.probe_accuracy) <= 0.005
+
+
+# ---- the Gram of the preconditioner on AMX tiles ------------------------------------------
+
+def emulate_precond(x, mu, sigma, l2):
+    """The solver's P from the design rounded to bf16 as the AMX Gram rounds it, in
+    float64: [X'_b 1]^T [X'_b 1] / n + l2 on the weights + 0.01 mean(diag) damping (the
+    column sums from the unrounded X')."""
+    xs = x.astype(np.float32)
+    if mu is not None:
+        xs = (xs - mu.astype(np.float32)) * (1.0 / sigma.astype(np.float64)).astype(np.float32)
+    xb = bf16(xs).astype(np.float64)
+    n, d = x.shape
+    P = np.empty((d + 1, d + 1))
+    P[:d, :d] = xb.T @ xb / n
+    P[:d, d] = P[d, :d] = xs.astype(np.float64).sum(axis=0) / n
+    P[d, d] = 1.0
+    P[np.diag_indices(d + 1)] += 0.01 * np.trace(P[:d, :d]) / d + np.r_[np.full(d, l2), 0.0]
+    return P
+
+
+GRAM_SHAPES = [(300, 64), (1000, 50), (5000, 33), (9000, 200), (257, 1)]
+
+
+@needs_amx
+@pytest.mark.parametrize("n,d", GRAM_SHAPES)
+@pytest.mark.parametrize("standardize", [True, False])
+def test_amx_gram_matches_its_emulation(n, d, standardize, kernels):
+    """Padding of d to 32, a partial last block, several chunks (n > 4096), one column:
+    the AMX Gram is the Gram of the bf16-rounded design to float32 accumulation, and
+    within the rounding (2^-8 of the largest entry) of the float32 syrk one."""
+    x, _, _, _, mu, sg = problem(n, d, 3, seed=n + d, standardize=standardize)
+    got = _core.logreg_precond(x, mu, sg, 1e-3, 2, True)
+    want = emulate_precond(x, mu, sg, 1e-3)
+    assert got.shape == (d + 1, d + 1)
+    np.testing.assert_array_equal(got, got.T)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max())
+    exact_p = _core.logreg_precond(x, mu, sg, 1e-3, 2)
+    assert np.abs(got - exact_p).max() <= 2 ** -8 * np.abs(exact_p).max()
+    # inputs untouched, the same bits for any thread count
+    x0 = x.copy()
+    for nt in (1, 3):
+        assert _core.logreg_precond(x, mu, sg, 1e-3, nt, True).tobytes() == got.tobytes()
+    np.testing.assert_array_equal(x, x0)
+
+
+def test_amx_gram_refused_where_it_does_not_apply(kernels):
+    x, _, _, _, mu, sg = problem(600, 40, 3)
+    with pytest.raises(ValueError, match="AMX Gram does not apply"):  # float64
+        _core.logreg_precond(x.astype(np.float64), None, None, 1e-3, 1, True)
+    _core.set_kernels("blas")
+    with pytest.raises(ValueError, match="AMX Gram does not apply"):
+        _core.logreg_precond(x, mu, sg, 1e-3, 1, True)
+    if not AMX:
+        _core.set_kernels("auto")
+        with pytest.raises(ValueError, match="AMX Gram does not apply"):
+            _core.logreg_precond(x, mu, sg, 1e-3, 1, True)
