@@ -19,6 +19,12 @@ static inline int iis_thread_num(void)
 #endif
 }
 
+/* p rounded up to a 64-byte boundary (buffers allocated 64 bytes larger) */
+static inline unsigned char *iis_align64(void *p)
+{
+    return (unsigned char *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
+}
+
 /* bit mask of the first `have` of 16 vector lanes (have <= 0: none, >= 16: all) */
 static inline uint16_t iis_lanes16(int have)
 {

@@ -67,7 +67,7 @@ int FN(iis_project)(const iis_ctx *ctx, const REAL *f, int64_t n, int d, int64_t
     if (iis_simd_project_wanted(ctx, m, d)) {
         /* 64-byte aligned panels; without the memory for them the BLAS path runs */
         if ((pk_raw = malloc(sizeof(float) * iis_simd_panel_floats(m, d) + 64))) {
-            float *a = (float *)(((uintptr_t)pk_raw + 63) & ~(uintptr_t)63);
+            float *a = (float *)iis_align64(pk_raw);
             iis_simd_pack(unit_p, m, d, a);
             pk = a;
             tile = IIS_SIMD_MR * 36; /* whole micro-blocks */

@@ -294,11 +294,29 @@ static void FN(gram_sum)(const iis_ctx *ctx, const REAL *part, size_t stride, in
 #define IIS_AMX_MIN_WORK ((int64_t)1 << 22)
 #define IIS_AMX_MAX_PARTIALS ((size_t)128 << 20)
 
+/* AMX tiles for a dense n x d design whose products cost work_per_row multiply-adds
+ * per row: the CPU and the kernel setting allow them and the work pays */
+static int FN(amx_pays)(const iis_ctx *ctx, int64_t n, int d, int64_t work_per_row)
+{
+    return d >= 1 && ctx->kernels == IIS_KERNELS_AUTO && iis_amx_available() &&
+           n >= 2 * IIS_AMX_RB && n * work_per_row >= IIS_AMX_MIN_WORK;
+}
+
 /* The AMX passes run on a dense n x d design with K classes (amx_setup) */
 static int FN(amx_wanted)(const iis_ctx *ctx, int64_t n, int d, int K)
 {
-    return d >= 1 && ctx->kernels == IIS_KERNELS_AUTO && iis_amx_available() && K >= 2 &&
-           n >= 2 * IIS_AMX_RB && n * (int64_t)d * K >= IIS_AMX_MIN_WORK;
+    return K >= 2 && FN(amx_pays)(ctx, n, d, (int64_t)d * K);
+}
+
+/* mu_p, isg_p (Dp floats, zero-padded) = mu and 1 / sigma of X's implicit
+ * standardisation (0 and 1 without it), as iis_amx_convert takes them */
+static void FN(amx_standardisation)(const iis_design *X, float *mu_p, float *isg_p)
+{
+    const REAL *mu = (const REAL *)X->mu, *sg = (const REAL *)X->sigma;
+    for (int j = 0; j < X->d; j++) {
+        mu_p[j] = mu ? (float)mu[j] : 0.0f;
+        isg_p[j] = sg ? (float)(1.0 / (double)sg[j]) : 1.0f;
+    }
 }
 
 /* Sets w->amx when the passes over X run on AMX tiles first (iis_solver_kernel),
@@ -332,10 +350,7 @@ static int FN(amx_setup)(const iis_ctx *ctx, const iis_design *X, int K, FN(work
     w->acc = (double *)malloc(sizeof(double) * (size_t)X->d * (size_t)nt);
     if (!w->wv || !w->mu_p || !w->isg_p || !w->pt || !w->scr || !w->acc) return IIS_ENOMEM;
     w->nscr = nt;
-    for (int j = 0; j < X->d; j++) {
-        w->mu_p[j] = X->mu ? (float)((const REAL *)X->mu)[j] : 0.0f;
-        w->isg_p[j] = X->sigma ? (float)(1.0 / (double)((const REAL *)X->sigma)[j]) : 1.0f;
-    }
+    FN(amx_standardisation)(X, w->mu_p, w->isg_p);
     w->amx = 1;
     return IIS_OK;
 }
@@ -355,7 +370,7 @@ static int FN(amx_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *
     int nt = iis_nt_for(ctx, n * (int64_t)K * d / 32), c;
     int64_t j;
     iis_poll pl = {0, 0.0};
-    unsigned char *scr0 = (unsigned char *)(((uintptr_t)w->scr + 63) & ~(uintptr_t)63);
+    unsigned char *scr0 = iis_align64(w->scr);
     if (nt > w->nscr) nt = w->nscr;
     iis_amx_pack_w(theta, d, K, w->wv);
     { /* chunks handed out as threads free up, as in the fused pass */
@@ -404,20 +419,19 @@ static int FN(amx_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *
     return IIS_OK;
 }
 /* The Gram of the design for the preconditioner on AMX tiles (float32, where the AMX
- * passes would run and n d^2 is worth it): per block the standardised rows rounded to
+ * tiles would run and n d^2 is worth it): per block the standardised rows rounded to
  * bf16 (iis_amx_convert), their 32-bit transpose (iis_amx_gram_operand), and the
  * backward tiles accumulate X_b'^T X_b' in float32, in the Gram's fixed chunks (partials
  * added in chunk order: the same bits for any thread count). The rounding (2^-9 of
  * each entry of X') changes P by far less than its damping; the preconditioner only
- * shapes the steps, never the optimum. Measured on W1's probe (50,000 x 768): 140 ms
- * with syrk, AMX below. Fills P's lower triangle (d x d part and the column sums) like
- * gram; IIS_OK with *done = 0 where it does not apply. */
+ * shapes the steps, never the optimum. Measured on W1's probe (50,000 x 768): 77-87 ms
+ * against 137-209 ms with syrk; s = 0 (50,000 x 200) 8-9 ms against 15-21 ms. Fills P's
+ * lower triangle (d x d part and the column sums) as gram does. */
 static int FN(gram_chunks)(int64_t n, int d);
 
 static int FN(amx_gram_wanted)(const iis_ctx *ctx, const iis_design *X)
 {
-    return !X->idx && X->d >= 1 && ctx->kernels == IIS_KERNELS_AUTO && iis_amx_available() &&
-           X->n >= 2 * IIS_AMX_RB && X->n * (int64_t)X->d * X->d >= IIS_AMX_MIN_WORK;
+    return !X->idx && FN(amx_pays)(ctx, X->n, X->d, (int64_t)X->d * X->d);
 }
 
 static int FN(gram_amx)(const iis_ctx *ctx, const iis_design *X, double *P)
@@ -426,7 +440,7 @@ static int FN(gram_amx)(const iis_ctx *ctx, const iis_design *X, double *P)
     const int d = X->d, Dp = iis_amx_dpad(d);
     const size_t per = (size_t)Dp * (size_t)Dp, xab = sizeof(uint16_t) * (size_t)IIS_AMX_RB * Dp;
     const size_t scr_bytes = (3 * xab + 255) / 64 * 64; /* xa, xv, gt */
-    const REAL *x = (const REAL *)X->x, *mu = (const REAL *)X->mu, *sg = (const REAL *)X->sigma;
+    const REAL *x = (const REAL *)X->x;
     int nch = FN(gram_chunks)(n, Dp), c;
     int nt = iis_nt_for(ctx, n * (int64_t)d * d / 32);
     float *pt = NULL, *mu_p = NULL, *isg_p = NULL;
@@ -444,11 +458,8 @@ static int FN(gram_amx)(const iis_ctx *ctx, const iis_design *X, double *P)
         err = IIS_ENOMEM;
         goto done;
     }
-    for (int j = 0; j < d; j++) {
-        mu_p[j] = mu ? (float)mu[j] : 0.0f;
-        isg_p[j] = sg ? (float)(1.0 / (double)sg[j]) : 1.0f;
-    }
-    scr0 = (unsigned char *)(((uintptr_t)scr + 63) & ~(uintptr_t)63);
+    FN(amx_standardisation)(X, mu_p, isg_p);
+    scr0 = iis_align64(scr);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
     for (c = 0; c < nch; c++) {
         int64_t lo, hi;
