@@ -504,9 +504,11 @@ def _auto_note(gid, value, status, res):
         if status == "MISS":
             kern = res["meta"].get("kernels", {}).get("solver_f32", "?")
             note += (f". Solver passes: {kern}. Each L-BFGS iteration is about one fused pass over the data (on "
-                     "AMX-BF16 CPUs bfloat16 tile passes until the tolerance, then float32 ones), and the Gram "
-                     "preconditioner has already cut the passes 1.7x (probe 90 -> 55, path 411 -> about 230): what is "
-                     "left is the number of passes and the per-row work between the GEMMs (softmax, bf16 conversion). "
+                     "AMX-BF16 CPUs bfloat16 tile passes until the tolerance, then float32 ones); the Gram "
+                     "preconditioner cut the passes 1.7x (probe 90 -> 55, path 411 -> about 230) and the class blocks "
+                     "the path's again 2.2x (237 -> about 110), but the probe's K (d+1)^2 blocks do not fit the memory "
+                     "goal (473 MB at d = 768): what is left is the probe's passes and the per-row work between the "
+                     "GEMMs (softmax, bf16 conversion). "
                      "To close: fewer passes at the same tolerance (measured without gain: L-BFGS memory 30/60, "
                      "subsample warm starts with and without the preconditioner, subsampled-Hessian Newton-CG, "
                      "descending path order, curvature-weighted Gram refreshes, damping above 1e-2)")
@@ -721,7 +723,7 @@ def render(res: dict) -> str:
 
 
 METHODS = {
-    "iis.score": "the C kernels (projection + layernorm (float32: the built-in AVX-512 kernel where the CPU has AVX-512F, else the BLAS), top-k masks, L-BFGS path warm-started over the grid and preconditioned by the Gram matrix of each dense design, probe on implicitly standardised features).",
+    "iis.score": "the C kernels (projection + layernorm (float32: the built-in AVX-512 kernel where the CPU has AVX-512F, else the BLAS), top-k masks, L-BFGS path warm-started over the grid, preconditioned by the Gram matrix of each dense design and, from iteration 3, by the per-class Hessian blocks (n/K rows of largest curvature per class), probe on implicitly standardised features).",
     "(a)": "published recipe in PyTorch on the CPU: LayerNorm with affine, Adam, 30 epochs, batch 1024, lr in {1e-3, 1e-2, 1e-1}, ExponentialLR(0.99), best epoch on the eval split; 3 x 9 fits (probe on raw features + 8 ratios). Faster than the published script (in-memory tensors, no DataLoader workers, top-1 only).",
     "(b)": "NumPy reference activations/masks + sklearn LogisticRegression(solver='lbfgs', C=1/(l2*N_train)) per ratio from scratch (same objective and stopping rule max|grad| <= tol as iis), probe on standardised features.",
     "(c)": "glm-saga (PyPI) called as the published Text path (batch 256, step 0.1, alpha 0.99, epsilon=1, k=1) with the penalty at zero, on the same masked activations as (b); probe on standardised features.",

@@ -91,17 +91,22 @@ int iis_amx_available(void);
 
 enum iis_norm { IIS_NORM_NONE = 0, IIS_NORM_LAYERNORM = 1, IIS_NORM_STANDARDIZE = 2 };
 
+enum iis_precond { IIS_PRECOND_OFF = 0, IIS_PRECOND_BLOCKS = 1, IIS_PRECOND_GRAM = 2 };
+
 /* Solver parameters for multinomial logistic regression. */
 typedef struct {
     double l2;      /* objective: mean CE + l2/2 ||W||^2 (bias unpenalised) */
     double tol;     /* stop when max |grad| <= tol */
     int max_iter;   /* L-BFGS iteration cap */
     int memory;     /* L-BFGS history length */
-    int precondition; /* nonzero: on dense designs where it pays (solver_t.h), the
-                         L-BFGS initial inverse Hessian is scaled P^-1 with
+    int precondition; /* 0: none. Nonzero: on dense designs where it pays (solver_t.h),
+                         the L-BFGS initial inverse Hessian is scaled P^-1 with
                          P = [X 1]^T [X 1] / n + l2 + damping, instead of a scaled
-                         identity. Same objective, same stopping rule, same optimum;
-                         fewer passes when the columns are correlated. */
+                         identity. 1 (IIS_PRECOND_BLOCKS) also: from iteration 3 on, the
+                         block diagonal of the per-class Hessian blocks at that iterate
+                         (dense and ELL designs; where their K (d+1)^2 doubles fit the
+                         cap in solver_t.h); 2 (IIS_PRECOND_GRAM): P only. Same
+                         objective, same stopping rule, same optimum; fewer passes. */
     const void *start_logits; /* NULL, or n x K logits T of another predictor on the
                          same rows (REAL, row-major): a preconditioned fit (above) then
                          starts from the least-squares fit P^-1 [X' 1]^T T / n of T by

@@ -61,7 +61,28 @@ IIS_HOT static void FN(topk_row)(const REAL *r, int m, int k, int soft, UINT *ma
     if (soft) /* the (k+1)-th largest |a| */
         tsoft = FN(from_bits)(FN(kth_largest)(mag, m, k + 1));
     eq = k;
-    for (int j = 0; j < m; j++) eq -= FABS(r[j]) > tau;
+    {
+        int ties = 0;
+        for (int j = 0; j < m; j++) {
+            eq -= FABS(r[j]) > tau;
+            ties += FABS(r[j]) == tau;
+        }
+        if (!soft && ties == eq) {
+            /* every entry at tau is kept (no tie to break): keep = |a| >= tau, without a
+             * data-dependent branch (the general loop below mispredicts about once per
+             * kept/dropped switch: 50-100 ms per W1 ratio) */
+            if (dense) {
+                for (int j = 0; j < m; j++) dense[j] = FABS(r[j]) >= tau ? r[j] : 0;
+            } else {
+                for (int j = 0; j < m && c < k; j++) {
+                    idx[c] = j;
+                    val[c] = r[j];
+                    c += FABS(r[j]) >= tau;
+                }
+            }
+            return;
+        }
+    }
     for (int j = 0; j < m; j++) {
         REAL a = FABS(r[j]), v;
         int keep = a > tau || (a == tau && eq-- > 0);

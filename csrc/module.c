@@ -460,7 +460,7 @@ static int arrays_overlap(PyArrayObject *a, PyArrayObject *b)
 }
 
 /* logreg_fit(X, idx, val, d, y, n_classes, l2, tol, max_iter, W0, b0, mu, sigma, n_threads
- *            [, precondition=True, start_logits=None]) -> (W, b, n_iter, converged, loss,
+ *            [, precondition=1, start_logits=None]) -> (W, b, n_iter, converged, loss,
  * grad_max); start_logits (n x K, X's dtype): see iis_solver_params */
 static PyObject *py_logreg_fit(PyObject *self, PyObject *args)
 {
@@ -474,9 +474,14 @@ static PyObject *py_logreg_fit(PyObject *self, PyObject *args)
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOiOiddiOOOOi|pO", &ox, &oidx, &oval, &d, &oy, &K, &l2, &tol,
+    if (!PyArg_ParseTuple(args, "OOOiOiddiOOOOi|iO", &ox, &oidx, &oval, &d, &oy, &K, &l2, &tol,
                           &max_iter, &ow, &ob, &omu, &osg, &nt, &precondition, &ostart))
         return NULL;
+    if (precondition < 0 || precondition > 2) {
+        PyErr_Format(PyExc_ValueError, "precondition must be 0 (off), 1 (Gram, then class blocks) or 2 "
+                     "(Gram only), got %d", precondition);
+        return NULL;
+    }
     if ((t = float_type(ox != Py_None ? ox : oval, "X")) < 0) return NULL;
     if (make_design(&D, ox, oidx, oval, d, omu, osg, t) < 0) return NULL;
     if (!(y = arr(oy, "y", NPY_INT32, 1, 0)) || check_labels(y, D.n, K) < 0) return NULL;
@@ -663,7 +668,7 @@ static PyObject *py_logreg_precond(PyObject *self, PyObject *args)
 }
 
 /* path(Atr, ytr, Aev, yev, n_classes, s, soft, published, l2, tol, max_iter, n_threads,
- *      progress[, overwrite=False, precondition=True, train_logits0=None]) -> (accuracy, kept,
+ *      progress[, overwrite=False, precondition=1, train_logits0=None]) -> (accuracy, kept,
  *      n_iter, converged); with overwrite, hard masks are applied in place to Atr and Aev (see
  *      iis_path_params); train_logits0 (ntr x K, writable) receives the s[0] IP's train logits */
 static PyObject *py_path(PyObject *self, PyObject *args)
@@ -677,10 +682,15 @@ static PyObject *py_path(PyObject *self, PyObject *args)
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOOiOppddiiO|ppO", &oatr, &oytr, &oaev, &oyev, &K, &os, &soft,
+    if (!PyArg_ParseTuple(args, "OOOOiOppddiiO|piO", &oatr, &oytr, &oaev, &oyev, &K, &os, &soft,
                           &published, &l2, &tol, &max_iter, &nt, &oprog, &overwrite, &precondition,
                           &ologits))
         return NULL;
+    if (precondition < 0 || precondition > 2) {
+        PyErr_Format(PyExc_ValueError, "precondition must be 0 (off), 1 (Gram, then class blocks) or 2 "
+                     "(Gram only), got %d", precondition);
+        return NULL;
+    }
     if ((t = float_type(oatr, "train activations")) < 0) return NULL;
     if (!(atr = arr(oatr, "train activations", t, 2, 0)) ||
         !(aev = arr(oaev, "eval activations", t, 2, 0)) || !(ytr = arr(oytr, "y_train", NPY_INT32, 1, 0)) ||

@@ -251,8 +251,10 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         the objective stays below machine precision for three iterations in a
         row), at most ``max_iter``.
         On dense designs (the probe, and ratios keeping more than a quarter of
-        the concepts) it is preconditioned by the design's Gram matrix, which
-        changes the path to the optimum, not the optimum.
+        the concepts) it is preconditioned by the design's Gram matrix and,
+        where they fit in memory and each class has at least 2 (d + 1) rows on
+        average, from the third iteration on by the per-class blocks of the
+        Hessian; both change the path to the optimum, not the optimum.
     n_threads : int or None
         Threads for the C kernels and BLAS (None = all cores, -1 = all,
         -2 = all but one ...).

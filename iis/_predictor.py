@@ -23,6 +23,9 @@ from ._validation import (read_npz, single_blas, as_float_matrix, check_option, 
                           check_threads, encode_labels, _labels_1d)
 
 _FORMAT = "iis.InterpretablePredictor/1"
+# what load() reads (mean and std only for normalize="standardize")
+_SAVED_ARRAYS = ("library_vectors", "library_names", "library_kind", "library_default_normalize",
+                 "params", "info", "coef", "intercept", "classes")
 _PARAMS = ("library", "sparsity", "normalize", "mask", "keep", "l2", "tol", "max_iter", "n_threads")
 _ORDERS = ("signed", "magnitude")
 
@@ -515,6 +518,18 @@ class InterpretablePredictor:
         if "format" not in data or str(data["format"]) != _FORMAT:
             raise ValueError(f"{path}: not an iis InterpretablePredictor file "
                              f"(expected format {_FORMAT!r})")
+        missing = [k for k in _SAVED_ARRAYS if k not in data]
+        if missing:  # e.g. a damaged member name: the archive itself still reads
+            raise ValueError(f"{path}: predictor file without {', '.join(missing)} (damaged or not "
+                             "written by InterpretablePredictor.save)")
+        try:
+            return cls._from_arrays(path, data)
+        except KeyError as exc:
+            raise ValueError(f"{path}: predictor file whose info lacks {exc} (damaged or not written "
+                             "by InterpretablePredictor.save)") from None
+
+    @classmethod
+    def _from_arrays(cls, path, data: dict) -> "InterpretablePredictor":
         lib = ConceptLibrary(data["library_vectors"], data["library_names"].tolist(),
                              kind=str(data["library_kind"]),
                              default_normalize=str(data["library_default_normalize"]))

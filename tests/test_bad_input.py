@@ -801,6 +801,28 @@ def test_loaders_survive_bit_flips(files, which, tmp_path):
     assert outcomes["refused"] > 0
 
 
+@pytest.mark.parametrize("drop", ["library_names", "coef", "info-key"])
+def test_predictor_load_names_a_missing_member(fitted, drop, tmp_path):
+    """A predictor archive that reads but lacks a member (e.g. a damaged member name) is
+    refused with a ValueError naming what is missing, not a KeyError."""
+    import json
+    good = tmp_path / "good.npz"
+    fitted.save(str(good))
+    with np.load(good, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    if drop == "info-key":
+        info = json.loads(str(arrays["info"]))
+        del info["k_"]
+        arrays["info"] = np.asarray(json.dumps(info))
+    else:
+        del arrays[drop]
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)
+    with pytest.raises(ValueError, match="k_" if drop == "info-key" else drop):
+        iis.InterpretablePredictor.load(str(bad))
+    assert iis.InterpretablePredictor.load(str(good)).k_ == fitted.k_
+
+
 # ============================================================================= InterpretablePredictor
 def _clf(**kw):
     kw.setdefault("n_threads", 1)
