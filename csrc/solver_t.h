@@ -810,12 +810,13 @@ static void FN(precond_apply)(const iis_ctx *ctx, const double *L, int d1, int K
  * (m = 500); 102 with m = 1,000, 98 with m = 2,000. */
 #define IIS_BLOCK_AT 3
 #define IIS_BLOCK_ROWS(n, K, d1) ((n) / (K))
-/* the K factors (K (d+1)^2 doubles) at most the dense design's size or 64 MB */
+/* the K packed float32 factors (K (d+1)(d+2)/2 floats) at most half the dense design's bytes or 64 MB */
 #define IIS_BLOCK_MIN_CAP ((size_t)64 << 20)
 /* curvature buckets: the top 11 bits of the float32 w (non-negative), i.e. the
  * exponent and 3 bits of mantissa */
 #define IIS_BLOCK_BUCKETS 2048
 #define IIS_BLOCK_SLAB 8
+#define IIS_PACKED(d1) ((size_t)(d1) * ((size_t)(d1) + 1) / 2)
 
 static int FN(block_wanted)(const iis_ctx *ctx, const iis_design *X, int K,
                             const iis_solver_params *prm)
@@ -831,8 +832,8 @@ static int FN(block_wanted)(const iis_ctx *ctx, const iis_design *X, int K,
      * class the blocks are mostly noise (on 100-200-row problems they took more
      * iterations than the Gram, or none converged) */
     if (d1 > 4096 || X->n / K < 2 * d1 || prm->max_iter <= IIS_BLOCK_AT) return 0;
-    need = sizeof(double) * (size_t)K * (size_t)d1 * (size_t)d1;
-    cap = sizeof(REAL) * (size_t)X->n * (size_t)X->d;
+    need = sizeof(float) * (size_t)K * IIS_PACKED(d1);
+    cap = sizeof(REAL) * (size_t)X->n * (size_t)X->d / 2;
     if (cap < IIS_BLOCK_MIN_CAP) cap = IIS_BLOCK_MIN_CAP;
     return need <= cap;
 }
@@ -906,13 +907,14 @@ static void FN(block_row)(const iis_design *X, int64_t i, double s, REAL *out)
     out[d] = (REAL)s;
 }
 
-/* The K Cholesky factors of the damped H_q at theta into Hb (K x d1 x d1, lower,
- * column-major); G0 is the undamped Gram (lower). *ok = 0 when a block could not be
+/* The K Cholesky factors of the damped H_q at theta into Lb (K of them, each the lower
+ * triangle packed by columns in float32: IIS_PACKED(d1) floats); G0 is the undamped
+ * Gram (lower). *ok = 0 when a block could not be
  * factored (the solver keeps its preconditioner). Every class is one thread's
  * work from its rows in index order: the same bits for any thread count. */
 static int FN(block_build)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int K,
                            double l2, const double *theta, int have_z, FN(work) * w,
-                           const double *G0, double *Hb, int *ok)
+                           const double *G0, float *Lb, int *ok)
 {
     const int64_t n = X->n;
     const int d = X->d, d1 = d + 1;
@@ -1020,29 +1022,68 @@ probs_ready:
         for (int t = 0; t < ns; t++) wsel[q0 + t] = ws[t];
     }
     if (err != IIS_OK) goto done;
-    /* H_q from its rows (one syrk), the rest of its curvature on the Gram, damped,
-     * factored in place */
+    /* H_q from its rows (one syrk, or on AMX tiles: bf16 products are plenty for a
+     * preconditioner), the rest of its curvature on the Gram, damped, factored in place */
 #pragma omp parallel num_threads(iis_nt_for(ctx, (int64_t)K * m * d1 * d1 / 64))
     {
         REAL *buf = (REAL *)malloc(sizeof(REAL) * ((size_t)m * (size_t)d1 + dd));
         REAL *hf = buf ? buf + (size_t)m * (size_t)d1 : NULL;
+        double *hd = (double *)malloc(sizeof(double) * dd);
         int q;
-        if (!buf) {
+#if AMX_PASSES
+        const int Dp = iis_amx_dpad(d1);
+        const size_t xab = sizeof(uint16_t) * (size_t)IIS_AMX_RB * Dp;
+        const int use_amx = ctx->kernels == IIS_KERNELS_AUTO && iis_amx_available();
+        unsigned char *ascr = use_amx ? (unsigned char *)malloc(3 * xab + sizeof(float) * ((size_t)Dp * Dp + 2 * (size_t)Dp) + 64) : NULL;
+        uint16_t *xa = NULL, *xv = NULL, *gt = NULL;
+        float *pc = NULL, *mu0 = NULL, *isg1 = NULL;
+        if (ascr) {
+            xa = (uint16_t *)iis_align64(ascr);
+            xv = xa + (size_t)IIS_AMX_RB * Dp;
+            gt = xv + (size_t)IIS_AMX_RB * Dp;
+            pc = (float *)(gt + (size_t)IIS_AMX_RB * Dp);
+            mu0 = pc + (size_t)Dp * Dp;
+            isg1 = mu0 + Dp;
+            for (int j = 0; j < Dp; j++) {
+                mu0[j] = 0.0f;
+                isg1[j] = j < d1 ? 1.0f : 0.0f;
+            }
+            iis_amx_begin();
+        }
+        if (use_amx && !ascr) {
+#pragma omp atomic write
+            err = IIS_ENOMEM;
+        }
+#endif
+        if (!buf || !hd) {
 #pragma omp atomic write
             err = IIS_ENOMEM;
         }
 #pragma omp for schedule(dynamic, 1)
         for (q = 0; q < K; q++) {
-            double *H = Hb + (size_t)q * dd, rest;
+            double *H = hd, rest;
             char lo = 'L', nn = 'N';
-            int id1 = d1, ic = (int)cnt[q], info = 0;
+            int id1 = d1, ic = (int)cnt[q], info = 0, hld = d1;
             REAL one = 1, zero = 0;
-            if (!buf || err != IIS_OK) continue;
+            const REAL *hs = hf;
+            if (!buf || !hd || err != IIS_OK) continue;
             for (int64_t r = 0; r < cnt[q]; r++) {
                 const int64_t i = rows[q][r];
                 FN(block_row)(X, i, sqrt((double)w->z[i * (int64_t)K + q] / (double)n),
                               buf + (size_t)r * d1);
             }
+#if AMX_PASSES
+            if (ascr && ic > 0) {
+                for (int b0 = 0; b0 < ic; b0 += IIS_AMX_RB) {
+                    int rws = ic - b0 < IIS_AMX_RB ? ic - b0 : IIS_AMX_RB;
+                    iis_amx_convert(buf + (size_t)b0 * d1, d1, d1, mu0, isg1, rws, xa, xv);
+                    iis_amx_gram_operand(xv, d1, gt);
+                    iis_amx_backward(gt, xv, d1, Dp / 2, pc, b0 == 0);
+                }
+                hs = pc;
+                hld = Dp;
+            } else
+#endif
             if (ic > 0) {
                 SYRK(ctx)(&lo, &nn, &id1, &ic, &one, buf, &id1, &zero, hf, &id1);
             } else {
@@ -1052,24 +1093,30 @@ probs_ready:
             if (rest < 0) rest = 0;
             for (int j = 0; j < d1; j++)
                 for (int r = j; r < d1; r++)
-                    H[(size_t)j * d1 + r] = (double)hf[(size_t)j * d1 + r] + rest * G0[(size_t)j * d1 + r];
+                    H[(size_t)j * d1 + r] = (double)hs[(size_t)j * hld + r] + rest * G0[(size_t)j * d1 + r];
             FN(precond_damp)(d, l2, H);
             ctx->blas->dpotrf(&lo, &id1, H, &id1, &info);
+            for (int j = 0; j < d1 && info == 0; j++)
+                if (!(isfinite(H[(size_t)j * d1 + j]) && H[(size_t)j * d1 + j] > 0)) info = 1;
             if (info != 0) {
 #pragma omp atomic write
                 bad = 1;
+                continue;
+            }
+            { /* the factor's lower triangle, packed by columns, in float32 */
+                float *dst = Lb + (size_t)q * IIS_PACKED(d1);
+                for (int j = 0; j < d1; j++)
+                    for (int r = j; r < d1; r++) *dst++ = (float)H[(size_t)j * d1 + r];
             }
         }
+#if AMX_PASSES
+        if (ascr) iis_amx_end();
+        free(ascr);
+#endif
         free(buf);
+        free(hd);
     }
-    if (err == IIS_OK && !bad) {
-        *ok = 1;
-        for (int q = 0; q < K && *ok; q++)
-            for (int j = 0; j < d1 && *ok; j++) {
-                double v = Hb[(size_t)q * dd + (size_t)j * d1 + j];
-                *ok = isfinite(v) && v > 0;
-            }
-    }
+    if (err == IIS_OK && !bad) *ok = 1;
 done:
     if (rows)
         for (int q = 0; q < K; q++) free(rows[q]);
@@ -1086,21 +1133,22 @@ done:
  * backward (column dots), scattered back. Fixed slabs of classes per thread: the same
  * bits for any thread count. (OpenBLAS's dtrsm on one strided row took 15-20 ms for
  * W1's 100 blocks of 201; these loops read each factor's lower half once per solve.) */
-IIS_HOT static void FN(block_solve)(const double *restrict Lq, int d1, double *restrict x)
+IIS_HOT static void FN(block_solve)(const float *restrict Lq, int d1, double *restrict x)
 {
-    for (int j = 0; j < d1; j++) {
-        const double *restrict col = Lq + (size_t)j * d1;
-        const double xj = x[j] / col[j];
+    const float *restrict col = Lq;
+    for (int j = 0; j < d1; j++) { /* column j: L[j..d1-1][j] */
+        const double xj = x[j] / (double)col[0];
         x[j] = xj;
 #pragma omp simd
-        for (int r = j + 1; r < d1; r++) x[r] -= col[r] * xj;
+        for (int r = j + 1; r < d1; r++) x[r] -= (double)col[r - j] * xj;
+        col += d1 - j;
     }
     for (int j = d1 - 1; j >= 0; j--) {
-        const double *restrict col = Lq + (size_t)j * d1;
         double t = 0.0;
+        col -= d1 - j;
 #pragma omp simd reduction(+ : t)
-        for (int r = j + 1; r < d1; r++) t += col[r] * x[r];
-        x[j] = (x[j] - t) / col[j];
+        for (int r = j + 1; r < d1; r++) t += (double)col[r - j] * x[r];
+        x[j] = (x[j] - t) / (double)col[0];
     }
 }
 
@@ -1135,9 +1183,9 @@ static void FN(block_center)(double *theta, double *g, double *f, int d, int K, 
     }
 }
 
-static int FN(block_apply)(const iis_ctx *ctx, const double *Hb, int d1, int K, double *v)
+static int FN(block_apply)(const iis_ctx *ctx, const float *Lb, int d1, int K, double *v)
 {
-    const size_t dd = (size_t)d1 * (size_t)d1;
+    const size_t dd = IIS_PACKED(d1);
     int ns = (K + IIS_PRECOND_SLAB - 1) / IIS_PRECOND_SLAB, sl, err = IIS_OK;
     int nt = iis_nt_for(ctx, (int64_t)K * d1 * d1);
     FN(class_center)(v, d1, K, NULL);
@@ -1154,7 +1202,7 @@ static int FN(block_apply)(const iis_ctx *ctx, const double *Hb, int d1, int K, 
             if (!x) continue;
             for (int q = q0; q < q1; q++) {
                 for (int j = 0; j < d1; j++) x[j] = v[(size_t)j * K + q];
-                FN(block_solve)(Hb + (size_t)q * dd, d1, x);
+                FN(block_solve)(Lb + (size_t)q * dd, d1, x);
                 for (int j = 0; j < d1; j++) v[(size_t)j * K + q] = x[j];
             }
         }
@@ -1328,7 +1376,8 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
     int err = IIS_OK, it = 0, hist = 0, head = 0, converged = 0;
     double f = 0.0, fnew = 0.0, gmax = 0.0;
     double *theta = NULL, *g = NULL, *tn = NULL, *gn = NULL, *dir = NULL, *S = NULL, *Y = NULL;
-    double *rho = NULL, *alpha = NULL, *L = NULL, *vpart = NULL, *G0 = NULL, *Hb = NULL;
+    double *rho = NULL, *alpha = NULL, *L = NULL, *vpart = NULL, *G0 = NULL;
+    float *Hb = NULL; /* the class blocks' factors */
     int pre = 0, ftol_hits = 0, blk = 0, blk_on = 0;
     FN(work) w;
     memset(&w, 0, sizeof(w));
@@ -1408,8 +1457,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
         if (blk && it == IIS_BLOCK_AT) {
             int ok = 0, z_at_theta = w.keep_z;
             w.keep_z = 0;
-            if (!(Hb = (double *)malloc(sizeof(double) * (size_t)K * ((size_t)X->d + 1) *
-                                        ((size_t)X->d + 1)))) {
+            if (!(Hb = (float *)malloc(sizeof(float) * (size_t)K * IIS_PACKED(X->d + 1)))) {
                 err = IIS_ENOMEM;
                 goto cleanup;
             }
