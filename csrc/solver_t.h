@@ -172,6 +172,22 @@ IIS_HOT static void FN(softmax_rows)(const iis_ctx *ctx, REAL *restrict z,
     }
 }
 
+/* w->z (n x K logits) <- softmax - e_y row by row, over the fixed chunks; w->part gets
+ * each chunk's column sums and loss */
+static void FN(softmax_chunks)(const iis_ctx *ctx, const int32_t *y, int K, int64_t n, int nt,
+                               FN(work) * w)
+{
+    int c;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (c = 0; c < w->nch; c++) {
+        int64_t lo, hi;
+        double *p = w->part + (size_t)c * (K + 1);
+        iis_chunk(n, w->nch, c, &lo, &hi);
+        memset(p, 0, sizeof(double) * (size_t)(K + 1));
+        FN(softmax_rows)(ctx, w->z, y, K, NULL, lo, hi, p);
+    }
+}
+
 /* out[e] = sum over the nch partial products part[c] (each dk long), in chunk order
  * and in double: the same sum for any thread count */
 static void FN(sum_parts)(const iis_ctx *ctx, const REAL *part, int nch, size_t dk, double *out)
@@ -535,14 +551,7 @@ static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
         if (err != IIS_OK) return err;
         /* per row: loss_i = lse(z_i) - z_iy; z_i <- softmax(z_i) - e_y; partial sums
          * per fixed chunk */
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (c = 0; c < w->nch; c++) {
-            int64_t lo, hi;
-            double *p = w->part + (size_t)c * (K + 1);
-            iis_chunk(n, w->nch, c, &lo, &hi);
-            memset(p, 0, sizeof(double) * (size_t)(K + 1));
-            FN(softmax_rows)(ctx, w->z, y, K, NULL, lo, hi, p);
-        }
+        FN(softmax_chunks)(ctx, y, K, n, nt, w);
         npart = w->nch;
     }
     for (int q = 0; q < K; q++) grad[dk + q] = 0.0;
@@ -940,14 +949,7 @@ static int FN(block_build)(const iis_ctx *ctx, const iis_design *X, const int32_
     FN(effective)(X, K, theta, w->weff, cv);
     for (int q = 0; q < K; q++) cr[q] = (REAL)cv[q];
     if ((err = FN(logits)(ctx, X, K, w->weff, cr, w->z)) != IIS_OK) goto done;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (c = 0; c < w->nch; c++) {
-        int64_t lo, hi;
-        double *p = w->part + (size_t)c * (K + 1);
-        iis_chunk(n, w->nch, c, &lo, &hi);
-        memset(p, 0, sizeof(double) * (size_t)(K + 1));
-        FN(softmax_rows)(ctx, w->z, y, K, NULL, lo, hi, p);
-    }
+    FN(softmax_chunks)(ctx, y, K, n, nt, w);
 probs_ready:
     /* w->z <- the curvatures w_iq = p_iq (1 - p_iq) (float32; NaN and negatives 0) */
 #pragma omp parallel for num_threads(nt) schedule(static)
