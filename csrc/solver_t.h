@@ -756,6 +756,20 @@ int FN(iis_logreg_precond)(const iis_ctx *ctx, const iis_design *X, double l2, i
     return IIS_OK;
 }
 
+static int FN(ell_gram)(const iis_ctx *ctx, const iis_design *X, double *G);
+
+/* [X' 1]^T [X' 1] / n (lower) for any design: the ELL Gram for k-sparse rows, else the
+ * dense one, on AMX tiles where they pay */
+static int FN(design_gram)(const iis_ctx *ctx, const iis_design *X, double *P)
+{
+    if (X->idx) return FN(ell_gram)(ctx, X, P);
+#if AMX_PASSES
+    return FN(gram)(ctx, X, P, FN(amx_gram_wanted)(ctx, X));
+#else
+    return FN(gram)(ctx, X, P, 0);
+#endif
+}
+
 /* Cholesky factor L of P (lower, column-major) in place; *ok = 0 when P could
  * not be factored (the solver then runs plain). */
 static int FN(precond_build)(const iis_ctx *ctx, const iis_design *X, double l2, double *P,
@@ -765,11 +779,7 @@ static int FN(precond_build)(const iis_ctx *ctx, const iis_design *X, double l2,
     char lo = 'L';
     int info = 0, err;
     *ok = 0;
-#if AMX_PASSES
-    if ((err = FN(gram)(ctx, X, P, FN(amx_gram_wanted)(ctx, X))) != IIS_OK) return err;
-#else
-    if ((err = FN(gram)(ctx, X, P, 0)) != IIS_OK) return err;
-#endif
+    if ((err = FN(design_gram)(ctx, X, P)) != IIS_OK) return err;
     /* the undamped Gram, when the class blocks will want it */
     if (G0) memcpy(G0, P, sizeof(double) * (size_t)d1 * (size_t)d1);
     FN(precond_damp)(X->d, l2, P);
@@ -818,7 +828,6 @@ static void FN(precond_apply)(const iis_ctx *ctx, const double *L, int d1, int K
  * 8 ratios of the path with the Gram preconditioner, 108 with the class blocks
  * (m = 500); 102 with m = 1,000, 98 with m = 2,000. */
 #define IIS_BLOCK_AT 3
-#define IIS_BLOCK_ROWS(n, K, d1) ((n) / (K))
 /* the K packed float32 factors (K (d+1)(d+2)/2 floats) at most half the dense design's bytes or 64 MB */
 #define IIS_BLOCK_MIN_CAP ((size_t)64 << 20)
 /* curvature buckets: the top 11 bits of the float32 w (non-negative), i.e. the
@@ -928,7 +937,7 @@ static int FN(block_build)(const iis_ctx *ctx, const iis_design *X, const int32_
     const int64_t n = X->n;
     const int d = X->d, d1 = d + 1;
     const size_t dd = (size_t)d1 * (size_t)d1;
-    const int64_t m = IIS_BLOCK_ROWS(n, K, d1) < n ? IIS_BLOCK_ROWS(n, K, d1) : n;
+    const int64_t m = n / K; /* rows per block (block_wanted: at least 2 d1, below n) */
     const int nslab = (K + IIS_BLOCK_SLAB - 1) / IIS_BLOCK_SLAB;
     int nt = iis_nt_for(ctx, n * (int64_t)K), c, err = IIS_OK, bad = 0;
     int64_t *cnt = (int64_t *)calloc((size_t)K, sizeof(int64_t)), **rows = NULL;
@@ -1418,17 +1427,8 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
         }
         if ((err = FN(precond_build)(ctx, X, prm->l2, L, G0, &pre)) != IIS_OK) goto cleanup;
     }
-    if (blk && !L) { /* the class blocks still want the Gram */
-        if (X->idx)
-            err = FN(ell_gram)(ctx, X, G0);
-        else
-#if AMX_PASSES
-            err = FN(gram)(ctx, X, G0, FN(amx_gram_wanted)(ctx, X));
-#else
-            err = FN(gram)(ctx, X, G0, 0);
-#endif
-        if (err != IIS_OK) goto cleanup;
-    }
+    /* the class blocks still want the Gram */
+    if (blk && !L && (err = FN(design_gram)(ctx, X, G0)) != IIS_OK) goto cleanup;
     for (size_t e = 0; e < dk; e++) theta[e] = wout[e];
     for (int q = 0; q < K; q++) theta[dk + q] = bout[q];
     if (pre && prm->start_logits &&
@@ -1486,7 +1486,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
             FN(vcomb)(ctx, dir, dir, -alpha[s_], Y + (size_t)s_ * p, p);
         }
         /* H0 = gamma I, or gamma P^-1 with gamma = s'y / y'P^-1 y (gamma = 1 before
-         * the first pair) */
+         * the first pair), or gamma times the class blocks' inverse (gamma <= 1) */
         if (blk_on) {
             if ((err = FN(block_apply)(ctx, Hb, X->d + 1, K, dir)) != IIS_OK) goto cleanup;
         } else if (pre) {
