@@ -107,9 +107,9 @@ size_t iis_simd_panel_floats(int m, int d);
 int iis_simd_project_wanted(const iis_ctx *ctx, int m, int d);
 void iis_simd_pack(const float *u, int m, int d, float *pk);
 /* softmax_rows of the float32 solver (solver_t.h) in AVX-512; z2 != NULL: the logits
- * are the sum of two column halves of z2 (simd.c) */
+ * are read from z2, row stride ld2 (simd.c) */
 void iis_simd_softmax_rows(float *z, const int32_t *y, int K, const float *cr, int64_t lo,
-                           int64_t hi, double *p, const float *z2, int ld2, int off2);
+                           int64_t hi, double *p, const float *z2, int ld2);
 double iis_simd_project_tile(const float *x, int64_t rows, int d, int64_t ldx, const float *pk,
                              int m, float *out, int want_check);
 
@@ -128,11 +128,13 @@ void iis_amx_begin(void);
 void iis_amx_end(void);
 void iis_amx_convert(const float *x, int64_t ldx, int d, const float *mu, const float *isg,
                      int rows, uint16_t *xa, uint16_t *xv);
-void iis_amx_forward(const uint16_t *xa, const uint16_t *wv, int d, int K, float *z2);
+void iis_amx_forward(const uint16_t *xa, const uint16_t *wv, int d, int K, float *z);
 void iis_amx_residuals(const float *g, int rows, int K, uint16_t *gt);
 void iis_amx_gram_operand(const uint16_t *xv, int d, uint16_t *gt);
 void iis_amx_backward(const uint16_t *gt, const uint16_t *xv, int d, int K, float *pt,
                       int first);
+void iis_amx_backward_hilo(const uint16_t *gt, const uint16_t *xv, int d, int K, float *pt,
+                           int first);
 
 static inline void iis_report(const iis_ctx *ctx, int done, int total)
 {

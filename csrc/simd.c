@@ -283,8 +283,7 @@ double iis_simd_project_tile(const float *x, int64_t rows, int d, int64_t ldx, c
  * portable loop in the last bits, as the kernels' GEMMs do), in three sweeps over the
  * row instead of six: bias and max; exp and a 16-lane sum; scale, the column sums of G
  * in double and the one-hot. The row sum is added in double across lanes. With z2, row i's logits
- * are first formed as z2[(i - lo) ld2 + q] + z2[(i - lo) ld2 + off2 + q] (the hi and
- * lo halves of an AMX forward product) and written to z. */
+ * are read from z2[(i - lo) ld2 + q] (an AMX forward product) and written to z. */
 #ifdef IIS_HAVE_AVX512_BUILD
 INL __m512 exp_neg16(__m512 x)
 {
@@ -338,7 +337,7 @@ INL __m512d log8(__m512d x)
 #define SOFTMAX_GROUP 16
 #define SOFTMAX_ACC 1024
 TGT static void softmax_avx512(float *z, const int32_t *y, int K, const float *cr, int64_t lo,
-                               int64_t hi, double *p, const float *z2, int ld2, int off2)
+                               int64_t hi, double *p, const float *z2, int ld2)
 {
     const int nv = (K + 15) / 16, grouped = K <= SOFTMAX_ACC;
     float acc[SOFTMAX_ACC];
@@ -354,9 +353,8 @@ TGT static void softmax_avx512(float *z, const int32_t *y, int K, const float *c
         for (int v = 0; v < nv; v++) {
             __mmask16 m = iis_lanes16(K - 16 * v);
             __m512 x;
-            if (z2) { /* z = hi + lo columns of the AMX forward product */
-                const float *zr = z2 + (i - lo) * (int64_t)ld2 + 16 * v;
-                x = _mm512_add_ps(_mm512_maskz_loadu_ps(m, zr), _mm512_maskz_loadu_ps(m, zr + off2));
+            if (z2) {
+                x = _mm512_maskz_loadu_ps(m, z2 + (i - lo) * (int64_t)ld2 + 16 * v);
             } else {
                 x = _mm512_maskz_loadu_ps(m, zi + 16 * v);
             }
@@ -414,12 +412,12 @@ TGT static void softmax_avx512(float *z, const int32_t *y, int K, const float *c
 #endif
 
 void iis_simd_softmax_rows(float *z, const int32_t *y, int K, const float *cr, int64_t lo,
-                           int64_t hi, double *p, const float *z2, int ld2, int off2)
+                           int64_t hi, double *p, const float *z2, int ld2)
 {
 #ifdef IIS_HAVE_AVX512_BUILD
-    softmax_avx512(z, y, K, cr, lo, hi, p, z2, ld2, off2);
+    softmax_avx512(z, y, K, cr, lo, hi, p, z2, ld2);
 #else
     (void)z, (void)y, (void)K, (void)cr, (void)lo, (void)hi, (void)p; /* never called */
-    (void)z2, (void)ld2, (void)off2;
+    (void)z2, (void)ld2;
 #endif
 }

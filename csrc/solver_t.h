@@ -137,7 +137,7 @@ IIS_HOT static void FN(softmax_rows)(const iis_ctx *ctx, REAL *restrict z,
 {
 #if !IS_DOUBLE
     if (iis_use_simd(ctx)) {
-        iis_simd_softmax_rows(z, y, K, cr, lo, hi, p, NULL, 0, 0);
+        iis_simd_softmax_rows(z, y, K, cr, lo, hi, p, NULL, 0);
         return;
     }
 #endif
@@ -342,24 +342,24 @@ static void FN(amx_standardisation)(const iis_design *X, float *mu_p, float *isg
 static int FN(amx_setup)(const iis_ctx *ctx, const iis_design *X, int K, FN(work) * w,
                          int any_size)
 {
-    int Dp, K2, nt;
-    size_t per, xab, z2b, gtb;
+    int Dp, Kp, nt;
+    size_t per, xab, zb, gtb;
     if (X->idx || X->d < 1 || ctx->kernels != IIS_KERNELS_AUTO || !iis_amx_available())
         return IIS_OK;
     if (!any_size && !FN(amx_wanted)(ctx, X->n, X->d, K)) return IIS_OK;
     Dp = iis_amx_dpad(X->d);
-    K2 = 2 * iis_amx_kpad(K);
-    per = sizeof(float) * (size_t)K2 * (size_t)Dp;
+    Kp = iis_amx_kpad(K);
+    per = sizeof(float) * (size_t)Kp * (size_t)Dp;
     w->namx = w->natz;
     while (w->namx > 1 && (size_t)w->namx * per > IIS_AMX_MAX_PARTIALS) w->namx--;
     if ((size_t)w->namx * per > IIS_AMX_MAX_PARTIALS) return IIS_OK;
     xab = sizeof(uint16_t) * (size_t)IIS_AMX_RB * (size_t)Dp;
-    z2b = sizeof(float) * (size_t)IIS_AMX_RB * (size_t)K2;
-    gtb = sizeof(uint16_t) * (size_t)K2 * (size_t)IIS_AMX_RB;
+    zb = sizeof(float) * (size_t)IIS_AMX_RB * (size_t)Kp;
+    gtb = sizeof(uint16_t) * 2 * (size_t)Kp * (size_t)IIS_AMX_RB;
     /* + the block's logits and residuals (RB x K floats): they never go to memory */
-    w->scr_bytes = (2 * xab + z2b + gtb + sizeof(float) * (size_t)IIS_AMX_RB * (size_t)K + 255) / 64 * 64;
+    w->scr_bytes = (2 * xab + zb + gtb + sizeof(float) * (size_t)IIS_AMX_RB * (size_t)K + 255) / 64 * 64;
     nt = ctx->n_threads > 0 ? ctx->n_threads : 1;
-    w->wv = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)Dp * (size_t)K2);
+    w->wv = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)Dp * 2 * (size_t)Kp);
     w->mu_p = (float *)calloc((size_t)Dp, sizeof(float));
     w->isg_p = (float *)calloc((size_t)Dp, sizeof(float));
     w->pt = (float *)malloc(per * (size_t)w->namx);
@@ -373,16 +373,16 @@ static int FN(amx_setup)(const iis_ctx *ctx, const iis_design *X, int K, FN(work
 }
 
 /* One pass of amx.c's tiles over the standardised design: per block of IIS_AMX_RB
- * rows, z = X_b W + b (hi and lo columns added in float), softmax and loss in
- * place, then pt_c += [G_hi | G_lo]^T X_b. On return grad[0, dk) holds X'^T G for the
+ * rows, z = X_b (W_hi + W_lo) + b, softmax and loss in place, then
+ * pt_c += (G_hi + G_lo)^T X_b. On return grad[0, dk) holds X'^T G for the
  * standardised X' (no correction left to apply) and w->part the namx softmax
  * partials. */
 static int FN(amx_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int K,
                         const double *theta, const REAL *bias, FN(work) * w, double *grad)
 {
     const int64_t n = X->n, ldx = X->ldx;
-    const int d = X->d, nch = w->namx, Dp = iis_amx_dpad(d), Kp = iis_amx_kpad(K), K2 = 2 * Kp;
-    const size_t per = (size_t)K2 * (size_t)Dp;
+    const int d = X->d, nch = w->namx, Dp = iis_amx_dpad(d), Kp = iis_amx_kpad(K);
+    const size_t per = (size_t)Kp * (size_t)Dp;
     const REAL *x = (const REAL *)X->x;
     int nt = iis_nt_for(ctx, n * (int64_t)K * d / 32), c;
     int64_t j;
@@ -397,8 +397,8 @@ static int FN(amx_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *
             unsigned char *sc = scr0 + w->scr_bytes * (size_t)iis_thread_num();
             uint16_t *xa = (uint16_t *)sc, *xv = xa + (size_t)IIS_AMX_RB * Dp;
             float *z2 = (float *)(xv + (size_t)IIS_AMX_RB * Dp);
-            uint16_t *gt = (uint16_t *)(z2 + (size_t)IIS_AMX_RB * K2);
-            float *zb = (float *)(gt + (size_t)K2 * IIS_AMX_RB);
+            uint16_t *gt = (uint16_t *)(z2 + (size_t)IIS_AMX_RB * Kp);
+            float *zb = (float *)(gt + 2 * (size_t)Kp * IIS_AMX_RB);
             float *pt = w->pt + (size_t)c * per;
             double *p = w->part + (size_t)c * (K + 1);
             iis_chunk(n, nch, c, &lo, &hi);
@@ -409,28 +409,27 @@ static int FN(amx_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *
                 int rows = (int)(hi - b0 < IIS_AMX_RB ? hi - b0 : IIS_AMX_RB);
                 iis_amx_convert(x + b0 * ldx, ldx, d, w->mu_p, w->isg_p, rows, xa, xv);
                 iis_amx_forward(xa, w->wv, d, K, z2);
-                /* z = hi + lo columns + bias, softmax (AMX implies AVX-512), in the
-                 * thread's block scratch: Z and G never make a round trip to memory */
-                iis_simd_softmax_rows(zb, y + b0, K, bias, 0, rows, p, z2, K2, Kp);
+                /* z + bias, softmax (AMX implies AVX-512), in the thread's block
+                 * scratch: Z and G never make a round trip to memory */
+                iis_simd_softmax_rows(zb, y + b0, K, bias, 0, rows, p, z2, Kp);
                 if (w->keep_z) memcpy(w->z + b0 * K, zb, sizeof(float) * (size_t)rows * (size_t)K);
                 iis_amx_residuals(zb, rows, K, gt);
-                iis_amx_backward(gt, xv, d, K, pt, b0 == lo);
+                iis_amx_backward_hilo(gt, xv, d, K, pt, b0 == lo);
             }
             iis_amx_end();
         }
     }
     if (pl.stop) return IIS_EINTR;
-    /* grad[j][q] = sum over the chunks, in chunk order, of hi + lo; one class per
-     * iteration, the chunk partials read along their rows */
+    /* grad[j][q] = sum over the chunks, in chunk order; one class per iteration, the
+     * chunk partials read along their rows */
 #pragma omp parallel for num_threads(iis_nt_for(ctx, (int64_t)d * K * nch)) schedule(static)
     for (j = 0; j < K; j++) {
         const int q = (int)j;
         double *acc = w->acc + (size_t)iis_thread_num() * (size_t)d;
         for (int jj = 0; jj < d; jj++) acc[jj] = 0.0;
         for (int cc = 0; cc < nch; cc++) {
-            const float *hi_ = w->pt + (size_t)cc * per + (size_t)q * Dp,
-                        *lo_ = w->pt + (size_t)cc * per + (size_t)(Kp + q) * Dp;
-            for (int jj = 0; jj < d; jj++) acc[jj] += (double)hi_[jj] + (double)lo_[jj];
+            const float *pq = w->pt + (size_t)cc * per + (size_t)q * Dp;
+            for (int jj = 0; jj < d; jj++) acc[jj] += (double)pq[jj];
         }
         for (int jj = 0; jj < d; jj++) grad[(size_t)jj * K + q] = acc[jj];
     }
@@ -607,10 +606,11 @@ static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
  * Damping from 1e-2 to 1e-1 measured the same; 1e-3 and below let the rounding
  * in the null direction of the layernorm design slow the s = 0 fit. */
 #define IIS_PRECOND_DAMP 1e-2
-/* classes per dtrsm call when P^-1 is applied: the rows of the K x (d+1)
- * right-hand side are independent, so fixed slabs run in parallel and give the
- * same bits for any thread count */
-#define IIS_PRECOND_SLAB 16
+/* P^-1 is applied as one GEMM per slab of classes: the rows of the K x (d+1)
+ * right-hand side are independent, so slabs fixed by K (at most IIS_PRECOND_SLAB
+ * classes, of equal size) run in parallel and give the same bits for any thread
+ * count */
+#define IIS_PRECOND_SLAB 32
 
 /* Worth it: a dense design, the Gram (n d^2 flops) at most 16 passes (4 n d K),
  * P small enough to factor, enough rows to estimate it, and the BLAS/LAPACK
@@ -621,7 +621,7 @@ static int FN(precond_wanted)(const iis_ctx *ctx, const iis_design *X, int K,
     const iis_blas *bl = ctx ? ctx->blas : NULL;
     int64_t d1 = (int64_t)X->d + 1;
     if (!prm->precondition || X->idx || X->d < 1 || !bl) return 0;
-    if (!SYRK(ctx) || !bl->dtrsm || !bl->dpotrf) return 0;
+    if (!SYRK(ctx) || !bl->dsyrk || !bl->dtrsm || !bl->dpotrf) return 0;
     return d1 <= 4096 && X->n >= 2 * d1 && (int64_t)X->d <= 64 * (int64_t)K;
 }
 
@@ -770,14 +770,20 @@ static int FN(design_gram)(const iis_ctx *ctx, const iis_design *X, double *P)
 #endif
 }
 
-/* Cholesky factor L of P (lower, column-major) in place; *ok = 0 when P could
- * not be factored (the solver then runs plain). */
+/* P^-1 (symmetric, both triangles, column-major) in place of P, from its Cholesky
+ * factor L: P^-1 = L^-T L^-1. *ok = 0 when P could not be factored (the solver then
+ * runs plain). Applied to the K x (d+1) right-hand side every iteration, the
+ * explicit inverse is one GEMM per slab of classes where the factor took two
+ * triangular solves: measured on W1's probe (d = 768, K = 100, 2 threads) 1.4 ms
+ * per apply instead of 6.5 ms, twice per L-BFGS iteration (the step and its
+ * scale gamma). */
 static int FN(precond_build)(const iis_ctx *ctx, const iis_design *X, double l2, double *P,
                              double *G0, int *ok)
 {
     const int d1 = X->d + 1;
-    char lo = 'L';
+    char lo = 'L', le = 'L', nn = 'N', tt = 'T';
     int info = 0, err;
+    double one = 1.0, zero = 0.0, *Li;
     *ok = 0;
     if ((err = FN(design_gram)(ctx, X, P)) != IIS_OK) return err;
     /* the undamped Gram, when the class blocks will want it */
@@ -791,23 +797,33 @@ static int FN(precond_build)(const iis_ctx *ctx, const iis_design *X, double l2,
     ctx->blas->dpotrf(&lo, &d1, P, &d1, &info);
     *ok = info == 0;
     for (int j = 0; j < d1 && *ok; j++) *ok = isfinite(P[(size_t)j * d1 + j]) && P[(size_t)j * d1 + j] > 0;
+    if (!*ok) return IIS_OK;
+    /* L^-1 = L \ I, then P^-1 = L^-T L^-1 (lower), mirrored */
+    if (!(Li = (double *)calloc((size_t)d1 * (size_t)d1, sizeof(double)))) return IIS_ENOMEM;
+    for (int j = 0; j < d1; j++) Li[(size_t)j * d1 + j] = 1.0;
+    ctx->blas->dtrsm(&le, &lo, &nn, &nn, &d1, &d1, &one, P, &d1, Li, &d1);
+    ctx->blas->dsyrk(&lo, &tt, &d1, &d1, &one, Li, &d1, &zero, P, &d1);
+    free(Li);
+    for (int j = 0; j < d1; j++)
+        for (int r = j + 1; r < d1; r++) P[(size_t)r * d1 + j] = P[(size_t)j * d1 + r];
+    for (size_t e = 0; e < (size_t)d1 * (size_t)d1 && *ok; e++) *ok = isfinite(P[e]);
     return IIS_OK;
 }
 
-/* v (the K x (d+1) column-major view of theta's layout) <- v P^-1, or
- * v L^-T only when half (then ||v||^2 = v0^T P^-1 v0) */
-static void FN(precond_apply)(const iis_ctx *ctx, const double *L, int d1, int K, double *v,
-                              int half)
+/* out (the K x (d+1) column-major view of theta's layout) = v P^-1 (Pi = P^-1,
+ * symmetric); out and v do not overlap */
+static void FN(precond_apply)(const iis_ctx *ctx, const double *Pi, int d1, int K, const double *v,
+                              double *out)
 {
-    int ns = (K + IIS_PRECOND_SLAB - 1) / IIS_PRECOND_SLAB, sl;
-    int nt = iis_nt_for(ctx, (int64_t)K * d1 * d1);
+    const int ns = (K + IIS_PRECOND_SLAB - 1) / IIS_PRECOND_SLAB, width = (K + ns - 1) / ns;
+    int nt = iis_nt_for(ctx, (int64_t)K * d1 * d1), sl;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (sl = 0; sl < ns; sl++) {
-        int q0 = sl * IIS_PRECOND_SLAB, m = K - q0 < IIS_PRECOND_SLAB ? K - q0 : IIS_PRECOND_SLAB;
-        char r = 'R', lo = 'L', t = 'T', nn = 'N';
-        double one = 1.0;
-        ctx->blas->dtrsm(&r, &lo, &t, &nn, &m, &d1, &one, L, &d1, v + q0, &K);
-        if (!half) ctx->blas->dtrsm(&r, &lo, &nn, &nn, &m, &d1, &one, L, &d1, v + q0, &K);
+        int q0 = sl * width, m = K - q0 < width ? K - q0 : width;
+        char nn = 'N';
+        double one = 1.0, zero = 0.0;
+        if (m > 0)
+            ctx->blas->dgemm(&nn, &nn, &m, &d1, &d1, &one, v + q0, &K, Pi, &d1, &zero, out + q0, &K);
     }
 }
 
@@ -1139,26 +1155,49 @@ done:
     return err;
 }
 
-/* v (the K x d1 column-major view of theta's layout) <- each class row times H_q^-1:
- * the class's entries gathered, L_q y = v_q forward (column axpys) and L_q^T x = y
- * backward (column dots), scattered back. Fixed slabs of classes per thread: the same
- * bits for any thread count. (OpenBLAS's dtrsm on one strided row took 15-20 ms for
- * W1's 100 blocks of 201; these loops read each factor's lower half once per solve.) */
-IIS_HOT static void FN(block_solve)(const float *restrict Lq, int d1, double *restrict x)
+/* v (the K x d1 column-major view of theta's layout) <- each class row times H_q^-1,
+ * and u too when given (the L-BFGS step and its scale gamma want the same blocks: one
+ * sweep over the factors serves both): the class's entries gathered, L_q y = v_q
+ * forward (column axpys) and L_q^T x = y backward (column dots), scattered back. Each
+ * class on its own: the same bits for any thread count. (OpenBLAS's dtrsm on one
+ * strided row took 15-20 ms for W1's 100 blocks of 201; these loops read each factor's
+ * lower half once per sweep, and the factors, 8 MB for W1's path, do not stay in
+ * cache: two vectors per sweep halve the reads, 2.8 -> 1.5 ms per iteration.) */
+IIS_HOT static void FN(block_solve)(const float *restrict Lq, int d1, double *restrict x,
+                                    double *restrict z)
 {
     const float *restrict col = Lq;
     for (int j = 0; j < d1; j++) { /* column j: L[j..d1-1][j] */
         const double xj = x[j] / (double)col[0];
         x[j] = xj;
+        if (z) {
+            const double zj = z[j] / (double)col[0];
+            z[j] = zj;
 #pragma omp simd
-        for (int r = j + 1; r < d1; r++) x[r] -= (double)col[r - j] * xj;
+            for (int r = j + 1; r < d1; r++) {
+                x[r] -= (double)col[r - j] * xj;
+                z[r] -= (double)col[r - j] * zj;
+            }
+        } else {
+#pragma omp simd
+            for (int r = j + 1; r < d1; r++) x[r] -= (double)col[r - j] * xj;
+        }
         col += d1 - j;
     }
     for (int j = d1 - 1; j >= 0; j--) {
-        double t = 0.0;
+        double t = 0.0, tz = 0.0;
         col -= d1 - j;
+        if (z) {
+#pragma omp simd reduction(+ : t, tz)
+            for (int r = j + 1; r < d1; r++) {
+                t += (double)col[r - j] * x[r];
+                tz += (double)col[r - j] * z[r];
+            }
+            z[j] = (z[j] - tz) / (double)col[0];
+        } else {
 #pragma omp simd reduction(+ : t)
-        for (int r = j + 1; r < d1; r++) t += (double)col[r - j] * x[r];
+            for (int r = j + 1; r < d1; r++) t += (double)col[r - j] * x[r];
+        }
         x[j] = (x[j] - t) / (double)col[0];
     }
 }
@@ -1194,44 +1233,46 @@ static void FN(block_center)(double *theta, double *g, double *f, int d, int K, 
     }
 }
 
-static int FN(block_apply)(const iis_ctx *ctx, const float *Lb, int d1, int K, double *v)
+static int FN(block_apply)(const iis_ctx *ctx, const float *Lb, int d1, int K, double *v, double *u)
 {
     const size_t dd = IIS_PACKED(d1);
-    int ns = (K + IIS_PRECOND_SLAB - 1) / IIS_PRECOND_SLAB, sl, err = IIS_OK;
-    int nt = iis_nt_for(ctx, (int64_t)K * d1 * d1);
+    int nt = iis_nt_for(ctx, (int64_t)K * d1 * d1), q, err = IIS_OK;
     FN(class_center)(v, d1, K, NULL);
+    if (u) FN(class_center)(u, d1, K, NULL);
 #pragma omp parallel num_threads(nt)
     {
-        double *x = (double *)malloc(sizeof(double) * (size_t)d1);
+        double *x = (double *)malloc(sizeof(double) * 2 * (size_t)d1), *z = u ? x + d1 : NULL;
         if (!x) {
 #pragma omp atomic write
             err = IIS_ENOMEM;
         }
 #pragma omp for schedule(static)
-        for (sl = 0; sl < ns; sl++) {
-            int q0 = sl * IIS_PRECOND_SLAB, q1 = q0 + IIS_PRECOND_SLAB < K ? q0 + IIS_PRECOND_SLAB : K;
+        for (q = 0; q < K; q++) {
             if (!x) continue;
-            for (int q = q0; q < q1; q++) {
-                for (int j = 0; j < d1; j++) x[j] = v[(size_t)j * K + q];
-                FN(block_solve)(Lb + (size_t)q * dd, d1, x);
-                for (int j = 0; j < d1; j++) v[(size_t)j * K + q] = x[j];
-            }
+            for (int j = 0; j < d1; j++) x[j] = v[(size_t)j * K + q];
+            if (z)
+                for (int j = 0; j < d1; j++) z[j] = u[(size_t)j * K + q];
+            FN(block_solve)(Lb + (size_t)q * dd, d1, x, z);
+            for (int j = 0; j < d1; j++) v[(size_t)j * K + q] = x[j];
+            if (z)
+                for (int j = 0; j < d1; j++) u[(size_t)j * K + q] = z[j];
         }
         free(x);
     }
     FN(class_center)(v, d1, K, NULL);
+    if (u) FN(class_center)(u, d1, K, NULL);
     return err;
 }
 
 /* The start from target logits T (n x K, iis_solver_params.start_logits): theta =
  * P^-1 [X' 1]^T T / n, the (damped) least-squares fit of T by this design, through
- * the preconditioner's factor L. One GEMM pass over X in the fused pass's fixed
+ * the preconditioner's inverse Pi. One GEMM pass over X in the fused pass's fixed
  * chunks, partials added in chunk order (the same bits for any thread count); theta
  * is left as it was if the fit is not finite. Measured on W1 (benchmarks/): the probe
  * started from the s = 0 predictor's train logits takes 42 L-BFGS iterations instead
  * of 60 from zero. */
 static int FN(start_from_logits)(const iis_ctx *ctx, const iis_design *X, int K, const REAL *T,
-                                 const double *L, FN(work) * w, double *theta)
+                                 const double *Pi, FN(work) * w, double *theta)
 {
     const int64_t n = X->n, ldx = X->ldx;
     const int d = X->d, nch = w->natz;
@@ -1239,9 +1280,10 @@ static int FN(start_from_logits)(const iis_ctx *ctx, const iis_design *X, int K,
     const REAL *x = (const REAL *)X->x, *mu = (const REAL *)X->mu, *sg = (const REAL *)X->sigma;
     int nt = iis_nt_for(ctx, n * (int64_t)K * d / 32), c;
     double *v = (double *)malloc(sizeof(double) * p), *ts = (double *)calloc((size_t)nch * K, sizeof(double));
+    double *theta_new = (double *)malloc(sizeof(double) * p);
     iis_poll pl = {0, 0.0};
     int err = IIS_OK;
-    if (!v || !ts) err = IIS_ENOMEM;
+    if (!v || !ts || !theta_new) err = IIS_ENOMEM;
     if (err == IIS_OK) {
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (c = 0; c < nch; c++) {
@@ -1279,12 +1321,13 @@ static int FN(start_from_logits)(const iis_ctx *ctx, const iis_design *X, int K,
                 v[(size_t)j * K + q] = (v[(size_t)j * K + q] - m0 * v[dk + q]) * inv / (double)n;
         }
         for (int q = 0; q < K; q++) v[dk + q] /= (double)n;
-        FN(precond_apply)(ctx, L, d + 1, K, v, 0);
-        for (size_t e = 0; e < p && finite; e++) finite = isfinite(v[e]);
-        if (finite) memcpy(theta, v, sizeof(double) * p);
+        FN(precond_apply)(ctx, Pi, d + 1, K, v, theta_new);
+        for (size_t e = 0; e < p && finite; e++) finite = isfinite(theta_new[e]);
+        if (finite) memcpy(theta, theta_new, sizeof(double) * p);
     }
     free(v);
     free(ts);
+    free(theta_new);
     return err;
 }
 
@@ -1387,7 +1430,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
     int err = IIS_OK, it = 0, hist = 0, head = 0, converged = 0;
     double f = 0.0, fnew = 0.0, gmax = 0.0;
     double *theta = NULL, *g = NULL, *tn = NULL, *gn = NULL, *dir = NULL, *S = NULL, *Y = NULL;
-    double *rho = NULL, *alpha = NULL, *L = NULL, *vpart = NULL, *G0 = NULL;
+    double *rho = NULL, *alpha = NULL, *Pi = NULL, *vpart = NULL, *G0 = NULL;
     float *Hb = NULL; /* the class blocks' factors */
     int pre = 0, ftol_hits = 0, blk = 0, blk_on = 0;
     FN(work) w;
@@ -1421,18 +1464,18 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
     }
     if (FN(precond_wanted)(ctx, X, K, prm)) {
         size_t d1 = (size_t)X->d + 1;
-        if (!(L = (double *)malloc(sizeof(double) * d1 * d1))) {
+        if (!(Pi = (double *)malloc(sizeof(double) * d1 * d1))) {
             err = IIS_ENOMEM;
             goto cleanup;
         }
-        if ((err = FN(precond_build)(ctx, X, prm->l2, L, G0, &pre)) != IIS_OK) goto cleanup;
+        if ((err = FN(precond_build)(ctx, X, prm->l2, Pi, G0, &pre)) != IIS_OK) goto cleanup;
     }
     /* the class blocks still want the Gram */
-    if (blk && !L && (err = FN(design_gram)(ctx, X, G0)) != IIS_OK) goto cleanup;
+    if (blk && !Pi && (err = FN(design_gram)(ctx, X, G0)) != IIS_OK) goto cleanup;
     for (size_t e = 0; e < dk; e++) theta[e] = wout[e];
     for (int q = 0; q < K; q++) theta[dk + q] = bout[q];
     if (pre && prm->start_logits &&
-        (err = FN(start_from_logits)(ctx, X, K, (const REAL *)prm->start_logits, L, &w, theta)) != IIS_OK)
+        (err = FN(start_from_logits)(ctx, X, K, (const REAL *)prm->start_logits, Pi, &w, theta)) != IIS_OK)
         goto cleanup;
 
     if ((err = FN(fgrad)(ctx, X, y, K, prm->l2, theta, g, &f, &w)) != IIS_OK) goto cleanup;
@@ -1487,23 +1530,23 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
         }
         /* H0 = gamma I, or gamma P^-1 with gamma = s'y / y'P^-1 y (gamma = 1 before
          * the first pair), or gamma times the class blocks' inverse (gamma <= 1) */
-        if (blk_on) {
-            if ((err = FN(block_apply)(ctx, Hb, X->d + 1, K, dir)) != IIS_OK) goto cleanup;
-        } else if (pre) {
-            FN(precond_apply)(ctx, L, X->d + 1, K, dir, 0);
+        if (blk_on) { /* with the newest pair's y for gamma (below) in the same sweep */
+            if (hist > 0) memcpy(tn, Y + (size_t)((head - 1 + mem) % mem) * p, sizeof(double) * p);
+            if ((err = FN(block_apply)(ctx, Hb, X->d + 1, K, dir, hist > 0 ? tn : NULL)) != IIS_OK)
+                goto cleanup;
+        } else if (pre) { /* tn is free until the line search */
+            FN(precond_apply)(ctx, Pi, X->d + 1, K, dir, tn);
+            memcpy(dir, tn, sizeof(double) * p);
         }
         if (hist > 0) {
             int last = (head - 1 + mem) % mem;
             const double *yl = Y + (size_t)last * p;
             double yy, gamma;
-            if (blk_on) {
-                memcpy(tn, yl, sizeof(double) * p);
-                if ((err = FN(block_apply)(ctx, Hb, X->d + 1, K, tn)) != IIS_OK) goto cleanup;
+            if (blk_on) { /* tn = M y from the sweep above */
                 yy = FN(dot)(ctx, tn, yl, p, vpart);
             } else if (pre) {
-                memcpy(tn, yl, sizeof(double) * p);
-                FN(precond_apply)(ctx, L, X->d + 1, K, tn, 1);
-                yy = FN(dot)(ctx, tn, tn, p, vpart);
+                FN(precond_apply)(ctx, Pi, X->d + 1, K, yl, tn);
+                yy = FN(dot)(ctx, tn, yl, p, vpart);
             } else {
                 yy = FN(dot)(ctx, yl, yl, p, vpart);
             }
@@ -1618,7 +1661,7 @@ cleanup:
     free(rho);
     free(alpha);
     free(vpart);
-    free(L);
+    free(Pi);
     free(G0);
     free(Hb);
     return err;

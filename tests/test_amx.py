@@ -146,8 +146,10 @@ def test_blas_setting_gives_the_float32_bits(kernels):
 
 SHAPES = [
     # n, d, K: padding of d to 32 and K to 16, a partial last block of 128 rows,
-    # several chunks (n >= 4096), one row, one column, one class
+    # several chunks (n >= 4096), one row, one column, one class; class tiles of 16
+    # in pairs and an odd last one (K = 7, 100), only pairs (K = 17, 60)
     (1000, 50, 7),
+    (2100, 40, 60),
     (5000, 33, 17),
     (300, 64, 16),
     (1, 5, 3),
