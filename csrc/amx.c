@@ -5,11 +5,12 @@
  * in between. On CPUs with AMX-BF16 (Intel Sapphire Rapids and later) the tile
  * units multiply bfloat16 pairs into float32 at many times the AVX-512 FMA rate, so
  * the solver (solver_t.h) runs its passes here until the bf16-pass gradient meets
- * the tolerance, then goes on in float32: the stopping test that decides
- * convergence is always taken on a float32 gradient.
+ * the tolerance, then goes on with precise passes (below) that take the stopping
+ * test: convergence is judged on a gradient of float32 accuracy.
  *
- * Precision: X_b is standardised and rounded to bf16 once per block (a fixed
- * relative perturbation of 2^-9 of the design, the same in every pass). W and G
+ * Precision: X_b is standardised (a design without mu centred on its column means,
+ * solver_t.h amx_center) and rounded to bf16 once per block (a fixed relative
+ * perturbation of 2^-9 of the design, the same in every pass). W and G
  * are split into hi + lo bf16 parts (w = hi + lo to about 2^-17), carried as
  * 2 Kp columns, so the weights and residuals that change from pass to pass are
  * not rounded to bf16 and the optimisation does not stall at bf16 resolution (with
@@ -19,9 +20,15 @@
  * G_hi^T X + G_lo^T X): each operand tile loaded serves two products, 6 tile loads
  * per 8 multiplies instead of 8, and the backward's partial is half the size (on
  * W1's probe rows, one thread: forward 7.3 -> 6.1 ms, backward 10.0 -> 6.2 ms per
- * 25,000 rows, best of 16). On W1 (benchmarks/) the probe, started from zero, ran 53 AMX passes,
- * then 4 float32 iterations to max |grad| <= 1e-5 (57 in all; 55 with float32 passes
- * only); an AMX pass takes 0.45-0.6x the time of a float32 one there.
+ * 25,000 rows, best of 16).
+ *
+ * The precise passes carry X_b as hi + lo bf16 parts too (xal, xvl: the remainders
+ * x - bf16(x)) and add the products X_lo W_hi and G_hi^T X_lo: three products where
+ * the bf16 pass takes two, every quantity to about 2^-17, the dropped lo x lo terms
+ * at 2^-16 of a product. Their objective and gradient are within 5e-7 (relative to
+ * the largest gradient entry) of float64 on the test designs, as the float32 BLAS
+ * pass is (7e-7), the bf16 pass 2e-4 (tests/test_amx.py). On W1's probe a precise
+ * pass takes 40 ms where a bf16 one takes 34 and a float32 BLAS pass 85-100.
  *
  * Blocks of RB = 128 rows: the block's bf16 copies, logits and residuals and the
  * chunk's partial product then fit a 2 MB L2 with W1's probe (d = 768, K = 100); with
@@ -192,8 +199,23 @@ static inline AMX_TARGET void acc_madd(const uint16_t *a0, const uint16_t *a1, i
     _tile_dpbf16ps(3, 5, 7);
 }
 
+/* the bf16 halves of a (32 values) back in float32: the low 16 lanes, the high 16 */
+static inline AMX_TARGET __m512 bf16_low16(__m512i a)
+{
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(a)), 16));
+}
+
+static inline AMX_TARGET __m512 bf16_high16(__m512i a)
+{
+    return _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(a, 1)), 16));
+}
+
+/* xa, xv = the block's standardised rows in bf16 (rows >= `rows` zero); with xal, xvl
+ * also the remainders x - bf16(x) in bf16, same layouts (the precise passes) */
 AMX_TARGET void iis_amx_convert(const float *x, int64_t ldx, int d, const float *mu,
-                                const float *isg, int rows, uint16_t *xa, uint16_t *xv)
+                                const float *isg, int rows, uint16_t *xa, uint16_t *xv,
+                                uint16_t *xal, uint16_t *xvl)
 {
     const int Dp = iis_amx_dpad(d);
     __m512i ilo, ihi;
@@ -215,35 +237,49 @@ AMX_TARGET void iis_amx_convert(const float *x, int64_t ldx, int d, const float 
             __mmask16 m0 = iis_lanes16(d - j), m1 = iis_lanes16(d - j - 16);
             __m512 mu0 = _mm512_maskz_loadu_ps(m0, mu + j), mu1 = _mm512_maskz_loadu_ps(m1, mu + j + 16);
             __m512 s0 = _mm512_maskz_loadu_ps(m0, isg + j), s1 = _mm512_maskz_loadu_ps(m1, isg + j + 16);
-            __m512i a = _mm512_setzero_si512(), b = _mm512_setzero_si512();
+            __m512 l0 = _mm512_setzero_ps(), h0 = l0, l1 = l0, h1 = l0;
+            __m512i a, b;
             if (r0 < rows) {
-                __m512 lo = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m0, x0 + j), mu0), s0);
-                __m512 hi = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m1, x0 + j + 16), mu1), s1);
-                a = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+                l0 = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m0, x0 + j), mu0), s0);
+                h0 = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m1, x0 + j + 16), mu1), s1);
             }
             if (r1 < rows) {
-                __m512 lo = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m0, x1 + j), mu0), s0);
-                __m512 hi = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m1, x1 + j + 16), mu1), s1);
-                b = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+                l1 = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m0, x1 + j), mu0), s0);
+                h1 = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m1, x1 + j + 16), mu1), s1);
             }
+            a = (__m512i)_mm512_cvtne2ps_pbh(h0, l0);
+            b = (__m512i)_mm512_cvtne2ps_pbh(h1, l1);
             _mm512_storeu_si512(xa + (size_t)r0 * Dp + j, a);
             _mm512_storeu_si512(xa + (size_t)r1 * Dp + j, b);
             _mm512_storeu_si512(xv + ((size_t)p * Dp + j) * 2, _mm512_permutex2var_epi16(a, ilo, b));
             _mm512_storeu_si512(xv + ((size_t)p * Dp + j + 16) * 2,
                                 _mm512_permutex2var_epi16(a, ihi, b));
+            if (xal) { /* x - hi is exact in float32 */
+                __m512i ra = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(h0, bf16_high16(a)),
+                                                          _mm512_sub_ps(l0, bf16_low16(a)));
+                __m512i rb = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(h1, bf16_high16(b)),
+                                                          _mm512_sub_ps(l1, bf16_low16(b)));
+                _mm512_storeu_si512(xal + (size_t)r0 * Dp + j, ra);
+                _mm512_storeu_si512(xal + (size_t)r1 * Dp + j, rb);
+                _mm512_storeu_si512(xvl + ((size_t)p * Dp + j) * 2, _mm512_permutex2var_epi16(ra, ilo, rb));
+                _mm512_storeu_si512(xvl + ((size_t)p * Dp + j + 16) * 2,
+                                    _mm512_permutex2var_epi16(ra, ihi, rb));
+            }
         }
     }
 }
 
-/* z (RB x Kp) = X_b (W_hi + W_lo): per pair of row tiles and pair of class tiles, the
- * A tiles loaded once for the hi and the lo B tiles; an odd last class tile takes its
- * hi and lo tiles as the pair */
-AMX_TARGET void iis_amx_forward(const uint16_t *xa, const uint16_t *wv, int d, int K, float *z)
+/* z (RB x Kp) = X_b (W_hi + W_lo), + X_lo W_hi with xal (the precise passes): per pair
+ * of row tiles and pair of class tiles, the A tiles loaded once for the hi and the lo
+ * B tiles; an odd last class tile takes its hi and lo tiles as the pair */
+AMX_TARGET void iis_amx_forward(const uint16_t *xa, const uint16_t *xal, const uint16_t *wv, int d,
+                                int K, float *z)
 {
     const int Dp = iis_amx_dpad(d), Kp = iis_amx_kpad(K), K2 = 2 * Kp, CT = Kp / 16;
     const int lda = Dp * 2, ldb = K2 * 4;
     for (int rt = 0; rt < RB / 16; rt += 2) {
         const uint16_t *a0 = xa + (size_t)rt * 16 * Dp, *a1 = a0 + (size_t)16 * Dp;
+        const uint16_t *e0 = xal ? xal + (size_t)rt * 16 * Dp : NULL, *e1 = e0 ? e0 + (size_t)16 * Dp : NULL;
         int ct = 0;
         for (; ct + 1 < CT; ct += 2) {
             acc_zero();
@@ -263,6 +299,16 @@ AMX_TARGET void iis_amx_forward(const uint16_t *xa, const uint16_t *wv, int d, i
                 _tile_dpbf16ps(1, 4, 7);
                 _tile_dpbf16ps(2, 5, 6);
                 _tile_dpbf16ps(3, 5, 7);
+                if (e0) {
+                    _tile_loadd(4, e0 + kk * 32, lda);
+                    _tile_loadd(5, e1 + kk * 32, lda);
+                    _tile_loadd(6, b + (size_t)ct * 32, ldb);
+                    _tile_loadd(7, b + (size_t)(ct + 1) * 32, ldb);
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(1, 4, 7);
+                    _tile_dpbf16ps(2, 5, 6);
+                    _tile_dpbf16ps(3, 5, 7);
+                }
             }
             acc_store(z + (size_t)rt * 16 * Kp + (size_t)ct * 16, Kp);
         }
@@ -279,6 +325,12 @@ AMX_TARGET void iis_amx_forward(const uint16_t *xa, const uint16_t *wv, int d, i
                 _tile_dpbf16ps(2, 5, 6);
                 _tile_dpbf16ps(0, 4, 7);
                 _tile_dpbf16ps(2, 5, 7);
+                if (e0) { /* tile 6 still holds W_hi */
+                    _tile_loadd(4, e0 + kk * 32, lda);
+                    _tile_loadd(5, e1 + kk * 32, lda);
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(2, 5, 6);
+                }
             }
             _tile_stored(0, z + (size_t)rt * 16 * Kp + (size_t)ct * 16, Kp * 4);
             _tile_stored(2, z + (size_t)(rt + 1) * 16 * Kp + (size_t)ct * 16, Kp * 4);
@@ -362,10 +414,11 @@ AMX_TARGET void iis_amx_gram_operand(const uint16_t *xv, int d, uint16_t *gt)
         }
 }
 
-/* pt (Kp x Dp) = (G_hi + G_lo)^T X_b, or += unless first: per pair of class tiles and
- * pair of column tiles, the xv tiles loaded once for the hi and the lo A tiles */
-AMX_TARGET void iis_amx_backward_hilo(const uint16_t *gt, const uint16_t *xv, int d, int K,
-                                      float *pt, int first)
+/* pt (Kp x Dp) = (G_hi + G_lo)^T X_b, + G_hi^T X_lo with xvl (the precise passes), or
+ * += unless first: per pair of class tiles and pair of column tiles, the xv tiles
+ * loaded once for the hi and the lo A tiles */
+AMX_TARGET void iis_amx_backward_hilo(const uint16_t *gt, const uint16_t *xv, const uint16_t *xvl,
+                                      int d, int K, float *pt, int first)
 {
     const int Dp = iis_amx_dpad(d), Kp = iis_amx_kpad(K), QT = Kp / 16;
     const int lda = RB * 2, ldb = Dp * 4, ldc = Dp * 4;
@@ -403,6 +456,19 @@ AMX_TARGET void iis_amx_backward_hilo(const uint16_t *gt, const uint16_t *xv, in
                     _tile_dpbf16ps(2, 5, 6);
                     _tile_dpbf16ps(3, 5, 7);
                 }
+                if (xvl) {
+                    const uint16_t *bl = xvl + ((size_t)pp * 16 * Dp + (size_t)jt * 16) * 2;
+                    _tile_loadd(6, bl, ldb);
+                    _tile_loadd(7, bl + 32, ldb);
+                    _tile_loadd(4, h0 + pp * 32, lda);
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(1, 4, 7);
+                    if (two) {
+                        _tile_loadd(5, h1 + pp * 32, lda);
+                        _tile_dpbf16ps(2, 5, 6);
+                        _tile_dpbf16ps(3, 5, 7);
+                    }
+                }
             }
             _tile_stored(0, c, ldc);
             _tile_stored(1, c + 16, ldc);
@@ -437,16 +503,19 @@ AMX_TARGET void iis_amx_backward(const uint16_t *gt, const uint16_t *xv, int d, 
 void iis_amx_begin(void) {}
 void iis_amx_end(void) {}
 void iis_amx_convert(const float *x, int64_t ldx, int d, const float *mu, const float *isg,
-                     int rows, uint16_t *xa, uint16_t *xv)
+                     int rows, uint16_t *xa, uint16_t *xv, uint16_t *xal, uint16_t *xvl)
 {
 }
-void iis_amx_forward(const uint16_t *xa, const uint16_t *wv, int d, int K, float *z) {}
+void iis_amx_forward(const uint16_t *xa, const uint16_t *xal, const uint16_t *wv, int d, int K,
+                     float *z)
+{
+}
 void iis_amx_residuals(const float *g, int rows, int K, uint16_t *gt) {}
 void iis_amx_backward(const uint16_t *gt, const uint16_t *xv, int d, int K, float *pt, int first)
 {
 }
-void iis_amx_backward_hilo(const uint16_t *gt, const uint16_t *xv, int d, int K, float *pt,
-                           int first)
+void iis_amx_backward_hilo(const uint16_t *gt, const uint16_t *xv, const uint16_t *xvl, int d,
+                           int K, float *pt, int first)
 {
 }
 void iis_amx_gram_operand(const uint16_t *xv, int d, uint16_t *gt) {}

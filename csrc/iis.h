@@ -83,7 +83,7 @@ size_t iis_simd_max_panel_bytes(void);
  * (built-in) or "blas"; larger libraries always run the BLAS. */
 const char *iis_projection_kernel(const iis_ctx *ctx);
 /* The kernel of the float32 solver's passes over dense designs under ctx:
- * "amx-bf16" (bfloat16 AMX tiles, then float32 passes to the stopping test; CPUs
+ * "amx-bf16" (bfloat16 AMX tiles, then precise split-bf16 ones to the stopping test; CPUs
  * with AMX-BF16 under IIS_KERNELS_AUTO) or "blas" (float32 BLAS passes only). */
 const char *iis_solver_kernel(const iis_ctx *ctx);
 /* 1 when this CPU and OS let the process use AMX-BF16 tiles (Linux x86-64 builds). */
@@ -186,9 +186,11 @@ int iis_logreg_fit_d(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
  * design after its implicit standardisation. Needs syrk in the BLAS table. */
 /* The objective f at (w (d x K), b (K)) and its gradient grad = [dW (d x K) | db (K)]
  * (length d K + K), from one pass over X, the pass the solver runs: the float32 or
- * float64 one, or with amx != 0 the bfloat16 AMX pass (amx.c) that iis_logreg_fit_f
- * starts dense designs with. IIS_EINVAL for amx != 0 where that pass does not apply
- * (float64, ELL designs, IIS_KERNELS_BLAS, or no AMX-BF16: iis_amx_available). */
+ * float64 one, or with amx = 1 the bfloat16 AMX pass (amx.c) that iis_logreg_fit_f
+ * starts dense designs with, amx = 2 the precise AMX pass (the design as bf16 hi + lo
+ * parts) that takes its stopping test. IIS_EINVAL for other amx != 0, or where these
+ * passes do not apply (float64, ELL designs, IIS_KERNELS_BLAS, or no AMX-BF16:
+ * iis_amx_available). */
 int iis_logreg_objective_f(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int n_classes,
                            double l2, const float *w, const float *b, int amx, double *fval,
                            double *grad);

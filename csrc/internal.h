@@ -127,14 +127,15 @@ void iis_amx_pack_w(const double *w, int d, int K, uint16_t *wv);
 void iis_amx_begin(void);
 void iis_amx_end(void);
 void iis_amx_convert(const float *x, int64_t ldx, int d, const float *mu, const float *isg,
-                     int rows, uint16_t *xa, uint16_t *xv);
-void iis_amx_forward(const uint16_t *xa, const uint16_t *wv, int d, int K, float *z);
+                     int rows, uint16_t *xa, uint16_t *xv, uint16_t *xal, uint16_t *xvl);
+void iis_amx_forward(const uint16_t *xa, const uint16_t *xal, const uint16_t *wv, int d, int K,
+                     float *z);
 void iis_amx_residuals(const float *g, int rows, int K, uint16_t *gt);
 void iis_amx_gram_operand(const uint16_t *xv, int d, uint16_t *gt);
 void iis_amx_backward(const uint16_t *gt, const uint16_t *xv, int d, int K, float *pt,
                       int first);
-void iis_amx_backward_hilo(const uint16_t *gt, const uint16_t *xv, int d, int K, float *pt,
-                           int first);
+void iis_amx_backward_hilo(const uint16_t *gt, const uint16_t *xv, const uint16_t *xvl, int d,
+                           int K, float *pt, int first);
 
 static inline void iis_report(const iis_ctx *ctx, int done, int total)
 {

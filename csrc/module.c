@@ -544,9 +544,14 @@ static PyObject *py_logreg_objective(PyObject *self, PyObject *args)
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOiOidOOOOpi", &ox, &oidx, &oval, &d, &oy, &K, &l2, &ow, &ob, &omu,
+    if (!PyArg_ParseTuple(args, "OOOiOidOOOOii", &ox, &oidx, &oval, &d, &oy, &K, &l2, &ow, &ob, &omu,
                           &osg, &amx, &nt))
         return NULL;
+    if (amx < 0 || amx > 2) {
+        PyErr_SetString(PyExc_ValueError, "logreg_objective: amx must be 0 (float passes), 1 (bf16 AMX) or "
+                                          "2 (precise AMX)");
+        return NULL;
+    }
     if ((t = float_type(ox != Py_None ? ox : oval, "X")) < 0) return NULL;
     if (make_design(&D, ox, oidx, oval, d, omu, osg, t) < 0) return NULL;
     if (!(y = arr(oy, "y", NPY_INT32, 1, 0)) || check_labels(y, D.n, K) < 0) return NULL;

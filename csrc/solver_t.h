@@ -20,13 +20,16 @@ typedef struct {
     double *part;  /* chunk partials: nch x (K + 1) (colsum of G, loss) */
     REAL *ellacc;  /* ELL: nch_ell x d x K partial products of X^T G */
     int nch, nch_ell;
-    /* AMX passes (amx.c; float32 dense designs): on while amx != 0 */
-    int amx, namx;   /* namx fixed row chunks, each with a 2Kp x Dp partial in pt */
+    /* AMX passes (amx.c; float32 dense designs): on while amx != 0, IIS_AMX_BF16 or
+     * IIS_AMX_PRECISE */
+    int amx, namx;   /* namx fixed row chunks, each with a Kp x Dp partial in pt */
     uint16_t *wv;    /* [W_hi | W_lo] packed for the forward tiles */
     float *mu_p, *isg_p; /* Dp: mu and 1 / sigma of the implicit standardisation, 0-padded */
+    double *cx;      /* d, or NULL: the design's column means (times 1 / sigma) that the
+                        AMX passes take out of X when it has no mu of its own */
     float *pt;
     double *acc;     /* per thread: d doubles (the sum over chunks) */
-    unsigned char *scr; /* per thread: xa, xv, z2, gt (scr_bytes each) */
+    unsigned char *scr; /* per thread: xa, xv, xal, xvl, z2, gt, zb (scr_bytes each) */
     size_t scr_bytes;
     int nscr;
     int keep_z; /* the AMX pass copies its p - e_y rows to z (as the other passes leave them) */
@@ -43,6 +46,7 @@ static void FN(work_free)(FN(work) * w)
     free(w->wv);
     free(w->mu_p);
     free(w->isg_p);
+    free(w->cx);
     free(w->pt);
     free(w->acc);
     free(w->scr);
@@ -305,6 +309,14 @@ static void FN(gram_sum)(const iis_ctx *ctx, const REAL *part, size_t stride, in
     P[(size_t)d * d1 + d] = 1.0;
 }
 
+/* The AMX pass levels (work.amx): the bf16 passes (the design rounded to bf16 once: the
+ * fit's first phase), then the precise passes (the design as bf16 hi + lo parts, three
+ * products where the bf16 pass takes two: logits and gradients to about 2^-16 of
+ * each product, float32-grade, in 0.4-0.5x the time of a float32 BLAS pass) that take
+ * the stopping test */
+#define IIS_AMX_BF16 1
+#define IIS_AMX_PRECISE 2
+
 #if AMX_PASSES
 /* AMX passes pay from a few million multiply-adds per GEMM on; below that, and for
  * partials over 128 MB, the float32 passes run alone */
@@ -336,6 +348,44 @@ static void FN(amx_standardisation)(const iis_design *X, float *mu_p, float *isg
     }
 }
 
+/* A design without its own mu is centred inside the AMX passes: they round
+ * (x - m) / sigma to bf16 (m the column means, mu_p) and add back exactly what m takes
+ * out, cx_j = m_j / sigma_j: c_q + sum_j cx_j W_jq to the bias of the logits and
+ * cx_j sum_i G_iq to the gradient of W_jq. Rounding x itself, an offset large against
+ * the spread (masked activations, raw features) left the products at the rounding of
+ * the offset: W's gradient is a sum over rows whose G sums to almost zero, and the
+ * precise passes' gradient was 1.6e-6 off the float32 one (features with offset 3
+ * and unit spread) where the tolerance is 1e-5; centred, 1e-7. */
+static int FN(amx_center)(const iis_ctx *ctx, const iis_design *X, FN(work) * w)
+{
+    const int64_t n = X->n, ldx = X->ldx;
+    const int d = X->d, nch = n < IIS_NCHUNK ? (int)n : IIS_NCHUNK;
+    const REAL *x = (const REAL *)X->x;
+    int c;
+    double *part = (double *)calloc((size_t)nch * (size_t)d, sizeof(double));
+    if (!part || !(w->cx = (double *)malloc(sizeof(double) * (size_t)d))) {
+        free(part);
+        return IIS_ENOMEM;
+    }
+#pragma omp parallel for num_threads(iis_nt_for(ctx, n * (int64_t)d)) schedule(static)
+    for (c = 0; c < nch; c++) {
+        int64_t lo, hi;
+        double *pc = part + (size_t)c * (size_t)d;
+        iis_chunk(n, nch, c, &lo, &hi);
+        for (int64_t i = lo; i < hi; i++)
+            for (int j = 0; j < d; j++) pc[j] += (double)x[i * ldx + j];
+    }
+    for (int j = 0; j < d; j++) {
+        double t = 0.0;
+        for (c = 0; c < nch; c++) t += part[(size_t)c * (size_t)d + j];
+        w->mu_p[j] = (float)(t / (double)n);
+        /* what the pass takes out, exactly: the float m, scaled as the pass scales */
+        w->cx[j] = (double)w->mu_p[j] * (double)w->isg_p[j];
+    }
+    free(part);
+    return IIS_OK;
+}
+
 /* Sets w->amx when the passes over X run on AMX tiles first (iis_solver_kernel),
  * with its buffers (any_size: whatever the problem size). IIS_ENOMEM when they were
  * wanted but could not be allocated (w->amx stays 0: the float32 passes can still run). */
@@ -357,7 +407,8 @@ static int FN(amx_setup)(const iis_ctx *ctx, const iis_design *X, int K, FN(work
     zb = sizeof(float) * (size_t)IIS_AMX_RB * (size_t)Kp;
     gtb = sizeof(uint16_t) * 2 * (size_t)Kp * (size_t)IIS_AMX_RB;
     /* + the block's logits and residuals (RB x K floats): they never go to memory */
-    w->scr_bytes = (2 * xab + zb + gtb + sizeof(float) * (size_t)IIS_AMX_RB * (size_t)K + 255) / 64 * 64;
+    /* xa, xv and their remainders xal, xvl (the precise passes) */
+    w->scr_bytes = (4 * xab + zb + gtb + sizeof(float) * (size_t)IIS_AMX_RB * (size_t)K + 255) / 64 * 64;
     nt = ctx->n_threads > 0 ? ctx->n_threads : 1;
     w->wv = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)Dp * 2 * (size_t)Kp);
     w->mu_p = (float *)calloc((size_t)Dp, sizeof(float));
@@ -368,7 +419,8 @@ static int FN(amx_setup)(const iis_ctx *ctx, const iis_design *X, int K, FN(work
     if (!w->wv || !w->mu_p || !w->isg_p || !w->pt || !w->scr || !w->acc) return IIS_ENOMEM;
     w->nscr = nt;
     FN(amx_standardisation)(X, w->mu_p, w->isg_p);
-    w->amx = 1;
+    if (!X->mu && FN(amx_center)(ctx, X, w) != IIS_OK) return IIS_ENOMEM;
+    w->amx = IIS_AMX_BF16;
     return IIS_OK;
 }
 
@@ -384,6 +436,7 @@ static int FN(amx_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *
     const int d = X->d, nch = w->namx, Dp = iis_amx_dpad(d), Kp = iis_amx_kpad(K);
     const size_t per = (size_t)Kp * (size_t)Dp;
     const REAL *x = (const REAL *)X->x;
+    const int precise = w->amx == IIS_AMX_PRECISE;
     int nt = iis_nt_for(ctx, n * (int64_t)K * d / 32), c;
     int64_t j;
     iis_poll pl = {0, 0.0};
@@ -396,7 +449,8 @@ static int FN(amx_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *
             int64_t lo, hi;
             unsigned char *sc = scr0 + w->scr_bytes * (size_t)iis_thread_num();
             uint16_t *xa = (uint16_t *)sc, *xv = xa + (size_t)IIS_AMX_RB * Dp;
-            float *z2 = (float *)(xv + (size_t)IIS_AMX_RB * Dp);
+            uint16_t *xal = xv + (size_t)IIS_AMX_RB * Dp, *xvl = xal + (size_t)IIS_AMX_RB * Dp;
+            float *z2 = (float *)(xvl + (size_t)IIS_AMX_RB * Dp);
             uint16_t *gt = (uint16_t *)(z2 + (size_t)IIS_AMX_RB * Kp);
             float *zb = (float *)(gt + 2 * (size_t)Kp * IIS_AMX_RB);
             float *pt = w->pt + (size_t)c * per;
@@ -407,14 +461,15 @@ static int FN(amx_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *
             iis_amx_begin();
             for (int64_t b0 = lo; b0 < hi && !iis_team_interrupted(ctx, &pl); b0 += IIS_AMX_RB) {
                 int rows = (int)(hi - b0 < IIS_AMX_RB ? hi - b0 : IIS_AMX_RB);
-                iis_amx_convert(x + b0 * ldx, ldx, d, w->mu_p, w->isg_p, rows, xa, xv);
-                iis_amx_forward(xa, w->wv, d, K, z2);
+                iis_amx_convert(x + b0 * ldx, ldx, d, w->mu_p, w->isg_p, rows, xa, xv,
+                                precise ? xal : NULL, precise ? xvl : NULL);
+                iis_amx_forward(xa, precise ? xal : NULL, w->wv, d, K, z2);
                 /* z + bias, softmax (AMX implies AVX-512), in the thread's block
                  * scratch: Z and G never make a round trip to memory */
                 iis_simd_softmax_rows(zb, y + b0, K, bias, 0, rows, p, z2, Kp);
                 if (w->keep_z) memcpy(w->z + b0 * K, zb, sizeof(float) * (size_t)rows * (size_t)K);
                 iis_amx_residuals(zb, rows, K, gt);
-                iis_amx_backward_hilo(gt, xv, d, K, pt, b0 == lo);
+                iis_amx_backward_hilo(gt, xv, precise ? xvl : NULL, d, K, pt, b0 == lo);
             }
             iis_amx_end();
         }
@@ -489,7 +544,7 @@ static int FN(gram_amx)(const iis_ctx *ctx, const iis_design *X, double *P)
         iis_amx_begin();
         for (int64_t b0 = lo; b0 < hi && !iis_team_interrupted(ctx, &pl); b0 += IIS_AMX_RB) {
             int rows = (int)(hi - b0 < IIS_AMX_RB ? hi - b0 : IIS_AMX_RB);
-            iis_amx_convert(x + b0 * ldx, ldx, d, mu_p, isg_p, rows, xa, xv);
+            iis_amx_convert(x + b0 * ldx, ldx, d, mu_p, isg_p, rows, xa, xv, NULL, NULL);
             iis_amx_gram_operand(xv, d, gt);
             iis_amx_backward(gt, xv, d, Dp / 2, pc, b0 == lo);
             {   /* the column sums of X' over the block, in float, then in double */
@@ -530,8 +585,13 @@ static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
     REAL *cr = w->gw; /* c in REAL */
     int npart;
 
-    if (w->amx) { /* the AMX pass standardises X itself: W and b as they are */
-        for (int q = 0; q < K; q++) cr[q] = (REAL)theta[dk + q];
+    if (w->amx) { /* the AMX pass standardises X itself: W and b as they are (and the
+                     centring's share of the logits in the bias, amx_center) */
+        for (int q = 0; q < K; q++) cvec[q] = theta[dk + q];
+        if (w->cx)
+            for (int j = 0; j < d; j++)
+                for (int q = 0; q < K; q++) cvec[q] += w->cx[j] * theta[(size_t)j * K + q];
+        for (int q = 0; q < K; q++) cr[q] = (REAL)cvec[q];
     } else {
         FN(effective)(X, K, theta, w->weff, cvec);
         for (int q = 0; q < K; q++) cr[q] = (REAL)cvec[q];
@@ -571,6 +631,9 @@ static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
         }
         FN(sum_parts)(ctx, w->ellacc, nch, dk, grad);
     } else if (d > 0) { /* X^T G is in grad already (fused or AMX pass) */
+        if (w->amx && w->cx)
+            for (int j = 0; j < d; j++)
+                for (int q = 0; q < K; q++) grad[(size_t)j * K + q] += w->cx[j] * grad[dk + q];
         if ((sg || mu) && !w->amx)
             for (int j = 0; j < d; j++) {
                 double inv = sg ? 1.0 / (double)sg[j] : 1.0, m0 = mu ? (double)mu[j] : 0.0;
@@ -1103,7 +1166,7 @@ probs_ready:
             if (ascr && ic > 0) {
                 for (int b0 = 0; b0 < ic; b0 += IIS_AMX_RB) {
                     int rws = ic - b0 < IIS_AMX_RB ? ic - b0 : IIS_AMX_RB;
-                    iis_amx_convert(buf + (size_t)b0 * d1, d1, d1, mu0, isg1, rws, xa, xv);
+                    iis_amx_convert(buf + (size_t)b0 * d1, d1, d1, mu0, isg1, rws, xa, xv, NULL, NULL);
                     iis_amx_gram_operand(xv, d1, gt);
                     iis_amx_backward(gt, xv, d1, Dp / 2, pc, b0 == 0);
                 }
@@ -1401,13 +1464,13 @@ static int FN(check_problem)(const iis_ctx *ctx, const iis_design *X, const int3
     return IIS_OK;
 }
 
-/* Ends the AMX passes: f and g at theta again from a float32 pass. The L-BFGS pairs
- * gathered so far are kept (they carry the curvature of the same objective up to
- * the bf16 rounding of the design). */
+/* Ends the bf16 passes: f and g at theta again from a precise pass (or, from the
+ * precise passes, a float32 one). The L-BFGS pairs gathered so far are kept (they
+ * carry the curvature of the same objective up to the rounding of the design). */
 static int FN(leave_amx)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int K,
                          double l2, const double *theta, double *g, double *f, FN(work) * w)
 {
-    w->amx = 0;
+    w->amx = w->amx == IIS_AMX_BF16 ? IIS_AMX_PRECISE : 0;
     return FN(fgrad)(ctx, X, y, K, l2, theta, g, f, w);
 }
 
@@ -1484,11 +1547,12 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
         int ls, accepted = 0, scaled = pre;
         gmax = FN(amax)(ctx, g, p);
         if (gmax <= prm->tol) {
-            if (!w.amx) {
+            if (w.amx != IIS_AMX_BF16) {
                 converged = 1;
                 break;
             }
-            /* the AMX passes meet the tolerance: the test is taken again in float32 */
+            /* the bf16 passes meet the tolerance: the test is taken again on a precise
+             * (or float32) pass */
             if ((err = FN(leave_amx)(ctx, X, y, K, prm->l2, theta, g, &f, &w)) != IIS_OK)
                 goto cleanup;
             gmax = FN(amax)(ctx, g, p);
@@ -1514,7 +1578,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
                 hist = head = 0;
                 FN(block_center)(theta, g, &f, X->d, K, prm->l2, tn);
                 gmax = FN(amax)(ctx, g, p);
-                if (gmax <= prm->tol && !w.amx) {
+                if (gmax <= prm->tol && w.amx != IIS_AMX_BF16) {
                     converged = 1;
                     break;
                 }
@@ -1598,7 +1662,8 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
         }
         if (!accepted) {
             if (!w.amx) break; /* no decrease possible at this precision */
-            /* none at the AMX passes' precision: go on in float32 from theta */
+            /* none at the AMX passes' precision: go on in the next (precise, then
+             * float32) from theta */
             if ((err = FN(leave_amx)(ctx, X, y, K, prm->l2, theta, g, &f, &w)) != IIS_OK)
                 goto cleanup;
             continue;
@@ -1622,8 +1687,8 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
             memcpy(theta, tn, sizeof(double) * p);
             memcpy(g, gn, sizeof(double) * p);
             f = fnew;
-            if (rel <= ftol && w.amx) {
-                /* the relative-decrease stop belongs to the float32 passes */
+            if (rel <= ftol && w.amx == IIS_AMX_BF16) {
+                /* the relative-decrease stop belongs to the precise or float32 passes */
                 if ((err = FN(leave_amx)(ctx, X, y, K, prm->l2, theta, g, &f, &w)) != IIS_OK)
                     goto cleanup;
             } else if (rel <= ftol && ++ftol_hits >= IIS_FTOL_RUN) {
@@ -1740,10 +1805,11 @@ int FN(iis_logreg_objective)(const iis_ctx *ctx, const iis_design *X, const int3
 #if AMX_PASSES
         if ((err = FN(amx_setup)(ctx, X, K, &wk, 1)) != IIS_OK) goto cleanup;
 #endif
-        if (!wk.amx) {
+        if (!wk.amx || (amx != IIS_AMX_BF16 && amx != IIS_AMX_PRECISE)) {
             err = IIS_EINVAL;
             goto cleanup;
         }
+        wk.amx = amx;
     }
     err = FN(fgrad)(ctx, X, y, K, l2, theta, grad, fval, &wk);
 cleanup:

@@ -61,8 +61,9 @@ def show_config() -> None:
               f"packed (M x d <= about {c['simd_max_panel_bytes'] // 4:,}), BLAS sgemm above"
               if c["projection_f32"] == "avx512f" else "BLAS sgemm")
     print(f"float32 projection: {kernel} (IIS_KERNELS={c['kernels']}, CPU SIMD: {c['cpu_simd']})")
-    solver = ("bfloat16 AMX tile passes until the tolerance is met, then float32 passes to the "
-              "float32 stopping test" if c["solver_f32"] == "amx-bf16" else "float32 BLAS passes")
+    solver = ("bfloat16 AMX tile passes until the tolerance is met, then precise (split bfloat16, "
+              "float32-accurate) AMX passes to the stopping test" if c["solver_f32"] == "amx-bf16"
+              else "float32 BLAS passes")
     print(f"float32 solver (dense designs): {solver} (CPU AMX-BF16 usable: {c['cpu_amx']})")
     for b in c["blas_libraries"]:
         print(f"BLAS: {b['internal_api']} {b['version']} threads={b['num_threads']} "

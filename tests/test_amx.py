@@ -44,17 +44,26 @@ def bf16(a):
     return u.astype(np.uint32).view(np.float32)
 
 
-def emulate(x, y, K, l2, w, b, mu, sigma):
-    """The AMX pass in NumPy: standardised X rounded to bf16 once, W and G split
-    into hi + lo bf16 parts, products summed in float64."""
+def emulate(x, y, K, l2, w, b, mu, sigma, precise=False):
+    """The AMX pass in NumPy: standardised X rounded to bf16 once (a design without mu
+    centred on its float32 column means first, the means' share added back exactly),
+    W and G split into hi + lo bf16 parts, products summed in float64. precise: X as
+    hi + lo bf16 parts too, with the products X_lo W_hi and G_hi^T X_lo added."""
     xs = x.astype(np.float32)
     if mu is not None:
         xs = (xs - mu.astype(np.float32)) * (1.0 / sigma.astype(np.float64)).astype(np.float32)
+        cx = np.zeros(x.shape[1])
+    else:
+        m = x.astype(np.float64).mean(axis=0).astype(np.float32)
+        xs = xs - m
+        cx = m.astype(np.float64)
     xb = bf16(xs).astype(np.float64)
+    xl = bf16(xs - bf16(xs)).astype(np.float64) if precise else np.zeros_like(xb)
     wh = bf16(w)
     wl = bf16(w - wh)
-    z = (xb @ (wh.astype(np.float64) + wl.astype(np.float64))).astype(np.float32).astype(np.float64)
-    z += b.astype(np.float64)
+    bias = (b.astype(np.float64) + cx @ w.astype(np.float64)).astype(np.float32)
+    z = (xb @ (wh.astype(np.float64) + wl.astype(np.float64)) + xl @ wh.astype(np.float64))
+    z = z.astype(np.float32).astype(np.float64) + bias.astype(np.float64)
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     s = e.sum(axis=1, keepdims=True)
@@ -64,10 +73,11 @@ def emulate(x, y, K, l2, w, b, mu, sigma):
     g[np.arange(n), y] -= 1
     gh = bf16(g)
     gl = bf16(g - gh)
-    gw = xb.T @ (gh.astype(np.float64) + gl.astype(np.float64)) / n + l2 * w.astype(np.float64)
-    gb = g.astype(np.float64).sum(axis=0) / n
+    gb = g.astype(np.float64).sum(axis=0)
+    gw = (xb.T @ (gh.astype(np.float64) + gl.astype(np.float64)) + xl.T @ gh.astype(np.float64)
+          + np.outer(cx, gb)) / n + l2 * w.astype(np.float64)
     f = loss + 0.5 * l2 * np.sum(w.astype(np.float64) ** 2)
-    return f, np.concatenate([gw.ravel(), gb])
+    return f, np.concatenate([gw.ravel(), gb / n])
 
 
 def exact(x, y, K, l2, w, b, mu, sigma):
@@ -176,6 +186,37 @@ def test_amx_pass_matches_its_emulation(n, d, K, standardize, kernels):
                    None if sg is None else sg.astype(np.float64))
     assert abs(f - fx) <= 2 ** -7 * max(1.0, abs(fx))
     assert np.abs(g - gx).max() <= 2 ** -7 * max(1.0, np.abs(gx).max())
+
+
+@needs_amx
+@pytest.mark.parametrize("n,d,K", SHAPES)
+@pytest.mark.parametrize("standardize", [True, False])
+def test_precise_pass_matches_its_emulation_and_float32(n, d, K, standardize, kernels):
+    """The precise pass (amx=2: X as bf16 hi + lo, three products) that takes the
+    solver's stopping test: its emulation's numbers, and the float64 objective and
+    gradient to float32-grade accuracy (the bf16 pass is off by up to 2e-4 here)."""
+    x, y, w, b, mu, sg = problem(n, d, K, seed=n + d + K, standardize=standardize)
+    y = np.minimum(y, K - 1).astype(np.int32)
+    l2 = 1e-3
+    f, g = _core.logreg_objective(x, None, None, 0, y, K, l2, w, b, mu, sg, 2, 2)
+    fe, ge = emulate(x, y, K, l2, w, b, mu, sg, precise=True)
+    assert abs(f - fe) <= 2e-7 * max(1.0, abs(fe))
+    np.testing.assert_allclose(g, ge, rtol=0, atol=5e-7 * max(1.0, np.abs(ge).max()))
+    fx, gx = exact(x, y, K, l2, w, b, None if mu is None else mu.astype(np.float64),
+                   None if sg is None else sg.astype(np.float64))
+    assert abs(f - fx) <= 5e-7 * max(1.0, abs(fx))
+    assert np.abs(g - gx).max() <= 2e-6 * max(1.0, np.abs(gx).max())
+
+
+@needs_amx
+def test_precise_pass_same_bits_for_any_thread_count_and_checks_its_level(kernels):
+    x, y, w, b, mu, sg = problem(9000, 130, 21, seed=11, standardize=False)
+    outs = [_core.logreg_objective(x, None, None, 0, y, 21, 1e-4, w, b, mu, sg, 2, t) for t in (1, 2, 3)]
+    for f, g in outs[1:]:
+        assert f == outs[0][0] and g.tobytes() == outs[0][1].tobytes()
+    for bad in (-1, 3):
+        with pytest.raises(ValueError, match="amx must be"):
+            _core.logreg_objective(x, None, None, 0, y, 21, 1e-4, w, b, mu, sg, bad, 1)
 
 
 @needs_amx
