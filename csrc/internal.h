@@ -110,6 +110,12 @@ void iis_simd_pack(const float *u, int m, int d, float *pk);
  * are read from z2, row stride ld2 (simd.c) */
 void iis_simd_softmax_rows(float *z, const int32_t *y, int K, const float *cr, int64_t lo,
                            int64_t hi, double *p, const float *z2, int ld2);
+/* mask_t.h's hard top-k row (0 < k < m) in AVX-512 (simd.c): the same bisection for the
+ * k-th largest |a| (mag: m entries of scratch), then the kept entries as a masked
+ * copy (dense) or in column order (idx, val); returns 0, having written nothing,
+ * when an entry ties the k-th largest (the portable loop breaks the tie) */
+int iis_simd_topk_row(const float *r, int m, int k, uint32_t *mag, int32_t *idx, float *val,
+                      float *dense);
 double iis_simd_project_tile(const float *x, int64_t rows, int d, int64_t ldx, const float *pk,
                              int m, float *out, int want_check);
 

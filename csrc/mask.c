@@ -21,11 +21,13 @@ int iis_keep_count(int m, double s, int published)
 #define UINT uint32_t
 #define FABS fabsf
 #define FN(name) IIS_CAT(name, _f)
+#define TOPK_SIMD iis_simd_topk_row
 #include "mask_t.h"
 #undef REAL
 #undef UINT
 #undef FABS
 #undef FN
+#undef TOPK_SIMD
 
 #define REAL double
 #define UINT uint64_t

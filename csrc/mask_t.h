@@ -41,8 +41,8 @@ static inline REAL FN(from_bits)(UINT u)
  * |a| with ties to the lower index: everything above tau = the k-th largest
  * |a|, then the first columns equal to tau until k are kept. mag is scratch of
  * m entries. */
-IIS_HOT static void FN(topk_row)(const REAL *r, int m, int k, int soft, UINT *mag, int32_t *idx,
-                         REAL *val, REAL *dense)
+IIS_HOT static void FN(topk_row)(const REAL *r, int m, int k, int soft, int simd, UINT *mag,
+                                 int32_t *idx, REAL *val, REAL *dense)
 {
     REAL tau, tsoft = 0;
     int c = 0, eq;
@@ -53,6 +53,10 @@ IIS_HOT static void FN(topk_row)(const REAL *r, int m, int k, int soft, UINT *ma
         }
         return;
     }
+#ifdef TOPK_SIMD
+    if (simd && !soft && TOPK_SIMD(r, m, k, mag, idx, val, dense)) return;
+#endif
+    (void)simd;
     for (int j = 0; j < m; j++) {
         REAL a = FABS(r[j]);
         memcpy(mag + j, &a, sizeof(a));
@@ -108,7 +112,7 @@ IIS_HOT static void FN(topk_row)(const REAL *r, int m, int k, int soft, UINT *ma
 static int FN(topk_any)(const iis_ctx *ctx, const REAL *a, int64_t n, int m, int64_t lda, int k,
                         int soft, int32_t *idx, REAL *val, REAL *dense)
 {
-    int nt = iis_nt_for(ctx, n * (int64_t)m);
+    int nt = iis_nt_for(ctx, n * (int64_t)m), simd = iis_use_simd(ctx);
     int64_t i;
     UINT *mag;
     if (n < 0 || m < 0 || k < 0 || k > m || lda < m) return IIS_EINVAL;
@@ -122,8 +126,8 @@ static int FN(topk_any)(const iis_ctx *ctx, const REAL *a, int64_t n, int m, int
 #pragma omp for schedule(static)
         for (i = 0; i < n; i++) {
             const REAL *r = a + i * lda;
-            if (dense) FN(topk_row)(r, m, k, soft, mg, NULL, NULL, dense + i * (int64_t)m);
-            else FN(topk_row)(r, m, k, soft, mg, idx + i * (int64_t)k, val + i * (int64_t)k, NULL);
+            if (dense) FN(topk_row)(r, m, k, soft, simd, mg, NULL, NULL, dense + i * (int64_t)m);
+            else FN(topk_row)(r, m, k, soft, simd, mg, idx + i * (int64_t)k, val + i * (int64_t)k, NULL);
         }
     }
     free(mag);
