@@ -138,8 +138,7 @@ void iis_amx_forward(const uint16_t *xa, const uint16_t *xal, const uint16_t *wv
                      float *z);
 void iis_amx_residuals(const float *g, int rows, int K, uint16_t *gt);
 void iis_amx_gram_operand(const uint16_t *xv, int d, uint16_t *gt);
-void iis_amx_backward(const uint16_t *gt, const uint16_t *xv, int d, int K, float *pt,
-                      int first);
+void iis_amx_gram_backward(const uint16_t *gt, const uint16_t *xv, int d, float *pt, int first);
 void iis_amx_backward_hilo(const uint16_t *gt, const uint16_t *xv, const uint16_t *xvl, int d,
                            int K, float *pt, int first);
 

@@ -490,6 +490,67 @@ static int FN(amx_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *
     }
     return IIS_OK;
 }
+/* v (d x K) = X'^T T and ts (K) = the column sums of T (n x K), on the AMX tiles in the
+ * pass's chunks (partials added in chunk order: the same bits for any thread count):
+ * T as hi + lo bf16 parts, X' the pass's rounded, standardised (or centred, cx)
+ * design. For the start from logits, which only needs to be near the optimum: on
+ * W1's probe 14 ms against 59 ms for its float32 GEMM pass. */
+static int FN(amx_xt)(const iis_ctx *ctx, const iis_design *X, int K, const REAL *T, FN(work) * w,
+                      double *v, double *ts)
+{
+    const int64_t n = X->n, ldx = X->ldx;
+    const int d = X->d, nch = w->namx, Dp = iis_amx_dpad(d), Kp = iis_amx_kpad(K);
+    const size_t per = (size_t)Kp * (size_t)Dp;
+    const REAL *x = (const REAL *)X->x;
+    int nt = iis_nt_for(ctx, n * (int64_t)K * d / 32), c;
+    int64_t j;
+    iis_poll pl = {0, 0.0};
+    unsigned char *scr0 = iis_align64(w->scr);
+    if (nt > w->nscr) nt = w->nscr;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (c = 0; c < nch; c++) {
+        int64_t lo, hi;
+        unsigned char *sc = scr0 + w->scr_bytes * (size_t)iis_thread_num();
+        uint16_t *xa = (uint16_t *)sc, *xv = xa + (size_t)IIS_AMX_RB * Dp;
+        uint16_t *gt = xv + 3 * (size_t)IIS_AMX_RB * Dp; /* past xal, xvl */
+        float *pt = w->pt + (size_t)c * per;
+        double *p = w->part + (size_t)c * (K + 1);
+        iis_chunk(n, nch, c, &lo, &hi);
+        memset(p, 0, sizeof(double) * (size_t)(K + 1));
+        if (hi <= lo) memset(pt, 0, sizeof(float) * per);
+        iis_amx_begin();
+        for (int64_t b0 = lo; b0 < hi && !iis_team_interrupted(ctx, &pl); b0 += IIS_AMX_RB) {
+            int rows = (int)(hi - b0 < IIS_AMX_RB ? hi - b0 : IIS_AMX_RB);
+            const REAL *tb = T + b0 * K;
+            iis_amx_convert(x + b0 * ldx, ldx, d, w->mu_p, w->isg_p, rows, xa, xv, NULL, NULL);
+            iis_amx_residuals(tb, rows, K, gt);
+            iis_amx_backward_hilo(gt, xv, NULL, d, K, pt, b0 == lo);
+            for (int r = 0; r < rows; r++)
+                for (int q = 0; q < K; q++) p[q] += (double)tb[(size_t)r * K + q];
+        }
+        iis_amx_end();
+    }
+    if (pl.stop) return IIS_EINTR;
+    for (int q = 0; q < K; q++) {
+        double t = 0.0;
+        for (c = 0; c < nch; c++) t += w->part[(size_t)c * (K + 1) + q];
+        ts[q] = t;
+    }
+#pragma omp parallel for num_threads(iis_nt_for(ctx, (int64_t)d * K * nch)) schedule(static)
+    for (j = 0; j < K; j++) {
+        const int q = (int)j;
+        double *acc = w->acc + (size_t)iis_thread_num() * (size_t)d;
+        for (int jj = 0; jj < d; jj++) acc[jj] = 0.0;
+        for (int cc = 0; cc < nch; cc++) {
+            const float *pq = w->pt + (size_t)cc * per + (size_t)q * Dp;
+            for (int jj = 0; jj < d; jj++) acc[jj] += (double)pq[jj];
+        }
+        for (int jj = 0; jj < d; jj++)
+            v[(size_t)jj * K + q] = acc[jj] + (w->cx ? w->cx[jj] * ts[q] : 0.0);
+    }
+    return IIS_OK;
+}
+
 /* The Gram of the design for the preconditioner on AMX tiles (float32, where the AMX
  * tiles would run and n d^2 is worth it): per block the standardised rows rounded to
  * bf16 (iis_amx_convert), their 32-bit transpose (iis_amx_gram_operand), and the
@@ -546,7 +607,7 @@ static int FN(gram_amx)(const iis_ctx *ctx, const iis_design *X, double *P)
             int rows = (int)(hi - b0 < IIS_AMX_RB ? hi - b0 : IIS_AMX_RB);
             iis_amx_convert(x + b0 * ldx, ldx, d, mu_p, isg_p, rows, xa, xv, NULL, NULL);
             iis_amx_gram_operand(xv, d, gt);
-            iis_amx_backward(gt, xv, d, Dp / 2, pc, b0 == lo);
+            iis_amx_gram_backward(gt, xv, d, pc, b0 == lo);
             {   /* the column sums of X' over the block, in float, then in double */
                 float *cf = (float *)xa; /* xa is free again: Dp floats fit in it */
                 for (int j = 0; j < d; j++) cf[j] = 0.0f;
@@ -1168,7 +1229,7 @@ probs_ready:
                     int rws = ic - b0 < IIS_AMX_RB ? ic - b0 : IIS_AMX_RB;
                     iis_amx_convert(buf + (size_t)b0 * d1, d1, d1, mu0, isg1, rws, xa, xv, NULL, NULL);
                     iis_amx_gram_operand(xv, d1, gt);
-                    iis_amx_backward(gt, xv, d1, Dp / 2, pc, b0 == 0);
+                    iis_amx_gram_backward(gt, xv, d1, pc, b0 == 0);
                 }
                 hs = pc;
                 hld = Dp;
@@ -1331,9 +1392,9 @@ static int FN(block_apply)(const iis_ctx *ctx, const float *Lb, int d1, int K, d
  * P^-1 [X' 1]^T T / n, the (damped) least-squares fit of T by this design, through
  * the preconditioner's inverse Pi. One GEMM pass over X in the fused pass's fixed
  * chunks, partials added in chunk order (the same bits for any thread count); theta
- * is left as it was if the fit is not finite. Measured on W1 (benchmarks/): the probe
- * started from the s = 0 predictor's train logits takes 42 L-BFGS iterations instead
- * of 60 from zero. */
+ * is left as it was if the fit is not finite; on the AMX tiles (amx_xt) where the
+ * passes run there. Measured on W1 (benchmarks/): the probe started from the s = 0
+ * predictor's train logits takes 42 L-BFGS iterations instead of 60 from zero. */
 static int FN(start_from_logits)(const iis_ctx *ctx, const iis_design *X, int K, const REAL *T,
                                  const double *Pi, FN(work) * w, double *theta)
 {
@@ -1347,6 +1408,21 @@ static int FN(start_from_logits)(const iis_ctx *ctx, const iis_design *X, int K,
     iis_poll pl = {0, 0.0};
     int err = IIS_OK;
     if (!v || !ts || !theta_new) err = IIS_ENOMEM;
+#if AMX_PASSES
+    if (err == IIS_OK && w->amx) { /* X'^T T directly (the tiles standardise X) */
+        if ((err = FN(amx_xt)(ctx, X, K, T, w, v, v + dk)) == IIS_OK) {
+            int finite = 1;
+            for (size_t e = 0; e < p; e++) v[e] /= (double)n;
+            FN(precond_apply)(ctx, Pi, d + 1, K, v, theta_new);
+            for (size_t e = 0; e < p && finite; e++) finite = isfinite(theta_new[e]);
+            if (finite) memcpy(theta, theta_new, sizeof(double) * p);
+        }
+        free(v);
+        free(ts);
+        free(theta_new);
+        return err;
+    }
+#endif
     if (err == IIS_OK) {
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (c = 0; c < nch; c++) {

@@ -359,3 +359,33 @@ def test_amx_gram_refused_where_it_does_not_apply(kernels):
         _core.set_kernels("auto")
         with pytest.raises(ValueError, match="AMX Gram does not apply"):
             _core.logreg_precond(x, mu, sg, 1e-3, 1, True)
+
+
+@needs_amx
+@pytest.mark.parametrize("standardize", [True, False])
+def test_start_from_logits_on_the_tiles_is_the_least_squares_fit(standardize, kernels):
+    """Where the AMX passes run, the start P^-1 [X' 1]^T T / n takes X'^T T on the tiles
+    (X' rounded to bf16, T as hi + lo parts): the float64 least-squares fit to about
+    the design's rounding; non-finite logits leave W0, b0 as passed."""
+    x, _, _, _, mu, sg = problem(20000, 64, 8, seed=13, standardize=standardize)
+    y = (np.arange(20000) % 8).astype(np.int32)
+    t = np.random.default_rng(14).normal(size=(20000, 8)).astype(np.float32)
+    l2 = 1e-3
+    xs = x.astype(np.float64)
+    if standardize:
+        xs = (xs - mu.astype(np.float64)) / sg.astype(np.float64)
+    P = _core.logreg_precond(x, mu, sg, l2, 2)
+    want = np.linalg.solve(P, np.hstack([xs, np.ones((20000, 1))]).T @ t.astype(np.float64) / 20000)
+    w0, b0 = np.ones((64, 8), np.float32), np.ones(8, np.float32)
+    with single_blas():
+        w, b, it, *_ = _core.logreg_fit(x, None, None, 0, y, 8, l2, 1e-5, 0, w0, b0, mu, sg, 2, True, t)
+    assert it == 0
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(w, want[:64], rtol=0, atol=5e-3 * scale)  # measured 1.6e-3, 2.0e-3
+    np.testing.assert_allclose(b, want[64], rtol=0, atol=5e-3 * scale)
+    assert np.abs(w - want[:64]).max() > 0  # the tiles' rounding, not the float32 GEMM
+    t[7, 2] = np.inf
+    with single_blas():
+        w, b, *_ = _core.logreg_fit(x, None, None, 0, y, 8, l2, 1e-5, 0, w0, b0, mu, sg, 2, True, t)
+    np.testing.assert_array_equal(w, w0)
+    np.testing.assert_array_equal(b, b0)
