@@ -483,7 +483,7 @@ AMX_TARGET void iis_amx_backward_hilo(const uint16_t *gt, const uint16_t *xv, co
 /* pt (Dp x Dp) = X_b^T X_b, or += unless first: the Gram's products (gt from
  * iis_amx_gram_operand). Only the pairs of tiles on and above the diagonal: the Gram's
  * users read its upper triangle (row j, columns r >= j), so half the products are
- * never taken (W1's probe: 89 -> 47 ms for its Gram) */
+ * never taken (W1's probe: 89 -> 47-74 ms for its Gram) */
 AMX_TARGET void iis_amx_gram_backward(const uint16_t *gt, const uint16_t *xv, int d, float *pt,
                                       int first)
 {
