@@ -269,6 +269,18 @@ AMX_TARGET void iis_amx_convert(const float *x, int64_t ldx, int d, const float 
     }
 }
 
+/* accumulators += [A0; A1] [B0 B1] with the A tiles already in tiles 4 and 5, B0 and B1
+ * (16 pairs x 16 columns each) at b0 and b1 with row stride ldb bytes */
+static inline AMX_TARGET void b_madd(const uint16_t *b0, const uint16_t *b1, int ldb)
+{
+    _tile_loadd(6, b0, ldb);
+    _tile_loadd(7, b1, ldb);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+}
+
 /* z (RB x Kp) = X_b (W_hi + W_lo), + X_lo W_hi with xal (the precise passes): per pair
  * of row tiles and pair of class tiles, the A tiles loaded once for the hi and the lo
  * B tiles; an odd last class tile takes its hi and lo tiles as the pair */
@@ -287,27 +299,12 @@ AMX_TARGET void iis_amx_forward(const uint16_t *xa, const uint16_t *xal, const u
                 const uint16_t *b = wv + (size_t)kk * 16 * K2 * 2;
                 _tile_loadd(4, a0 + kk * 32, lda);
                 _tile_loadd(5, a1 + kk * 32, lda);
-                _tile_loadd(6, b + (size_t)ct * 32, ldb);
-                _tile_loadd(7, b + (size_t)(ct + 1) * 32, ldb);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
-                _tile_loadd(6, b + (size_t)(CT + ct) * 32, ldb);
-                _tile_loadd(7, b + (size_t)(CT + ct + 1) * 32, ldb);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
+                b_madd(b + (size_t)ct * 32, b + (size_t)(ct + 1) * 32, ldb);           /* W_hi */
+                b_madd(b + (size_t)(CT + ct) * 32, b + (size_t)(CT + ct + 1) * 32, ldb); /* W_lo */
                 if (e0) {
                     _tile_loadd(4, e0 + kk * 32, lda);
                     _tile_loadd(5, e1 + kk * 32, lda);
-                    _tile_loadd(6, b + (size_t)ct * 32, ldb);
-                    _tile_loadd(7, b + (size_t)(ct + 1) * 32, ldb);
-                    _tile_dpbf16ps(0, 4, 6);
-                    _tile_dpbf16ps(1, 4, 7);
-                    _tile_dpbf16ps(2, 5, 6);
-                    _tile_dpbf16ps(3, 5, 7);
+                    b_madd(b + (size_t)ct * 32, b + (size_t)(ct + 1) * 32, ldb); /* X_lo W_hi */
                 }
             }
             acc_store(z + (size_t)rt * 16 * Kp + (size_t)ct * 16, Kp);

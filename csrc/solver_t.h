@@ -424,118 +424,36 @@ static int FN(amx_setup)(const iis_ctx *ctx, const iis_design *X, int K, FN(work
     return IIS_OK;
 }
 
-/* One pass of amx.c's tiles over the standardised design: per block of IIS_AMX_RB
- * rows, z = X_b (W_hi + W_lo) + b, softmax and loss in place, then
- * pt_c += (G_hi + G_lo)^T X_b. On return grad[0, dk) holds X'^T G for the
- * standardised X' (no correction left to apply) and w->part the namx softmax
- * partials. */
-static int FN(amx_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int K,
-                        const double *theta, const REAL *bias, FN(work) * w, double *grad)
+/* A thread's block scratch (amx_setup's layout): xa, xv, xal, xvl (RB x Dp bf16 each),
+ * z2 (RB x Kp float), gt (2 Kp x RB bf16), zb (RB x K float) */
+typedef struct {
+    uint16_t *xa, *xv, *xal, *xvl, *gt;
+    float *z2, *zb;
+} FN(amx_scr);
+
+static FN(amx_scr) FN(amx_scratch)(const FN(work) * w, int Dp, int Kp)
 {
-    const int64_t n = X->n, ldx = X->ldx;
-    const int d = X->d, nch = w->namx, Dp = iis_amx_dpad(d), Kp = iis_amx_kpad(K);
-    const size_t per = (size_t)Kp * (size_t)Dp;
-    const REAL *x = (const REAL *)X->x;
-    const int precise = w->amx == IIS_AMX_PRECISE;
-    int nt = iis_nt_for(ctx, n * (int64_t)K * d / 32), c;
-    int64_t j;
-    iis_poll pl = {0, 0.0};
-    unsigned char *scr0 = iis_align64(w->scr);
-    if (nt > w->nscr) nt = w->nscr;
-    iis_amx_pack_w(theta, d, K, w->wv);
-    { /* chunks handed out as threads free up, as in the fused pass */
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-        for (c = 0; c < nch; c++) {
-            int64_t lo, hi;
-            unsigned char *sc = scr0 + w->scr_bytes * (size_t)iis_thread_num();
-            uint16_t *xa = (uint16_t *)sc, *xv = xa + (size_t)IIS_AMX_RB * Dp;
-            uint16_t *xal = xv + (size_t)IIS_AMX_RB * Dp, *xvl = xal + (size_t)IIS_AMX_RB * Dp;
-            float *z2 = (float *)(xvl + (size_t)IIS_AMX_RB * Dp);
-            uint16_t *gt = (uint16_t *)(z2 + (size_t)IIS_AMX_RB * Kp);
-            float *zb = (float *)(gt + 2 * (size_t)Kp * IIS_AMX_RB);
-            float *pt = w->pt + (size_t)c * per;
-            double *p = w->part + (size_t)c * (K + 1);
-            iis_chunk(n, nch, c, &lo, &hi);
-            memset(p, 0, sizeof(double) * (size_t)(K + 1));
-            if (hi <= lo) memset(pt, 0, sizeof(float) * per);
-            iis_amx_begin();
-            for (int64_t b0 = lo; b0 < hi && !iis_team_interrupted(ctx, &pl); b0 += IIS_AMX_RB) {
-                int rows = (int)(hi - b0 < IIS_AMX_RB ? hi - b0 : IIS_AMX_RB);
-                iis_amx_convert(x + b0 * ldx, ldx, d, w->mu_p, w->isg_p, rows, xa, xv,
-                                precise ? xal : NULL, precise ? xvl : NULL);
-                iis_amx_forward(xa, precise ? xal : NULL, w->wv, d, K, z2);
-                /* z + bias, softmax (AMX implies AVX-512), in the thread's block
-                 * scratch: Z and G never make a round trip to memory */
-                iis_simd_softmax_rows(zb, y + b0, K, bias, 0, rows, p, z2, Kp);
-                if (w->keep_z) memcpy(w->z + b0 * K, zb, sizeof(float) * (size_t)rows * (size_t)K);
-                iis_amx_residuals(zb, rows, K, gt);
-                iis_amx_backward_hilo(gt, xv, precise ? xvl : NULL, d, K, pt, b0 == lo);
-            }
-            iis_amx_end();
-        }
-    }
-    if (pl.stop) return IIS_EINTR;
-    /* grad[j][q] = sum over the chunks, in chunk order; one class per iteration, the
-     * chunk partials read along their rows */
-#pragma omp parallel for num_threads(iis_nt_for(ctx, (int64_t)d * K * nch)) schedule(static)
-    for (j = 0; j < K; j++) {
-        const int q = (int)j;
-        double *acc = w->acc + (size_t)iis_thread_num() * (size_t)d;
-        for (int jj = 0; jj < d; jj++) acc[jj] = 0.0;
-        for (int cc = 0; cc < nch; cc++) {
-            const float *pq = w->pt + (size_t)cc * per + (size_t)q * Dp;
-            for (int jj = 0; jj < d; jj++) acc[jj] += (double)pq[jj];
-        }
-        for (int jj = 0; jj < d; jj++) grad[(size_t)jj * K + q] = acc[jj];
-    }
-    return IIS_OK;
+    FN(amx_scr) a;
+    const size_t xab = (size_t)IIS_AMX_RB * (size_t)Dp;
+    a.xa = (uint16_t *)(iis_align64(w->scr) + w->scr_bytes * (size_t)iis_thread_num());
+    a.xv = a.xa + xab;
+    a.xal = a.xv + xab;
+    a.xvl = a.xal + xab;
+    a.z2 = (float *)(a.xvl + xab);
+    a.gt = (uint16_t *)(a.z2 + (size_t)IIS_AMX_RB * Kp);
+    a.zb = (float *)(a.gt + 2 * (size_t)Kp * IIS_AMX_RB);
+    return a;
 }
-/* v (d x K) = X'^T T and ts (K) = the column sums of T (n x K), on the AMX tiles in the
- * pass's chunks (partials added in chunk order: the same bits for any thread count):
- * T as hi + lo bf16 parts, X' the pass's rounded, standardised (or centred, cx)
- * design. For the start from logits, which only needs to be near the optimum: on
- * W1's probe 22-30 ms against 59 ms for its float32 GEMM pass. */
-static int FN(amx_xt)(const iis_ctx *ctx, const iis_design *X, int K, const REAL *T, FN(work) * w,
-                      double *v, double *ts)
+
+/* out[j][q] = the sum over the chunks' partials pt (Kp x Dp each), in chunk order, plus
+ * cx_j ts_q when ts is given (the centring's share, amx_center); one class per
+ * iteration, the partials read along their rows */
+static void FN(amx_reduce)(const iis_ctx *ctx, const FN(work) * w, int d, int K, const double *ts,
+                           double *out)
 {
-    const int64_t n = X->n, ldx = X->ldx;
-    const int d = X->d, nch = w->namx, Dp = iis_amx_dpad(d), Kp = iis_amx_kpad(K);
-    const size_t per = (size_t)Kp * (size_t)Dp;
-    const REAL *x = (const REAL *)X->x;
-    int nt = iis_nt_for(ctx, n * (int64_t)K * d / 32), c;
+    const int Dp = iis_amx_dpad(d), nch = w->namx;
+    const size_t per = (size_t)iis_amx_kpad(K) * (size_t)Dp;
     int64_t j;
-    iis_poll pl = {0, 0.0};
-    unsigned char *scr0 = iis_align64(w->scr);
-    if (nt > w->nscr) nt = w->nscr;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-    for (c = 0; c < nch; c++) {
-        int64_t lo, hi;
-        unsigned char *sc = scr0 + w->scr_bytes * (size_t)iis_thread_num();
-        uint16_t *xa = (uint16_t *)sc, *xv = xa + (size_t)IIS_AMX_RB * Dp;
-        uint16_t *gt = xv + 3 * (size_t)IIS_AMX_RB * Dp; /* past xal, xvl */
-        float *pt = w->pt + (size_t)c * per;
-        double *p = w->part + (size_t)c * (K + 1);
-        iis_chunk(n, nch, c, &lo, &hi);
-        memset(p, 0, sizeof(double) * (size_t)(K + 1));
-        if (hi <= lo) memset(pt, 0, sizeof(float) * per);
-        iis_amx_begin();
-        for (int64_t b0 = lo; b0 < hi && !iis_team_interrupted(ctx, &pl); b0 += IIS_AMX_RB) {
-            int rows = (int)(hi - b0 < IIS_AMX_RB ? hi - b0 : IIS_AMX_RB);
-            const REAL *tb = T + b0 * K;
-            iis_amx_convert(x + b0 * ldx, ldx, d, w->mu_p, w->isg_p, rows, xa, xv, NULL, NULL);
-            iis_amx_residuals(tb, rows, K, gt);
-            iis_amx_backward_hilo(gt, xv, NULL, d, K, pt, b0 == lo);
-            for (int r = 0; r < rows; r++)
-                for (int q = 0; q < K; q++) p[q] += (double)tb[(size_t)r * K + q];
-        }
-        iis_amx_end();
-    }
-    if (pl.stop) return IIS_EINTR;
-    for (int q = 0; q < K; q++) {
-        double t = 0.0;
-        for (c = 0; c < nch; c++) t += w->part[(size_t)c * (K + 1) + q];
-        ts[q] = t;
-    }
 #pragma omp parallel for num_threads(iis_nt_for(ctx, (int64_t)d * K * nch)) schedule(static)
     for (j = 0; j < K; j++) {
         const int q = (int)j;
@@ -546,7 +464,75 @@ static int FN(amx_xt)(const iis_ctx *ctx, const iis_design *X, int K, const REAL
             for (int jj = 0; jj < d; jj++) acc[jj] += (double)pq[jj];
         }
         for (int jj = 0; jj < d; jj++)
-            v[(size_t)jj * K + q] = acc[jj] + (w->cx ? w->cx[jj] * ts[q] : 0.0);
+            out[(size_t)jj * K + q] = acc[jj] + (ts && w->cx ? w->cx[jj] * ts[q] : 0.0);
+    }
+}
+
+/* One pass of amx.c's tiles over the standardised design: per block of IIS_AMX_RB
+ * rows, z = X_b (W_hi + W_lo) + b, softmax and loss in place, then
+ * pt_c += (G_hi + G_lo)^T X_b. On return grad[0, dk) holds X'^T G for the
+ * standardised X' (the centring's share is fgrad's) and w->part the namx softmax
+ * partials.
+ * With T (n x K; theta, bias and y unused): G = T, grad[0, dk) = X'^T T with the
+ * centring's share and grad[dk, dk + K) the column sums of T: the start from logits,
+ * which only needs to be near the optimum (on W1's probe 22-30 ms against 59 ms for its
+ * float32 GEMM pass). */
+static int FN(amx_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int K,
+                        const double *theta, const REAL *bias, const REAL *T, FN(work) * w,
+                        double *grad)
+{
+    const int64_t n = X->n, ldx = X->ldx;
+    const int d = X->d, nch = w->namx, Dp = iis_amx_dpad(d), Kp = iis_amx_kpad(K);
+    const size_t per = (size_t)Kp * (size_t)Dp;
+    const REAL *x = (const REAL *)X->x;
+    const int precise = w->amx == IIS_AMX_PRECISE && !T;
+    int nt = iis_nt_for(ctx, n * (int64_t)K * d / 32), c;
+    iis_poll pl = {0, 0.0};
+    if (nt > w->nscr) nt = w->nscr;
+    if (!T) iis_amx_pack_w(theta, d, K, w->wv);
+    { /* chunks handed out as threads free up, as in the fused pass */
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+        for (c = 0; c < nch; c++) {
+            int64_t lo, hi;
+            const FN(amx_scr) a = FN(amx_scratch)(w, Dp, Kp);
+            float *pt = w->pt + (size_t)c * per;
+            double *p = w->part + (size_t)c * (K + 1);
+            iis_chunk(n, nch, c, &lo, &hi);
+            memset(p, 0, sizeof(double) * (size_t)(K + 1));
+            if (hi <= lo) memset(pt, 0, sizeof(float) * per);
+            iis_amx_begin();
+            for (int64_t b0 = lo; b0 < hi && !iis_team_interrupted(ctx, &pl); b0 += IIS_AMX_RB) {
+                int rows = (int)(hi - b0 < IIS_AMX_RB ? hi - b0 : IIS_AMX_RB);
+                const REAL *g = T ? T + b0 * K : a.zb;
+                iis_amx_convert(x + b0 * ldx, ldx, d, w->mu_p, w->isg_p, rows, a.xa, a.xv,
+                                precise ? a.xal : NULL, precise ? a.xvl : NULL);
+                if (T) {
+                    for (int r = 0; r < rows; r++)
+                        for (int q = 0; q < K; q++) p[q] += (double)g[(size_t)r * K + q];
+                } else {
+                    iis_amx_forward(a.xa, precise ? a.xal : NULL, w->wv, d, K, a.z2);
+                    /* z + bias, softmax (AMX implies AVX-512), in the thread's block
+                     * scratch: Z and G never make a round trip to memory */
+                    iis_simd_softmax_rows(a.zb, y + b0, K, bias, 0, rows, p, a.z2, Kp);
+                    if (w->keep_z) memcpy(w->z + b0 * K, a.zb, sizeof(float) * (size_t)rows * (size_t)K);
+                }
+                iis_amx_residuals(g, rows, K, a.gt);
+                iis_amx_backward_hilo(a.gt, a.xv, precise ? a.xvl : NULL, d, K, pt, b0 == lo);
+            }
+            iis_amx_end();
+        }
+    }
+    if (pl.stop) return IIS_EINTR;
+    if (T) {
+        double *ts = grad + (size_t)d * (size_t)K;
+        for (int q = 0; q < K; q++) {
+            double t = 0.0;
+            for (c = 0; c < nch; c++) t += w->part[(size_t)c * (K + 1) + q];
+            ts[q] = t;
+        }
+        FN(amx_reduce)(ctx, w, d, K, ts, grad);
+    } else {
+        FN(amx_reduce)(ctx, w, d, K, NULL, grad);
     }
     return IIS_OK;
 }
@@ -659,7 +645,7 @@ static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
     }
 #if AMX_PASSES
     if (w->amx) {
-        if (FN(amx_pass)(ctx, X, y, K, theta, cr, w, grad) != IIS_OK) return IIS_EINTR;
+        if (FN(amx_pass)(ctx, X, y, K, theta, cr, NULL, w, grad) != IIS_OK) return IIS_EINTR;
         npart = w->namx;
     } else
 #endif
@@ -1392,7 +1378,7 @@ static int FN(block_apply)(const iis_ctx *ctx, const float *Lb, int d1, int K, d
  * P^-1 [X' 1]^T T / n, the (damped) least-squares fit of T by this design, through
  * the preconditioner's inverse Pi. One GEMM pass over X in the fused pass's fixed
  * chunks, partials added in chunk order (the same bits for any thread count); theta
- * is left as it was if the fit is not finite; on the AMX tiles (amx_xt) where the
+ * is left as it was if the fit is not finite; on the AMX tiles (amx_pass) where the
  * passes run there. Measured on W1 (benchmarks/): the probe started from the s = 0
  * predictor's train logits takes 42 L-BFGS iterations instead of 60 from zero. */
 static int FN(start_from_logits)(const iis_ctx *ctx, const iis_design *X, int K, const REAL *T,
@@ -1402,28 +1388,19 @@ static int FN(start_from_logits)(const iis_ctx *ctx, const iis_design *X, int K,
     const int d = X->d, nch = w->natz;
     const size_t dk = (size_t)d * (size_t)K, p = dk + (size_t)K;
     const REAL *x = (const REAL *)X->x, *mu = (const REAL *)X->mu, *sg = (const REAL *)X->sigma;
-    int nt = iis_nt_for(ctx, n * (int64_t)K * d / 32), c;
+    int nt = iis_nt_for(ctx, n * (int64_t)K * d / 32), c, on_tiles = 0;
     double *v = (double *)malloc(sizeof(double) * p), *ts = (double *)calloc((size_t)nch * K, sizeof(double));
     double *theta_new = (double *)malloc(sizeof(double) * p);
     iis_poll pl = {0, 0.0};
     int err = IIS_OK;
     if (!v || !ts || !theta_new) err = IIS_ENOMEM;
 #if AMX_PASSES
-    if (err == IIS_OK && w->amx) { /* X'^T T directly (the tiles standardise X) */
-        if ((err = FN(amx_xt)(ctx, X, K, T, w, v, v + dk)) == IIS_OK) {
-            int finite = 1;
-            for (size_t e = 0; e < p; e++) v[e] /= (double)n;
-            FN(precond_apply)(ctx, Pi, d + 1, K, v, theta_new);
-            for (size_t e = 0; e < p && finite; e++) finite = isfinite(theta_new[e]);
-            if (finite) memcpy(theta, theta_new, sizeof(double) * p);
-        }
-        free(v);
-        free(ts);
-        free(theta_new);
-        return err;
-    }
+    /* X'^T T and the column sums of T directly (amx_pass with T) */
+    on_tiles = w->amx;
+    if (err == IIS_OK && on_tiles && FN(amx_pass)(ctx, X, NULL, K, NULL, NULL, T, w, v) != IIS_OK)
+        err = IIS_EINTR;
 #endif
-    if (err == IIS_OK) {
+    if (err == IIS_OK && !on_tiles) {
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (c = 0; c < nch; c++) {
             int64_t lo, hi;
@@ -1444,22 +1421,24 @@ static int FN(start_from_logits)(const iis_ctx *ctx, const iis_design *X, int K,
             }
         }
         if (pl.stop) err = IIS_EINTR;
+        if (err == IIS_OK) {
+            FN(sum_parts)(ctx, w->gpart, nch, dk, v);
+            for (int q = 0; q < K; q++) {
+                double t = 0.0;
+                for (c = 0; c < nch; c++) t += ts[(size_t)c * K + q];
+                v[dk + q] = t;
+            }
+            /* X'^T T = diag(1 / sigma) (X^T T - mu 1^T T) */
+            for (int j = 0; j < d; j++) {
+                double inv = sg ? 1.0 / (double)sg[j] : 1.0, m0 = mu ? (double)mu[j] : 0.0;
+                for (int q = 0; q < K; q++)
+                    v[(size_t)j * K + q] = (v[(size_t)j * K + q] - m0 * v[dk + q]) * inv;
+            }
+        }
     }
     if (err == IIS_OK) {
         int finite = 1;
-        FN(sum_parts)(ctx, w->gpart, nch, dk, v);
-        for (int q = 0; q < K; q++) {
-            double t = 0.0;
-            for (c = 0; c < nch; c++) t += ts[(size_t)c * K + q];
-            v[dk + q] = t;
-        }
-        /* X'^T T = diag(1 / sigma) (X^T T - mu 1^T T) */
-        for (int j = 0; j < d; j++) {
-            double inv = sg ? 1.0 / (double)sg[j] : 1.0, m0 = mu ? (double)mu[j] : 0.0;
-            for (int q = 0; q < K; q++)
-                v[(size_t)j * K + q] = (v[(size_t)j * K + q] - m0 * v[dk + q]) * inv / (double)n;
-        }
-        for (int q = 0; q < K; q++) v[dk + q] /= (double)n;
+        for (size_t e = 0; e < p; e++) v[e] /= (double)n;
         FN(precond_apply)(ctx, Pi, d + 1, K, v, theta_new);
         for (size_t e = 0; e < p && finite; e++) finite = isfinite(theta_new[e]);
         if (finite) memcpy(theta, theta_new, sizeof(double) * p);
