@@ -427,13 +427,11 @@ AMX_TARGET void iis_amx_backward_hilo(const uint16_t *gt, const uint16_t *xv, co
             float *c = pt + (size_t)qt * 16 * Dp + (size_t)jt * 16;
             if (first) {
                 acc_zero();
+            } else if (two) {
+                acc_load(c, Dp);
             } else {
                 _tile_loadd(0, c, ldc);
                 _tile_loadd(1, c + 16, ldc);
-                if (two) {
-                    _tile_loadd(2, c + (size_t)16 * Dp, ldc);
-                    _tile_loadd(3, c + (size_t)16 * Dp + 16, ldc);
-                }
             }
             for (int pp = 0; pp < RB / 32; pp++) {
                 const uint16_t *b = xv + ((size_t)pp * 16 * Dp + (size_t)jt * 16) * 2;
@@ -467,11 +465,11 @@ AMX_TARGET void iis_amx_backward_hilo(const uint16_t *gt, const uint16_t *xv, co
                     }
                 }
             }
-            _tile_stored(0, c, ldc);
-            _tile_stored(1, c + 16, ldc);
             if (two) {
-                _tile_stored(2, c + (size_t)16 * Dp, ldc);
-                _tile_stored(3, c + (size_t)16 * Dp + 16, ldc);
+                acc_store(c, Dp);
+            } else {
+                _tile_stored(0, c, ldc);
+                _tile_stored(1, c + 16, ldc);
             }
         }
     }

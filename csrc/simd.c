@@ -462,9 +462,7 @@ TGT static inline uint32_t kth_avx512(const float *r, int m, int k, uint32_t *ma
     }
     return lo;
 }
-#endif
 
-#ifdef IIS_HAVE_AVX512_BUILD
 /* the hard top-k row when no entry ties the k-th largest |a| (else 0: the portable
  * loop breaks the tie): keep = |a| >= tau, as a masked copy (dense) or compressed to
  * the kept columns in order (idx, val) */

@@ -1661,10 +1661,8 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
             int last = (head - 1 + mem) % mem;
             const double *yl = Y + (size_t)last * p;
             double yy, gamma;
-            if (blk_on) { /* tn = M y from the sweep above */
-                yy = FN(dot)(ctx, tn, yl, p, vpart);
-            } else if (pre) {
-                FN(precond_apply)(ctx, Pi, X->d + 1, K, yl, tn);
+            if (blk_on || pre) { /* tn = M y (the blocks' sweep above left it there) */
+                if (!blk_on) FN(precond_apply)(ctx, Pi, X->d + 1, K, yl, tn);
                 yy = FN(dot)(ctx, tn, yl, p, vpart);
             } else {
                 yy = FN(dot)(ctx, yl, yl, p, vpart);
