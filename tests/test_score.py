@@ -137,8 +137,13 @@ def test_concept_library_builders_and_io(tmp_path):
     cl = iis.ConceptLibrary.cluster(el, n_concepts=12, seed=0, max_elements=300, element_labels=lab)
     np.testing.assert_allclose(np.linalg.norm(cl.vectors, axis=1), 1.0, rtol=1e-6)
     assert sum(cl.meta["sizes"]) == 300 and cl.n_concepts == 12
-    cl2 = iis.ConceptLibrary.cluster(el, n_concepts=12, seed=0, max_elements=300, element_labels=lab)
+    # the order of prototype's arguments: (elements, element_labels, n_concepts, seed)
+    cl2 = iis.ConceptLibrary.cluster(el, lab, 12, 0, max_elements=300)
     np.testing.assert_array_equal(cl.vectors, cl2.vectors)
+    with pytest.raises(TypeError, match="pass n_concepts by keyword"):
+        iis.ConceptLibrary.cluster(el, 12)  # the order before issue 17
+    with pytest.raises(ValueError, match="499 entries for 500"):
+        iis.ConceptLibrary.cluster(el, lab[:-1], 12)  # checked also when all elements are used
     (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(ValueError, match="corrupt|truncated|not"):
         iis.ConceptLibrary.load(tmp_path / "bad.npz")
