@@ -963,7 +963,7 @@ def _cli(*argv):
 
 def _score_argv(files, train="train.npz", eval_="eval.npz", library="prototype:10", *extra):
     return ["score", "--train", files.get(train, train), "--eval", files.get(eval_, eval_),
-            "--library", files.get(library, library), "--sparsities", "0,0.5", "--threads", "1",
+            "--library", files.get(library, library), "--sparsities", "0,0.5", "--n-threads", "1",
             "--quiet", *extra]
 
 
@@ -1017,7 +1017,9 @@ CLI_SCORE = [
     ("sparsities-range", "train.npz", "eval.npz", "prototype:5", ["--sparsities", "0,1.5"], r"\[0, 1\)"),
     ("sparsities-one", "train.npz", "eval.npz", "prototype:5", ["--sparsities", "0.5"], "at least 2"),
     ("sparsities-nan", "train.npz", "eval.npz", "prototype:5", ["--sparsities", "0,nan"], r"\[0, 1\)"),
-    ("threads-0", "train.npz", "eval.npz", "prototype:5", ["--threads", "0"], "n_threads"),
+    ("threads-0", "train.npz", "eval.npz", "prototype:5", ["--n-threads", "0"], "n_threads"),
+    ("tol-0", "train.npz", "eval.npz", "prototype:5", ["--tol", "0"], "tol must be > 0"),
+    ("max-iter-0", "train.npz", "eval.npz", "prototype:5", ["--max-iter", "0"], "max_iter must be > 0"),
     ("l2-negative", "train.npz", "eval.npz", "prototype:5", ["--l2", "-1"], "l2 must be >= 0"),
     ("l2-nan", "train.npz", "eval.npz", "prototype:5", ["--l2", "nan"], "l2 must be >= 0"),
     ("seed-negative", "train.npz", "eval.npz", "prototype:5", ["--seed", "-1"], "non-negative"),
@@ -1042,7 +1044,10 @@ CLI_ARGPARSE = [
     ("unknown-command", ["bogus"]),
     ("score-no-args", ["score"]),
     ("unknown-option", ["score", "--train", "a", "--eval", "b", "--bogus"]),
-    ("threads-word", ["score", "--train", "a", "--eval", "b", "--threads", "x"]),
+    ("threads-word", ["score", "--train", "a", "--eval", "b", "--n-threads", "x"]),
+    ("threads-old-name", ["score", "--train", "a", "--eval", "b", "--threads", "1"]),
+    ("tol-word", ["score", "--train", "a", "--eval", "b", "--tol", "x"]),
+    ("max-iter-float", ["score", "--train", "a", "--eval", "b", "--max-iter", "1.5"]),
     ("normalize", ["score", "--train", "a", "--eval", "b", "--normalize", "zscore"]),
     ("mask", ["score", "--train", "a", "--eval", "b", "--mask", "x"]),
     ("keep", ["score", "--train", "a", "--eval", "b", "--keep", "x"]),
