@@ -230,7 +230,13 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         Representation features (NumPy arrays, memmaps or CPU torch tensors;
         used without copying when rows are contiguous and the dtype matches).
     train_labels, eval_labels : array-like (N,)
-        Any hashable labels; eval classes must occur in train.
+        Class labels: integers, strings, bools or integral floats (floats with a
+        fractional part are refused as continuous targets). Eval labels are
+        matched to the train classes by value, never cast to the train dtype.
+        Eval rows of a class absent from train can never be predicted: they
+        count as errors of the IP and of the probe alike (so ARR and the IIS are
+        those without them) and a UserWarning names them; a ValueError when no
+        eval label is a train class.
     library : ConceptLibrary or array (M, d)
         Concept library ``P``.
     sparsities : sequence of float in [0, 1)
@@ -279,6 +285,9 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         raise ValueError(f"train_labels has {ytr.shape[0]} entries but train_features has {ftr.shape[0]} rows")
     if yev.shape[0] != fev.shape[0]:
         raise ValueError(f"eval_labels has {yev.shape[0]} entries but eval_features has {fev.shape[0]} rows")
+    n_eval = yev.shape[0]
+    if np.any(yev < 0):  # unseen classes (warned): errors for the IP and the probe alike
+        fev, yev = fev[yev >= 0], yev[yev >= 0]
     if len(classes) < 2:
         raise ValueError(f"train_labels hold {len(classes)} class; IIS needs at least 2")
     lib = _resolve_library(library, ftr.shape[1], ftr.dtype)
@@ -342,6 +351,8 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         arr = np.full_like(acc, np.nan)
     else:
         arr = acc / probe_acc
+    if yev.shape[0] < n_eval:  # the accuracies over all eval rows, unseen classes as errors
+        acc, probe_acc = acc * (yev.shape[0] / n_eval), probe_acc * yev.shape[0] / n_eval
     total = float(_core.trapezoid(s, np.ascontiguousarray(arr)))
     timings["total"] = time.perf_counter() - t_all
     return IISResult(
@@ -349,7 +360,7 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         ip_accuracy=acc, probe_accuracy=float(probe_acc), kept=kept.astype(np.int64),
         n_iter=n_iter.astype(np.int64), converged=conv.astype(bool), probe_n_iter=int(p_iter),
         probe_converged=bool(p_conv), n_concepts=lib.n_concepts, n_classes=K,
-        n_train=int(ftr.shape[0]), n_eval=int(fev.shape[0]), normalize=norm, mask=mask, keep=keep,
+        n_train=int(ftr.shape[0]), n_eval=int(n_eval), normalize=norm, mask=mask, keep=keep,
         l2=float(l2), library_kind=lib.kind, timings=timings, concept_names=list(lib.names))
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from . import _core
 from ._library import NORMALIZATIONS, ConceptLibrary
 from ._validation import (read_npz, single_blas, as_float_matrix, check_option, check_positive,
-                          check_threads, encode_labels, _labels_1d)
+                          check_threads, encode_labels, match_labels)
 
 _FORMAT = "iis.InterpretablePredictor/1"
 # what load() reads (mean and std only for normalize="standardize")
@@ -383,12 +383,18 @@ class InterpretablePredictor:
         return z
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
-        """Top-1 accuracy on ``(X, y)`` (labels outside ``classes_`` count as errors)."""
-        yy = _labels_1d(y, "y")
-        pred = self.predict(X)
-        if yy.shape[0] != pred.shape[0]:
-            raise ValueError(f"y has {yy.shape[0]} entries but X has {pred.shape[0]} rows")
-        hit = (pred == yy).astype(np.float64)
+        """Top-1 accuracy on ``(X, y)``.
+
+        Labels are matched to ``classes_`` as :func:`iis.score` matches eval labels:
+        labels outside ``classes_`` count as errors, with a UserWarning; a
+        ValueError when no label of ``y`` is among them.
+        """
+        self._check_fitted()
+        codes = match_labels(self.classes_, y, "y", known="the fitted model")
+        logits = self.decision_function(X)
+        if codes.shape[0] != logits.shape[0]:
+            raise ValueError(f"y has {codes.shape[0]} entries but X has {logits.shape[0]} rows")
+        hit = (np.argmax(logits, axis=1) == codes).astype(np.float64)
         if sample_weight is None:
             return float(hit.mean())
         sw = np.asarray(sample_weight, dtype=np.float64).reshape(-1)

@@ -44,7 +44,12 @@ def test_fit_predict_proba_score(fitted):
     w = np.where(labels[350:] == "cat", 2.0, 1.0)
     assert clf.score(x[350:], labels[350:], sample_weight=w) == pytest.approx(
         np.sum(w * (pred == labels[350:])) / w.sum())
-    assert clf.score(x[350:], np.full(150, "zebra")) == 0.0  # unseen label: wrong, not an error
+    zebras = labels[350:].astype(object)
+    zebras[:10] = "zebra"  # unseen in fit: counted as errors, with a warning (as iis.score)
+    with pytest.warns(UserWarning, match=r"10 of 150 y \(classes \['zebra'\]\)"):
+        assert clf.score(x[350:], zebras) == pytest.approx(np.mean(pred == zebras))
+    with pytest.raises(ValueError, match="none of the y"):
+        clf.score(x[350:], np.full(150, "zebra"))
 
 
 @pytest.mark.parametrize("normalize,mask", [("layernorm", "hard"), ("standardize", "hard"),
