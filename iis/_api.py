@@ -249,6 +249,10 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         Hard top-k mask (published code) or soft threshold (Eq. 4).
     keep : {"default", "published"}
         ``k(s) = M - floor(M s)``, or one fewer as the published code does.
+        A ratio where that keeps no concept (k = 0) gets the bias-only
+        predictor (the train class priors: it predicts the most frequent
+        train class), as the published code does; :class:`InterpretablePredictor`
+        fits the same model.
     l2 : float
         L2 penalty: objective ``mean CE + l2/2 ||W||^2`` (bias unpenalised).
         The same penalty is used for the probe.

@@ -179,7 +179,10 @@ class InterpretablePredictor:
     mask : {"hard", "soft"}
         Hard top-k mask or soft threshold (METHOD.md section 3).
     keep : {"default", "published"}
-        ``k = M - floor(M s)``, or one fewer as the published code does.
+        ``k = M - floor(M s)``, or one fewer as the published code does. Where
+        that keeps no concept (k = 0) the model is the bias-only classifier: the
+        train class priors, predicting the most frequent train class, as
+        :func:`iis.score` fits at such a ratio.
     l2, tol, max_iter
         Penalty ``mean CE + l2/2 ||W||^2`` and L-BFGS stopping rule, as :func:`iis.score`.
     n_threads : int or None
@@ -271,10 +274,6 @@ class InterpretablePredictor:
         check_positive(self.tol, "tol")
         check_positive(self.max_iter, "max_iter", integer=True)
         nt = check_threads(self.n_threads)
-        k = int(_core.keep_count(lib.n_concepts, float(s), self.keep == "published"))
-        if k < 1:
-            raise ValueError(f"sparsity={s} with keep={self.keep!r} keeps no concept of the "
-                             f"{lib.n_concepts}; lower the sparsity")
         return lib, norm, nt
 
     def fit(self, X: Any, y: Any) -> "InterpretablePredictor":

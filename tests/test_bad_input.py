@@ -890,7 +890,6 @@ def test_predictor_same_result_for_any_label_type(fitted, case):
     ("sparsity-negative", dict(sparsity=-0.1), "fit", (ValueError, "sparsity")),
     ("sparsity-nan", dict(sparsity=np.nan), "fit", (ValueError, "sparsity")),
     ("sparsity-string", dict(sparsity="0.5"), "fit", (ValueError, "sparsity")),
-    ("sparsity-keeps-none", dict(sparsity=0.9, keep="published"), "fit", (ValueError, "keeps no concept")),
     ("normalize", dict(normalize="z"), "fit", (ValueError, "normalize")),
     ("mask", dict(mask="z"), "fit", (ValueError, "mask")),
     ("l2", dict(l2=-1.0), "fit", (ValueError, "l2")),

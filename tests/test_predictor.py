@@ -82,6 +82,23 @@ def test_same_accuracy_as_score_path():
         assert clf.score(x[350:], y[350:]) == pytest.approx(acc, abs=1 / 150 + 1e-12)
 
 
+def test_no_concept_kept_is_the_bias_only_model_as_in_score():
+    """k = 0 (keep="published", M = 15, s = 0.95: 15 - 14 - 1): iis.score fits the bias-only
+    predictor at that ratio, and InterpretablePredictor fits the same model: the train
+    class priors, predicting the most frequent train class (2 here, no tie)."""
+    x, y, lib = make_data(seed=0)
+    res = iis.score(x[:350], y[:350], x[350:], y[350:], lib, sparsities=(0.0, 0.95), keep="published")
+    clf = iis.InterpretablePredictor(lib, sparsity=0.95, keep="published").fit(x[:350], y[:350])
+    assert res.kept[-1] == 0 and clf.k_ == 0 and np.all(clf.coef_ == 0)
+    prior = np.bincount(y[:350]) / 350
+    np.testing.assert_allclose(clf.predict_proba(x[350:]), np.tile(prior, (150, 1)), atol=1e-4)
+    assert np.all(clf.predict(x[350:]) == np.argmax(prior))
+    assert clf.score(x[350:], y[350:]) == res.ip_accuracy[-1] == np.mean(y[350:] == np.argmax(prior))
+    e = clf.explain(x[350:351])[0]
+    assert e.concepts == [] and e.n_kept == 0 and e.rest == 0 and e.logit == pytest.approx(e.bias)
+    assert "bias" in e.to_text()
+
+
 # ----------------------------------------------------------------------------- explanations
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("normalize", ["layernorm", "standardize"])
@@ -241,8 +258,6 @@ def test_bad_inputs(fitted):
         iis.InterpretablePredictor(lib, normalize="l2").fit(x, y)
     with pytest.raises(ValueError, match="needs a concept library"):
         iis.InterpretablePredictor().fit(x, y)
-    with pytest.raises(ValueError, match="keeps no concept"):
-        iis.InterpretablePredictor(lib.subset([0]), sparsity=0.0, keep="published").fit(x, y)
     with pytest.raises(TypeError):
         iis.InterpretablePredictor(lib).fit(x.astype(int), y)
     clf, xf, labels = fitted
