@@ -62,3 +62,16 @@ def test_threads_flag_is_n_threads(command):
     assert parser.parse_args(command + ["--n-threads", "-2"]).n_threads == -2
     with pytest.raises(SystemExit):
         parser.parse_args(command + ["--threads", "2"])
+
+
+def test_score_shows_the_chance_mark(tmp_path, capsys):
+    """Random labels: iis score prints the WARNING line of the result and writes the mark."""
+    rng = np.random.default_rng(4)
+    np.savez(tmp_path / "tr.npz", features=rng.normal(size=(150, 8)), labels=rng.integers(0, 3, 150))
+    np.savez(tmp_path / "ev.npz", features=rng.normal(size=(90, 8)), labels=rng.integers(0, 3, 90))
+    with pytest.warns(UserWarning, match="not clearly above chance"):
+        assert main(["score", "--train", str(tmp_path / "tr.npz"), "--eval", str(tmp_path / "ev.npz"),
+                     "--library", "prototype:6", "--sparsities", "0,0.5", "--n-threads", "1", "--quiet",
+                     "--out", str(tmp_path / "r.json")]) == 0
+    assert "WARNING: the probe is not clearly above chance" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["probe_above_chance"] is False
