@@ -284,7 +284,8 @@ class InterpretablePredictor:
         X : array-like (n, d)
             Representation features (float32/float64).
         y : array-like (n,)
-            Any hashable labels (at least 2 classes).
+            Class labels, at least 2 classes (integers, strings, bools or
+            integral floats, as :func:`iis.score` takes them).
 
         Returns
         -------

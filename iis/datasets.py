@@ -154,7 +154,7 @@ def select_per_class(
 
     Parameters
     ----------
-    labels : array-like of hashable, shape (N,)
+    labels : array-like of class labels, shape (N,)
     n_per_class : int
     seed : int, default 0
 
@@ -188,7 +188,7 @@ def train_eval_split(
 
     Parameters
     ----------
-    labels : array-like of hashable, shape (N,)
+    labels : array-like of class labels, shape (N,)
     eval_fraction : float, default 0.3
         Strictly between 0 and 1.
     seed : int, default 0
