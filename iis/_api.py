@@ -23,6 +23,9 @@ _NORM_CODE = {"none": 0, "layernorm": 1, "standardize": 2}
 # n_train x K (1.28M x 1000: 5 GB) out of the memory peak.
 _WARM_START_MAX_BYTES = 64 << 20
 
+# Significance level of the chance test of the probe (see score's docstring).
+CHANCE_LEVEL = 0.01
+
 
 class ConvergenceWarning(UserWarning):
     """The solver stopped at ``max_iter`` before reaching ``tol``."""
@@ -43,6 +46,13 @@ class IISResult:
         accuracy of the interpretable predictor, concepts kept per sample k(s).
     probe_accuracy : float
         Top-1 eval accuracy of the dense probe on standardised features.
+    probe_above_chance : bool
+        False when the probe is not clearly above chance on the eval split
+        (``probe_p_value >= CHANCE_LEVEL``, see :func:`score`): ARR and IIS are
+        then meaningless, and ``repr`` says so.
+    chance_accuracy, probe_p_value : float
+        The chance rate (eval frequency of the most frequent class) and the
+        one-sided binomial p-value of the probe's eval hits against it.
     """
 
     iis: float
@@ -51,6 +61,9 @@ class IISResult:
     arr: np.ndarray
     ip_accuracy: np.ndarray
     probe_accuracy: float
+    probe_above_chance: bool
+    chance_accuracy: float
+    probe_p_value: float
     kept: np.ndarray
     n_iter: np.ndarray
     converged: np.ndarray
@@ -83,6 +96,7 @@ class IISResult:
         """The headline numbers as plain floats and lists (for logs and histories)."""
         return {"iis": float(self.iis), "iis_normalized": float(self.iis_normalized),
                 "probe_accuracy": float(self.probe_accuracy),
+                "probe_above_chance": bool(self.probe_above_chance),
                 "sparsities": [float(v) for v in self.sparsities],
                 "arr": [float(v) for v in self.arr],
                 "ip_accuracy": [float(v) for v in self.ip_accuracy]}
@@ -97,7 +111,15 @@ class IISResult:
             for s, k, a, r in zip(self.sparsities, self.kept, self.ip_accuracy, self.arr))
         return (f"IISResult(iis={self.iis:.4f}, iis_normalized={self.iis_normalized:.4f}, "
                 f"probe_accuracy={self.probe_accuracy:.4f}, M={self.n_concepts}, K={self.n_classes}, "
-                f"normalize={self.normalize!r}, mask={self.mask!r}, keep={self.keep!r})\n{rows}")
+                f"normalize={self.normalize!r}, mask={self.mask!r}, keep={self.keep!r})\n{rows}"
+                + ("" if self.probe_above_chance else "\n  WARNING: " + self.chance_text()))
+
+    def chance_text(self) -> str:
+        """The warning given when the probe is not clearly above chance."""
+        return (f"the probe is not clearly above chance on the eval split (accuracy "
+                f"{self.probe_accuracy:.4f} against {self.chance_accuracy:.4f}, one-sided binomial "
+                f"p = {self.probe_p_value:.2g} >= {CHANCE_LEVEL} over n_eval = {self.n_eval}): ARR and "
+                "IIS are not meaningful")
 
     def plot(self, ax: Any = None, label: Optional[str] = None, fill: bool = True, **kwargs: Any) -> Any:
         """Plot the ARR curve (matplotlib); returns the axes. ``fill`` shades the
@@ -230,7 +252,13 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         Representation features (NumPy arrays, memmaps or CPU torch tensors;
         used without copying when rows are contiguous and the dtype matches).
     train_labels, eval_labels : array-like (N,)
-        Any hashable labels; eval classes must occur in train.
+        Class labels: integers, strings, bools or integral floats (floats with a
+        fractional part are refused as continuous targets). Eval labels are
+        matched to the train classes by value, never cast to the train dtype.
+        Eval rows of a class absent from train can never be predicted: they
+        count as errors of the IP and of the probe alike (so ARR and the IIS are
+        those without them) and a UserWarning names them; a ValueError when no
+        eval label is a train class.
     library : ConceptLibrary or array (M, d)
         Concept library ``P``.
     sparsities : sequence of float in [0, 1)
@@ -243,6 +271,10 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         Hard top-k mask (published code) or soft threshold (Eq. 4).
     keep : {"default", "published"}
         ``k(s) = M - floor(M s)``, or one fewer as the published code does.
+        A ratio where that keeps no concept (k = 0) gets the bias-only
+        predictor (the train class priors: it predicts the most frequent
+        train class), as the published code does; :class:`InterpretablePredictor`
+        fits the same model.
     l2 : float
         L2 penalty: objective ``mean CE + l2/2 ||W||^2`` (bias unpenalised).
         The same penalty is used for the probe.
@@ -264,6 +296,18 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
     Returns
     -------
     IISResult
+
+    Notes
+    -----
+    ARR is a ratio of accuracies, meaningless when the probe itself is at chance
+    (random labels give an IIS near 1). The probe counts as clearly above chance
+    when a one-sided binomial test rejects, at level ``CHANCE_LEVEL`` = 0.01, that
+    its eval hits come from Binomial(n_eval, p0), where p0 is the eval frequency
+    of the most frequent class: the highest expected accuracy of any predictor
+    that ignores the features. Otherwise the result is marked
+    (``probe_above_chance=False``, shown in ``repr`` and the JSON) and a
+    UserWarning is given. The test depends on n_eval: on a small eval split a
+    probe must beat chance by a wider margin.
     """
     t_all = time.perf_counter()
     # finiteness is checked by the projection kernels, on tiles already in cache
@@ -279,6 +323,9 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         raise ValueError(f"train_labels has {ytr.shape[0]} entries but train_features has {ftr.shape[0]} rows")
     if yev.shape[0] != fev.shape[0]:
         raise ValueError(f"eval_labels has {yev.shape[0]} entries but eval_features has {fev.shape[0]} rows")
+    n_eval = yev.shape[0]
+    if np.any(yev < 0):  # unseen classes (warned): errors for the IP and the probe alike
+        fev, yev = fev[yev >= 0], yev[yev >= 0]
     if len(classes) < 2:
         raise ValueError(f"train_labels hold {len(classes)} class; IIS needs at least 2")
     lib = _resolve_library(library, ftr.shape[1], ftr.dtype)
@@ -342,15 +389,33 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         arr = np.full_like(acc, np.nan)
     else:
         arr = acc / probe_acc
+    hits = int(round(probe_acc * yev.shape[0]))
+    if yev.shape[0] < n_eval:  # the accuracies over all eval rows, unseen classes as errors
+        acc, probe_acc = acc * (yev.shape[0] / n_eval), probe_acc * yev.shape[0] / n_eval
+    chance, p_value = _chance_test(hits, n_eval, int(np.bincount(yev).max()))
     total = float(_core.trapezoid(s, np.ascontiguousarray(arr)))
     timings["total"] = time.perf_counter() - t_all
-    return IISResult(
+    result = IISResult(
         iis=total, iis_normalized=total / float(s[-1] - s[0]), sparsities=s, arr=arr,
-        ip_accuracy=acc, probe_accuracy=float(probe_acc), kept=kept.astype(np.int64),
+        ip_accuracy=acc, probe_accuracy=float(probe_acc), probe_above_chance=p_value < CHANCE_LEVEL,
+        chance_accuracy=chance, probe_p_value=p_value, kept=kept.astype(np.int64),
         n_iter=n_iter.astype(np.int64), converged=conv.astype(bool), probe_n_iter=int(p_iter),
         probe_converged=bool(p_conv), n_concepts=lib.n_concepts, n_classes=K,
-        n_train=int(ftr.shape[0]), n_eval=int(fev.shape[0]), normalize=norm, mask=mask, keep=keep,
+        n_train=int(ftr.shape[0]), n_eval=int(n_eval), normalize=norm, mask=mask, keep=keep,
         l2=float(l2), library_kind=lib.kind, timings=timings, concept_names=list(lib.names))
+    if not result.probe_above_chance:
+        warnings.warn(result.chance_text(), UserWarning, stacklevel=2)
+    return result
+
+
+def _chance_test(hits: int, n: int, majority: int) -> tuple:
+    """(p0, P(X >= hits)) for X ~ Binomial(n, p0), p0 = majority / n: the chance rate
+    (always predicting the most frequent class) and the one-sided p-value of the
+    probe's hits against it (P(X >= h) = I_p0(h, n - h + 1), the regularised beta)."""
+    from scipy.special import betainc
+
+    p0 = majority / n
+    return p0, float(betainc(hits, n - hits + 1, p0)) if hits > 0 else 1.0
 
 
 def _probe(ftr, ytr, fev, yev, K, l2, tol, max_iter, nt, start_logits=None):

@@ -102,15 +102,39 @@ class ConceptLibrary:
                    meta={"element_index": pick.tolist(), "seed": int(seed)})
 
     @classmethod
-    def cluster(cls, elements: Any, n_concepts: int = 200, seed: int = 0, max_elements: int = 20000,
-                element_labels: Any = None, max_iter: int = 300, tol: float = 1e-4,
+    def cluster(cls, elements: Any, element_labels: Any = None, n_concepts: int = 200, seed: int = 0,
+                max_elements: int = 20000, max_iter: int = 300, tol: float = 1e-4,
                 n_threads: Optional[int] = None) -> "ConceptLibrary":
         """Cluster library: k-means (k-means++ init, seeded, Lloyd in C) centroids, unit norm.
 
-        Up to ``max_elements`` elements are used, sampled stratified across
-        ``element_labels`` when given (uniformly otherwise).
+        The arguments come in the order of :meth:`prototype`'s.
+
+        Parameters
+        ----------
+        elements : array-like (n_elements, d)
+            Embeddings of visual elements, as for :meth:`prototype`.
+        element_labels : array-like (n_elements,), optional
+            Class of the image each element comes from: up to ``max_elements``
+            elements are used, sampled stratified across these classes when
+            given (uniformly otherwise).
+        n_concepts : int
+            Number of centroids M (default 200).
+        seed : int
+            Seed of the sampling and of the k-means++ initialisation.
+        max_elements, max_iter, tol, n_threads
+            Elements used at most; Lloyd iterations at most, stopping when the
+            centroids' total squared shift is at most ``tol`` times the mean
+            feature variance (scikit-learn's rule); threads (None: all cores).
         """
         x = as_float_matrix(elements, "elements")
+        if isinstance(element_labels, numbers.Number):  # the order before (elements, n_concepts, seed)
+            raise TypeError(f"element_labels must be an array of labels, got {element_labels!r}; the "
+                            "order is cluster(elements, element_labels=None, n_concepts=200, seed=0): "
+                            "pass n_concepts by keyword")
+        if element_labels is not None:
+            _, y, _ = encode_labels(element_labels)
+            if y.shape[0] != x.shape[0]:
+                raise ValueError(f"element_labels has {y.shape[0]} entries for {x.shape[0]} elements")
         _check_count(n_concepts, "n_concepts", x.shape[0])
         _check_count(max_elements, "max_elements", None)
         if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 0:
@@ -119,9 +143,6 @@ class ConceptLibrary:
             raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
         if x.shape[0] > max_elements:
             if element_labels is not None:
-                _, y, _ = encode_labels(element_labels)
-                if y.shape[0] != x.shape[0]:
-                    raise ValueError(f"element_labels has {y.shape[0]} entries for {x.shape[0]} elements")
                 pick = stratified_choice(y, int(max_elements), seed)
             else:
                 pick = np.sort(np.random.default_rng(seed).choice(x.shape[0], max_elements, replace=False))

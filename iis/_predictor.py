@@ -20,7 +20,7 @@ import numpy as np
 from . import _core
 from ._library import NORMALIZATIONS, ConceptLibrary
 from ._validation import (read_npz, single_blas, as_float_matrix, check_option, check_positive,
-                          check_threads, encode_labels, _labels_1d)
+                          check_threads, encode_labels, match_labels)
 
 _FORMAT = "iis.InterpretablePredictor/1"
 # what load() reads (mean and std only for normalize="standardize")
@@ -179,7 +179,10 @@ class InterpretablePredictor:
     mask : {"hard", "soft"}
         Hard top-k mask or soft threshold (METHOD.md section 3).
     keep : {"default", "published"}
-        ``k = M - floor(M s)``, or one fewer as the published code does.
+        ``k = M - floor(M s)``, or one fewer as the published code does. Where
+        that keeps no concept (k = 0) the model is the bias-only classifier: the
+        train class priors, predicting the most frequent train class, as
+        :func:`iis.score` fits at such a ratio.
     l2, tol, max_iter
         Penalty ``mean CE + l2/2 ||W||^2`` and L-BFGS stopping rule, as :func:`iis.score`.
     n_threads : int or None
@@ -271,10 +274,6 @@ class InterpretablePredictor:
         check_positive(self.tol, "tol")
         check_positive(self.max_iter, "max_iter", integer=True)
         nt = check_threads(self.n_threads)
-        k = int(_core.keep_count(lib.n_concepts, float(s), self.keep == "published"))
-        if k < 1:
-            raise ValueError(f"sparsity={s} with keep={self.keep!r} keeps no concept of the "
-                             f"{lib.n_concepts}; lower the sparsity")
         return lib, norm, nt
 
     def fit(self, X: Any, y: Any) -> "InterpretablePredictor":
@@ -285,7 +284,8 @@ class InterpretablePredictor:
         X : array-like (n, d)
             Representation features (float32/float64).
         y : array-like (n,)
-            Any hashable labels (at least 2 classes).
+            Class labels, at least 2 classes (integers, strings, bools or
+            integral floats, as :func:`iis.score` takes them).
 
         Returns
         -------
@@ -383,12 +383,18 @@ class InterpretablePredictor:
         return z
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
-        """Top-1 accuracy on ``(X, y)`` (labels outside ``classes_`` count as errors)."""
-        yy = _labels_1d(y, "y")
-        pred = self.predict(X)
-        if yy.shape[0] != pred.shape[0]:
-            raise ValueError(f"y has {yy.shape[0]} entries but X has {pred.shape[0]} rows")
-        hit = (pred == yy).astype(np.float64)
+        """Top-1 accuracy on ``(X, y)``.
+
+        Labels are matched to ``classes_`` as :func:`iis.score` matches eval labels:
+        labels outside ``classes_`` count as errors, with a UserWarning; a
+        ValueError when no label of ``y`` is among them.
+        """
+        self._check_fitted()
+        codes = match_labels(self.classes_, y, "y", known="the fitted model")
+        logits = self.decision_function(X)
+        if codes.shape[0] != logits.shape[0]:
+            raise ValueError(f"y has {codes.shape[0]} entries but X has {logits.shape[0]} rows")
+        hit = (np.argmax(logits, axis=1) == codes).astype(np.float64)
         if sample_weight is None:
             return float(hit.mean())
         sw = np.asarray(sample_weight, dtype=np.float64).reshape(-1)

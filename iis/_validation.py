@@ -6,6 +6,7 @@ finiteness, labels and option names. Messages say what was received.
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -91,9 +92,10 @@ def check_finite_rows(x: np.ndarray, name: str, block: int = 8192,
 
 
 def encode_labels(train: Any, evals: Sequence[Any] = (), names: Sequence[str] = ()) -> tuple:
-    """Map any hashable labels to 0..K-1 consistently across splits.
+    """Map class labels to codes 0..K-1, the classes being the sorted unique train labels.
 
-    Returns ``(classes, y_train, [y_eval, ...])`` with int32 codes.
+    Returns ``(classes, y_train, [y_eval, ...])`` with int32 codes; an eval label
+    that is not a train class gets -1 (see :func:`match_labels`).
     """
     y = _labels_1d(train, "train_labels")
     try:
@@ -102,40 +104,93 @@ def encode_labels(train: Any, evals: Sequence[Any] = (), names: Sequence[str] = 
         raise TypeError(f"train_labels mix types that cannot be ordered: {exc}") from None
     out = []
     for lab, nm in zip(evals, names):
-        e = _labels_1d(lab, nm)
-        try:
-            e = e.astype(classes.dtype, copy=False) if e.dtype.kind == classes.dtype.kind else e
-            pos = np.searchsorted(classes, e)
-        except TypeError as exc:
-            raise TypeError(f"{nm} cannot be compared with train_labels: {exc}") from None
-        pos = np.clip(pos, 0, len(classes) - 1)
-        bad = classes[pos] != e
-        if np.any(bad):
-            unknown = np.unique(e[bad])[:5].tolist()
-            raise ValueError(f"{nm} contain classes not present in train_labels: {unknown}")
-        out.append(pos.astype(np.int32))
+        out.append(match_labels(classes, lab, nm, stacklevel=4))
     return classes, y_tr.astype(np.int32).reshape(-1), out
 
 
+def match_labels(classes: np.ndarray, labels: Any, name: str, known: str = "train_labels",
+                 stacklevel: int = 3) -> np.ndarray:
+    """Codes (int32) of ``labels`` in the sorted unique ``classes``; -1 for a label not among them.
+
+    Labels are compared by value, never cast to the dtype of ``classes``: a longer
+    string or a larger integer is not truncated or wrapped onto a class. Labels of
+    the same kind (two integer, two string dtypes...) are compared in the wider
+    dtype; others as Python values (``1 == 1.0 == True``, ``"1" != 1``, ``b"a" != "a"``).
+    Labels that are not classes can never be predicted: they count as errors,
+    with a UserWarning naming them; a ValueError when no label is a class (the
+    two label sets do not match at all).
+    """
+    e = _labels_1d(labels, name)
+    if e.dtype.kind == classes.dtype.kind and e.dtype.kind in "biufSUmM":
+        t = np.result_type(classes.dtype, e.dtype)  # same kind: a widening, exact
+        c = classes.astype(t, copy=False)
+        pos = np.minimum(np.searchsorted(c, e.astype(t, copy=False)), len(c) - 1)
+        codes = np.where(c[pos] == e, pos, -1)
+    else:
+        index = {v: i for i, v in enumerate(classes.tolist())}
+        try:
+            codes = np.fromiter((index.get(v, -1) for v in e.tolist()), np.int64, e.shape[0])
+        except TypeError as exc:  # unhashable values
+            raise TypeError(f"{name} cannot be compared with {known}: {exc}") from None
+    unseen = codes < 0
+    if unseen.all():
+        raise ValueError(f"none of the {name} ({e[:3].tolist()}...) is a class of {known} "
+                         f"({classes[:5].tolist()}...): the labels of the two splits do not match")
+    if unseen.any():
+        which = list(dict.fromkeys(e[unseen].tolist()))
+        warnings.warn(f"{int(unseen.sum())} of {e.shape[0]} {name} (classes {which[:5]}"
+                      f"{'...' if len(which) > 5 else ''}) are not among the classes of {known}: they can "
+                      "never be predicted and count as errors", UserWarning, stacklevel=stacklevel)
+    return codes.astype(np.int32)
+
+
 def _labels_1d(lab: Any, name: str) -> np.ndarray:
+    """1-D array of class labels: refuses None, NaN, complex numbers, strings mixed with
+    numbers, and floats with a fractional part (continuous targets, as scikit-learn)."""
     lab = _from_torch(lab, name)
     if lab is None or isinstance(lab, (str, bytes)):
         raise TypeError(f"{name} must be a 1-D array of labels, got {type(lab).__name__}")
-    a = np.asarray(lab)
+    try:
+        a = np.asarray(lab)
+    except ValueError as exc:  # ragged lists
+        raise TypeError(f"{name} could not be converted to an array: {exc}") from None
     if a.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
     if a.size == 0:
         raise ValueError(f"{name} is empty")
-    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contain NaN or Inf")
     if a.dtype.kind == "c":
         raise TypeError(f"{name} must not be complex")
+    if a.dtype.kind in "US" and not isinstance(lab, np.ndarray):
+        _check_objects(np.asarray(lab, dtype=object), name)  # NumPy turns ["a", 1] into ["a", "1"]
     if a.dtype.kind == "O":
-        if any(v is None for v in a):
-            raise ValueError(f"{name} contain None")
-        if any(isinstance(v, (float, np.floating)) and not np.isfinite(v) for v in a):
-            raise ValueError(f"{name} contain NaN or Inf")  # NaN breaks the sorted class list
+        _check_objects(a, name)
+    if a.dtype.kind == "f":
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name} contain NaN or Inf")
+        frac = a != np.floor(a)
+        if np.any(frac):
+            _continuous(name, a[frac][0])
     return a
+
+
+def _check_objects(a: np.ndarray, name: str) -> None:
+    vals = a.tolist()
+    if any(v is None for v in vals):
+        raise ValueError(f"{name} contain None")
+    for v in vals:
+        if isinstance(v, (float, np.floating)):
+            if not np.isfinite(v):
+                raise ValueError(f"{name} contain NaN or Inf")  # NaN breaks the sorted class list
+            if not float(v).is_integer():
+                _continuous(name, v)
+    strings = sum(isinstance(v, (str, bytes)) for v in vals)
+    if 0 < strings < len(vals):
+        raise TypeError(f"{name} mix strings and numbers; use one type of label")
+
+
+def _continuous(name: str, value: Any) -> None:
+    raise ValueError(f"{name} look continuous ({value!r} has a fractional part): IIS needs class "
+                     "labels (integers, strings, or integral floats)")
 
 
 def check_option(value: Any, name: str, allowed: Iterable[str]) -> str:

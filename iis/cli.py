@@ -68,10 +68,10 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     train = _load_npz(args.train, "train")
     evals = _load_npz(args.eval, "eval")
-    lib = _build_library(args.library, args.elements, train, args.seed, args.threads)
+    lib = _build_library(args.library, args.elements, train, args.seed, args.n_threads)
     res = score(train[0], train[1], evals[0], evals[1], lib, sparsities=_parse_sparsities(args.sparsities),
-                normalize=args.normalize, mask=args.mask, keep=args.keep, l2=args.l2,
-                n_threads=args.threads, progress=not args.quiet)
+                normalize=args.normalize, mask=args.mask, keep=args.keep, l2=args.l2, tol=args.tol,
+                max_iter=args.max_iter, n_threads=args.n_threads, progress=not args.quiet)
     print(repr(res))
     if args.out:
         res.to_json(args.out)
@@ -93,7 +93,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run
 
-    run(out_dir=args.out, n_threads=args.threads, seed=args.seed)
+    run(out_dir=args.out, n_threads=args.n_threads, seed=args.seed)
     return 0
 
 
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="iis", description="Inherent Interpretability Score of representations.")
     p.add_argument("--version", action="version", version=f"iis {__version__}")
-    sub = p.add_subparsers(dest="command")
+    sub = p.add_subparsers(dest="command", title="commands", help="run 'iis COMMAND -h' for its options")
 
     s = sub.add_parser("score", help="IIS of train/eval features with a concept library")
     s.add_argument("--train", required=True, help=".npz with 'features' (N, d) and 'labels' (N,)")
@@ -120,19 +120,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write the result as JSON here")
     s.add_argument("--plot", help="write the ARR plot (PNG) here")
     s.add_argument("--sparsities", help="comma-separated ratios (default 0,0.1,0.3,0.5,0.7,0.9,0.95,0.98)")
-    s.add_argument("--normalize", choices=["layernorm", "standardize", "none"], default=None)
-    s.add_argument("--mask", choices=["hard", "soft"], default="hard")
-    s.add_argument("--keep", choices=["default", "published"], default="default")
-    s.add_argument("--l2", type=float, default=1e-4)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--threads", type=int, default=None)
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--normalize", choices=["layernorm", "standardize", "none"], default=None,
+                   help="normalisation of the concept activations (default: the library's, layernorm "
+                        "for prototype and cluster libraries)")
+    s.add_argument("--mask", choices=["hard", "soft"], default="hard",
+                   help="hard top-k mask (default, as the published code) or soft threshold (Eq. 4)")
+    s.add_argument("--keep", choices=["default", "published"], default="default",
+                   help="concepts kept per sample: k = M - floor(M s) (default), or one fewer as the "
+                        "published code")
+    s.add_argument("--l2", type=float, default=1e-4,
+                   help="L2 penalty of the probe and the predictors: mean CE + l2/2 ||W||^2 (default 1e-4)")
+    s.add_argument("--tol", type=float, default=1e-5,
+                   help="solver tolerance: stop when max |gradient| <= tol (default 1e-5)")
+    s.add_argument("--max-iter", type=int, default=1000, help="solver iterations at most (default 1000)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the concept library's sampling (default 0)")
+    s.add_argument("--n-threads", type=int, default=None,
+                   help="threads (default: all cores; -1 all, -2 all but one, ...)")
+    s.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     s.set_defaults(func=cmd_score)
 
     d = sub.add_parser("demo", help="run the pipeline on scikit-learn's digits (real data, offline)")
     d.add_argument("--out", default="iis_demo_out", help="folder for demo.json and arr.png")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--threads", type=int, default=None)
+    d.add_argument("--seed", type=int, default=0,
+                   help="seed of the data split, the network and the concept library (default 0)")
+    d.add_argument("--n-threads", type=int, default=None,
+                   help="threads (default: all cores; -1 all, -2 all but one, ...)")
     d.set_defaults(func=cmd_demo)
 
     c = sub.add_parser("config", help="show BLAS/OpenMP configuration")

@@ -138,13 +138,10 @@ def load_photos(names: Sequence[str] | None = None, size: int | None = None) -> 
 
 
 def _encode_labels(labels: Sequence[Hashable] | np.ndarray, name: str = "labels") -> np.ndarray:
-    arr = np.asarray(labels)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
-    if arr.shape[0] == 0:
-        raise ValueError(f"{name} is empty")
-    _, codes = np.unique(arr, return_inverse=True)
-    return codes.reshape(-1)
+    """Codes 0..K-1 of class labels, checked as iis.score checks them."""
+    from ._validation import _labels_1d
+
+    return np.unique(_labels_1d(labels, name), return_inverse=True)[1].reshape(-1)
 
 
 def select_per_class(
@@ -157,7 +154,7 @@ def select_per_class(
 
     Parameters
     ----------
-    labels : array-like of hashable, shape (N,)
+    labels : array-like of class labels, shape (N,)
     n_per_class : int
     seed : int, default 0
 
@@ -191,7 +188,7 @@ def train_eval_split(
 
     Parameters
     ----------
-    labels : array-like of hashable, shape (N,)
+    labels : array-like of class labels, shape (N,)
     eval_fraction : float, default 0.3
         Strictly between 0 and 1.
     seed : int, default 0

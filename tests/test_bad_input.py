@@ -278,7 +278,7 @@ SAME_LABELS = [
     ("uint64-near-max", lambda y: y.astype(np.uint64) + np.uint64(2**64 - 10)),
     ("negative-huge", lambda y: y.astype(np.int64) * 10**17 - 4 * 10**18),
     ("python-big-ints", lambda y: _obj([int(v) * 10**30 - 7 for v in y])),
-    ("float", lambda y: y + 0.5),
+    ("integral-float", lambda y: y + 2.0),
     ("float32", lambda y: y.astype(np.float32)),
     ("strings", lambda y: np.array([f"class_{v}" for v in y])),
     ("bytes", lambda y: np.array([f"c{v}".encode() for v in y])),
@@ -319,6 +319,8 @@ BAD_LABELS = [
     ("object-None", lambda y: _obj([None] + y.tolist()[1:]), (ValueError, "None")),
     ("object-nan", lambda y: _obj([float("nan")] + y.tolist()[1:]), (ValueError, "NaN")),
     ("complex", lambda y: y + 0j, (TypeError, "complex")),
+    ("fractional-float", lambda y: y + 0.5, (ValueError, "continuous")),
+    ("mixed-str-int-list", lambda y: ["a"] + y.tolist()[1:], (TypeError, "mix strings and numbers")),
     ("2-D-column", lambda y: y[:, None], (ValueError, "1-D")),
     ("0-D", lambda y: np.int64(1), (ValueError, "1-D")),
     ("empty", lambda y: y[:0], (ValueError, "empty")),
@@ -344,16 +346,27 @@ def test_score_refuses_bad_labels(where, case):
 
 
 @pytest.mark.parametrize("case,ytr,yev,outcome", [
-    ("eval-class-unseen", YTR, np.r_[YEV[:-1], 7], (ValueError, r"not present in train_labels: \[7\]")),
-    ("eval-strings-train-ints", YTR, YEV.astype(str), (ValueError, "not present")),
-    ("eval-ints-train-strings", YTR.astype(str), YEV, (ValueError, "not present")),
-    ("train-mixed-types", _obj(["a", 1] * 24), YEV, (TypeError, "cannot be ordered")),
-    ("eval-mixed-types", YTR, _obj(["a", 1] * 12), (TypeError, "cannot be compared")),
+    ("eval-strings-train-ints", YTR, YEV.astype(str), (ValueError, "none of the eval_labels")),
+    ("eval-ints-train-strings", YTR.astype(str), YEV, (ValueError, "none of the eval_labels")),
+    ("train-mixed-types", _obj(["a", 1] * 24), YEV, (TypeError, "mix strings and numbers")),
+    ("eval-mixed-types", YTR, _obj(["a", 1] * 12), (TypeError, "mix strings and numbers")),
+    ("train-unorderable", _obj([1, (2,)] * 24), YEV, (TypeError, "cannot be ordered")),
     ("one-class", np.zeros(48, int), np.zeros(24, int), (ValueError, "at least 2")),
-    ("negative-and-positive-unseen", YTR, -YEV - 1, (ValueError, "not present")),
+    ("negative-and-positive-unseen", YTR, -YEV - 1, (ValueError, "none of the eval_labels")),
 ])
 def test_score_refuses_labels_that_differ_between_splits(case, ytr, yev, outcome):
     expect(lambda: _score(ytr=ytr, yev=yev), outcome, ytr, yev)
+
+
+def test_score_eval_class_unseen_counts_as_errors():
+    """A row of a class absent from train counts as an error (warned): the accuracies are
+    those without it times 23/24, ARR and the IIS those without it."""
+    yev = np.r_[YEV[:-1], 7]
+    with pytest.warns(UserWarning, match=r"1 of 24 eval_labels \(classes \[7\]\)"):
+        res = expect(lambda: _score(yev=yev), None, yev)
+    ref = _score(xev=XEV[:-1], yev=YEV[:-1])
+    assert res.probe_accuracy == pytest.approx(ref.probe_accuracy * 23 / 24, abs=1e-12)
+    assert res.arr.tolist() == ref.arr.tolist() and res.iis == ref.iis and res.n_eval == 24
 
 
 def test_score_one_sample_train_is_one_class():
@@ -877,7 +890,6 @@ def test_predictor_same_result_for_any_label_type(fitted, case):
     ("sparsity-negative", dict(sparsity=-0.1), "fit", (ValueError, "sparsity")),
     ("sparsity-nan", dict(sparsity=np.nan), "fit", (ValueError, "sparsity")),
     ("sparsity-string", dict(sparsity="0.5"), "fit", (ValueError, "sparsity")),
-    ("sparsity-keeps-none", dict(sparsity=0.9, keep="published"), "fit", (ValueError, "keeps no concept")),
     ("normalize", dict(normalize="z"), "fit", (ValueError, "normalize")),
     ("mask", dict(mask="z"), "fit", (ValueError, "mask")),
     ("l2", dict(l2=-1.0), "fit", (ValueError, "l2")),
@@ -922,7 +934,10 @@ def test_predictor_refuses_bad_method_arguments(fitted, case, call, outcome):
 
 def test_predictor_valid_edge_cases(fitted):
     assert fitted.predict(XEV[:1]).shape == (1,)
-    assert fitted.score(XEV, YEV + 10) == 0.0  # unseen labels count as errors
+    with pytest.warns(UserWarning, match="count as errors"):  # unseen labels, as in iis.score
+        assert fitted.score(XEV, np.r_[YEV[:12], YEV[12:] + 10]) == fitted.score(XEV[:12], YEV[:12]) / 2
+    with pytest.raises(ValueError, match="none of the y"):
+        fitted.score(XEV, YEV + 10)
     np.testing.assert_allclose(fitted.predict_proba(XEV).sum(axis=1), 1.0)
     assert fitted.predict(XEV.astype(np.float32)).shape == (24,)
     big = _clf(max_iter=10**12)  # clamped to the core's C int, not an OverflowError
@@ -963,7 +978,7 @@ def _cli(*argv):
 
 def _score_argv(files, train="train.npz", eval_="eval.npz", library="prototype:10", *extra):
     return ["score", "--train", files.get(train, train), "--eval", files.get(eval_, eval_),
-            "--library", files.get(library, library), "--sparsities", "0,0.5", "--threads", "1",
+            "--library", files.get(library, library), "--sparsities", "0,0.5", "--n-threads", "1",
             "--quiet", *extra]
 
 
@@ -992,11 +1007,11 @@ CLI_SCORE = [
     ("train-labels-2d", "labels-2d.npz", "eval.npz", "prototype:10", [], "1-D"),
     ("train-labels-nan", "labels-nan.npz", "eval.npz", "prototype:10", [], "NaN"),
     ("train-labels-short", "labels-short.npz", "eval.npz", "prototype:10", [], "47 entries for 48|47 entries but"),
-    ("train-one-class", "one-class.npz", "eval.npz", "cluster:3", [], "at least 2|not present in train_labels"),
+    ("train-one-class", "one-class.npz", "eval.npz", "cluster:3", [], "at least 2|none of the eval_labels"),
     ("eval-truncated", "train.npz", "truncated.npz", "prototype:10", [], "eval file .* not an .npz archive"),
     ("eval-inf", "train.npz", "inf-eval.npz", "prototype:10", [], "eval_features contains NaN or Inf"),
     ("eval-d", "train.npz", "eval-d5.npz", "prototype:10", [], "d=6 but eval_features have d=5"),
-    ("eval-unseen", "train.npz", "eval-unseen.npz", "prototype:10", [], "not present in train_labels"),
+    ("eval-unseen", "train.npz", "eval-unseen.npz", "prototype:10", [], "none of the eval_labels"),
     ("library-spec", "train.npz", "eval.npz", "foo:3", [], "--library must be"),
     ("library-count-word", "train.npz", "eval.npz", "prototype:x", [], "must be an integer"),
     ("library-count-float", "train.npz", "eval.npz", "prototype:3.5", [], "must be an integer"),
@@ -1017,7 +1032,9 @@ CLI_SCORE = [
     ("sparsities-range", "train.npz", "eval.npz", "prototype:5", ["--sparsities", "0,1.5"], r"\[0, 1\)"),
     ("sparsities-one", "train.npz", "eval.npz", "prototype:5", ["--sparsities", "0.5"], "at least 2"),
     ("sparsities-nan", "train.npz", "eval.npz", "prototype:5", ["--sparsities", "0,nan"], r"\[0, 1\)"),
-    ("threads-0", "train.npz", "eval.npz", "prototype:5", ["--threads", "0"], "n_threads"),
+    ("threads-0", "train.npz", "eval.npz", "prototype:5", ["--n-threads", "0"], "n_threads"),
+    ("tol-0", "train.npz", "eval.npz", "prototype:5", ["--tol", "0"], "tol must be > 0"),
+    ("max-iter-0", "train.npz", "eval.npz", "prototype:5", ["--max-iter", "0"], "max_iter must be > 0"),
     ("l2-negative", "train.npz", "eval.npz", "prototype:5", ["--l2", "-1"], "l2 must be >= 0"),
     ("l2-nan", "train.npz", "eval.npz", "prototype:5", ["--l2", "nan"], "l2 must be >= 0"),
     ("seed-negative", "train.npz", "eval.npz", "prototype:5", ["--seed", "-1"], "non-negative"),
@@ -1042,7 +1059,10 @@ CLI_ARGPARSE = [
     ("unknown-command", ["bogus"]),
     ("score-no-args", ["score"]),
     ("unknown-option", ["score", "--train", "a", "--eval", "b", "--bogus"]),
-    ("threads-word", ["score", "--train", "a", "--eval", "b", "--threads", "x"]),
+    ("threads-word", ["score", "--train", "a", "--eval", "b", "--n-threads", "x"]),
+    ("threads-old-name", ["score", "--train", "a", "--eval", "b", "--threads", "1"]),
+    ("tol-word", ["score", "--train", "a", "--eval", "b", "--tol", "x"]),
+    ("max-iter-float", ["score", "--train", "a", "--eval", "b", "--max-iter", "1.5"]),
     ("normalize", ["score", "--train", "a", "--eval", "b", "--normalize", "zscore"]),
     ("mask", ["score", "--train", "a", "--eval", "b", "--mask", "x"]),
     ("keep", ["score", "--train", "a", "--eval", "b", "--keep", "x"]),

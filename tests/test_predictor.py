@@ -44,7 +44,12 @@ def test_fit_predict_proba_score(fitted):
     w = np.where(labels[350:] == "cat", 2.0, 1.0)
     assert clf.score(x[350:], labels[350:], sample_weight=w) == pytest.approx(
         np.sum(w * (pred == labels[350:])) / w.sum())
-    assert clf.score(x[350:], np.full(150, "zebra")) == 0.0  # unseen label: wrong, not an error
+    zebras = labels[350:].astype(object)
+    zebras[:10] = "zebra"  # unseen in fit: counted as errors, with a warning (as iis.score)
+    with pytest.warns(UserWarning, match=r"10 of 150 y \(classes \['zebra'\]\)"):
+        assert clf.score(x[350:], zebras) == pytest.approx(np.mean(pred == zebras))
+    with pytest.raises(ValueError, match="none of the y"):
+        clf.score(x[350:], np.full(150, "zebra"))
 
 
 @pytest.mark.parametrize("normalize,mask", [("layernorm", "hard"), ("standardize", "hard"),
@@ -75,6 +80,23 @@ def test_same_accuracy_as_score_path():
     for s, acc in zip(res.sparsities, res.ip_accuracy):
         clf = iis.InterpretablePredictor(lib, sparsity=float(s), tol=1e-8).fit(x[:350], y[:350])
         assert clf.score(x[350:], y[350:]) == pytest.approx(acc, abs=1 / 150 + 1e-12)
+
+
+def test_no_concept_kept_is_the_bias_only_model_as_in_score():
+    """k = 0 (keep="published", M = 15, s = 0.95: 15 - 14 - 1): iis.score fits the bias-only
+    predictor at that ratio, and InterpretablePredictor fits the same model: the train
+    class priors, predicting the most frequent train class (2 here, no tie)."""
+    x, y, lib = make_data(seed=0)
+    res = iis.score(x[:350], y[:350], x[350:], y[350:], lib, sparsities=(0.0, 0.95), keep="published")
+    clf = iis.InterpretablePredictor(lib, sparsity=0.95, keep="published").fit(x[:350], y[:350])
+    assert res.kept[-1] == 0 and clf.k_ == 0 and np.all(clf.coef_ == 0)
+    prior = np.bincount(y[:350]) / 350
+    np.testing.assert_allclose(clf.predict_proba(x[350:]), np.tile(prior, (150, 1)), atol=1e-4)
+    assert np.all(clf.predict(x[350:]) == np.argmax(prior))
+    assert clf.score(x[350:], y[350:]) == res.ip_accuracy[-1] == np.mean(y[350:] == np.argmax(prior))
+    e = clf.explain(x[350:351])[0]
+    assert e.concepts == [] and e.n_kept == 0 and e.rest == 0 and e.logit == pytest.approx(e.bias)
+    assert "bias" in e.to_text()
 
 
 # ----------------------------------------------------------------------------- explanations
@@ -236,8 +258,6 @@ def test_bad_inputs(fitted):
         iis.InterpretablePredictor(lib, normalize="l2").fit(x, y)
     with pytest.raises(ValueError, match="needs a concept library"):
         iis.InterpretablePredictor().fit(x, y)
-    with pytest.raises(ValueError, match="keeps no concept"):
-        iis.InterpretablePredictor(lib.subset([0]), sparsity=0.0, keep="published").fit(x, y)
     with pytest.raises(TypeError):
         iis.InterpretablePredictor(lib).fit(x.astype(int), y)
     clf, xf, labels = fitted

@@ -72,11 +72,53 @@ def test_result_object(digits, tmp_path):
     assert set(res.timings) >= {"project", "path", "probe", "total"}
     summ = res.summary()
     assert summ["iis"] == res.iis and summ["arr"] == res.arr.tolist() and json.dumps(summ)
+    assert res.probe_above_chance and d["probe_above_chance"] is True and summ["probe_above_chance"]
+    assert "chance" not in repr(res)
     import matplotlib
 
     matplotlib.use("Agg")
     ax = res.plot()
     assert len(ax.lines) == 1 and np.allclose(ax.lines[0].get_ydata(), res.arr)
+
+
+def test_probe_at_chance_marks_the_result(digits, tmp_path):
+    """Random labels: the probe is at chance, so the IIS (near 1 here) means nothing; the
+    result says so (field, repr, JSON) and a warning is given. The digits workload itself
+    is far above chance (test_result_object: not marked, no warning)."""
+    from scipy.stats import binomtest
+
+    xtr, ytr, xev, yev, lib = digits
+    rng = np.random.default_rng(0)
+    rtr, rev = rng.integers(0, 10, len(ytr)), rng.integers(0, 10, len(yev))
+    with pytest.warns(UserWarning, match="not clearly above chance"):
+        res = iis.score(xtr, rtr, xev, rev, lib, sparsities=GRID)
+    assert not res.probe_above_chance and res.iis > 0.5
+    assert res.chance_accuracy == np.bincount(rev).max() / len(rev)
+    hits = round(res.probe_accuracy * len(rev))
+    assert res.probe_p_value == pytest.approx(
+        binomtest(hits, len(rev), res.chance_accuracy, alternative="greater").pvalue, rel=1e-9)
+    assert res.probe_p_value >= 0.01
+    assert "WARNING: the probe is not clearly above chance" in repr(res)
+    d = json.loads(res.to_json())
+    assert d["probe_above_chance"] is False and d["probe_p_value"] == res.probe_p_value
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        good = iis.score(xtr, ytr, xev, yev, lib, sparsities=GRID)
+    assert good.probe_above_chance and good.probe_p_value < 1e-100
+
+
+@pytest.mark.parametrize("hits,n,majority", [(0, 10, 5), (10, 10, 5), (7, 20, 4), (1, 1, 1), (30, 1000, 100),
+                                             (131, 1000, 100)])
+def test_chance_test_is_the_binomial_test(hits, n, majority):
+    from scipy.stats import binomtest
+
+    from iis._api import _chance_test
+
+    p0, p = _chance_test(hits, n, majority)
+    assert p0 == majority / n
+    assert p == pytest.approx(binomtest(hits, n, p0, alternative="greater").pvalue, rel=1e-9, abs=1e-300)
 
 
 def test_inputs_not_modified_and_labels_any_hashable(digits):
@@ -137,8 +179,13 @@ def test_concept_library_builders_and_io(tmp_path):
     cl = iis.ConceptLibrary.cluster(el, n_concepts=12, seed=0, max_elements=300, element_labels=lab)
     np.testing.assert_allclose(np.linalg.norm(cl.vectors, axis=1), 1.0, rtol=1e-6)
     assert sum(cl.meta["sizes"]) == 300 and cl.n_concepts == 12
-    cl2 = iis.ConceptLibrary.cluster(el, n_concepts=12, seed=0, max_elements=300, element_labels=lab)
+    # the order of prototype's arguments: (elements, element_labels, n_concepts, seed)
+    cl2 = iis.ConceptLibrary.cluster(el, lab, 12, 0, max_elements=300)
     np.testing.assert_array_equal(cl.vectors, cl2.vectors)
+    with pytest.raises(TypeError, match="pass n_concepts by keyword"):
+        iis.ConceptLibrary.cluster(el, 12)  # the order before issue 17
+    with pytest.raises(ValueError, match="499 entries for 500"):
+        iis.ConceptLibrary.cluster(el, lab[:-1], 12)  # checked also when all elements are used
     (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(ValueError, match="corrupt|truncated|not"):
         iis.ConceptLibrary.load(tmp_path / "bad.npz")
