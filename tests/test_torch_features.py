@@ -309,6 +309,20 @@ def test_image_dataset_normalises_real_images():
     assert it.data_config(None)["size"] == 224
 
 
+def test_image_dataset_reads_image_files(tmp_path):
+    from PIL import Image
+
+    imgs, labels = load_digits_images(size=16, n_per_class=1)
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    for im, path in zip(imgs, paths):
+        Image.fromarray(im).save(path)  # lossless
+    from_arrays = it.ImageDataset(imgs[:3], labels[:3], size=24)
+    from_files = it.ImageDataset([str(paths[0]), *paths[1:]], labels[:3], size=24)
+    for i in range(3):
+        torch.testing.assert_close(from_files[i][0], from_arrays[i][0])
+        assert from_files[i][1] == from_arrays[i][1]
+
+
 # ------------------------------------------------------------------------------- models
 def test_packaged_efficientnet_lite0_is_pretrained_offline():
     from skimage import data
@@ -360,6 +374,11 @@ def test_load_model_pretrained_path_and_errors(monkeypatch, tmp_path):
     dst = it.load_model("resnet18", weights=tmp_path / "w.pth", num_classes=3)
     for (k, a), (_, b) in zip(src.state_dict().items(), dst.state_dict().items()):
         assert torch.equal(a, b), k
+    # ... and a new classifier when num_classes differs from the file's (the backbone loaded)
+    dst5 = it.load_model("resnet18", weights=tmp_path / "w.pth", num_classes=5)
+    assert dst5.fc.out_features == 5
+    for (k, a), (_, b) in zip(src.state_dict().items(), dst5.state_dict().items()):
+        assert k.startswith("fc.") or torch.equal(a, b), k
     with pytest.raises(ValueError, match="either"):
         it.load_model("resnet18", pretrained=True, weights=tmp_path / "w.pth")
     assert models._lite0_key("_blocks.15._project_conv.weight") == "blocks.6.0.conv_pwl.weight"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Hashable, Sequence
 
 import numpy as np
@@ -50,9 +51,10 @@ class ImageDataset(torch.utils.data.Dataset):
 
     Parameters
     ----------
-    images : numpy.ndarray or sequence of numpy.ndarray
-        ``(N, H, W, 3)``, ``(N, H, W)`` array or a list of ``(H, W[, 3])`` arrays (any
-        sizes). Memmaps are read lazily, one item at a time.
+    images : numpy.ndarray or sequence of numpy.ndarray or of paths
+        ``(N, H, W, 3)``, ``(N, H, W)`` array, a list of ``(H, W[, 3])`` arrays (any
+        sizes) or of image file paths (read with PIL as RGB). Memmaps and files are read
+        lazily, one item at a time.
     labels : array-like, optional
         ``(N,)`` labels; items are then ``(image, label)`` pairs.
     size : int, optional
@@ -117,6 +119,11 @@ class ImageDataset(torch.utils.data.Dataset):
         return f"ImageDataset(n={len(self)}, size={self.size}, labels={'yes' if self.labels is not None else 'no'})"
 
     def _convert(self, img: Any, index: int) -> torch.Tensor:
+        if isinstance(img, (str, os.PathLike)):
+            from PIL import Image
+
+            with Image.open(img) as im:
+                img = np.array(im.convert("RGB"))
         a = np.asarray(img)
         if a.ndim == 2:
             a = a[..., None]

