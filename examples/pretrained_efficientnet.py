@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
     el = segments(images[tr], labels[tr], per_class=args.element_images, seed=args.seed)
     t_seg = time.perf_counter() - t0
     t0 = time.perf_counter()
-    emb = el.embed(model, size=args.size, batch_size=args.batch_size, device=args.device, progress=False)
+    emb = it.embed_elements(el, model, size=args.size, batch_size=args.batch_size, device=args.device,
+                            progress=False)
     t_emb = time.perf_counter() - t0
     log(f"[elements] {len(el)} segments from {len(np.unique(el.source))} train images "
         f"({t_seg:.1f} s), embedded to {emb.shape} ({t_emb:.1f} s)")

@@ -8,6 +8,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from . import _core
+from ._text import text_library
 from ._validation import (read_npz, single_blas, as_float_matrix, check_option, check_threads, encode_labels,
                           stratified_choice)
 
@@ -224,12 +225,11 @@ class ConceptLibrary:
         ValueError
             When shapes disagree, or no concept survives one of the cut-offs.
         """
-        from ._text import text_library
-
-        return text_library(concepts, train_features, clip_image_features, clip_text_features,
-                            top5_cutoff=top5_cutoff, interpretability_cutoff=interpretability_cutoff,
-                            steps=steps, seed=seed, holdout=holdout, lr=lr, eval_every=eval_every,
-                            patience=patience, n_threads=n_threads, progress=progress)
+        vectors, names, meta = text_library(
+            concepts, train_features, clip_image_features, clip_text_features, top5_cutoff=top5_cutoff,
+            interpretability_cutoff=interpretability_cutoff, steps=steps, seed=seed, holdout=holdout, lr=lr,
+            eval_every=eval_every, patience=patience, n_threads=n_threads, progress=progress)
+        return cls(vectors, names, kind="text", default_normalize="standardize", meta=meta)
 
     # --------------------------------------------------------------------- misc
     @property

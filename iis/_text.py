@@ -117,13 +117,10 @@ def text_library(concepts: Sequence[str], train_features: Any, clip_image_featur
                  clip_text_features: Any, *, top5_cutoff: float = 0.25,
                  interpretability_cutoff: float = 0.45, steps: int = 1000, seed: int = 0,
                  holdout: float = 0.1, lr: float = 1e-3, eval_every: int = 50, patience: int = 1,
-                 n_threads: Optional[int] = None, progress: bool = False):
-    """Build a Text concept library (Label-free CBM recipe, METHOD.md section 6).
-
-    See :meth:`iis.ConceptLibrary.text` for the parameters.
+                 n_threads: Optional[int] = None, progress: bool = False) -> tuple:
+    """The vectors, names and meta of a Text concept library (Label-free CBM recipe,
+    METHOD.md section 6); :meth:`iis.ConceptLibrary.text` has the parameters.
     """
-    from ._library import ConceptLibrary
-
     names = check_concepts(concepts)
     f = as_float_matrix(train_features, "train_features")
     img = as_float_matrix(clip_image_features, "clip_image_features")
@@ -202,6 +199,5 @@ def text_library(concepts: Sequence[str], train_features: Any, clip_image_featur
         "n_heldout": int(va.size),
         "fit_seconds": fit_time,
     }
-    return ConceptLibrary(w[keep], [cand_names[i] for i in keep], kind="text",
-                          default_normalize="standardize", meta=meta)
+    return w[keep], [cand_names[i] for i in keep], meta
 

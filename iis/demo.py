@@ -20,7 +20,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import ConceptLibrary, score
+from ._api import score
+from ._library import ConceptLibrary
 
 
 def load_digits_split(seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -2,8 +2,8 @@
 
 The Prototype and Cluster concept libraries are built from embeddings of *visual
 elements* of training images. This module cuts the elements out of images; embedding
-them with a PyTorch model is :meth:`Elements.embed` (which needs ``iis[torch]``; this
-module itself never imports torch).
+them with a PyTorch model is :func:`iis.torch.embed_elements` (``iis[torch]``; this
+module never imports torch).
 
 Segments follow the published extractor (``extractor/segment_extractor.py`` of the
 paper's code, itself after ACE, Ghorbani et al. 2019):
@@ -265,43 +265,6 @@ class Elements:
 
             pick = stratified_choice(np.asarray(self.labels), int(n), int(seed))
         return self.subset(pick)
-
-    def embed(
-        self,
-        model: Any,
-        layer: str | None = None,
-        *,
-        size: int | None = None,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        batch_size: int = 64,
-        device: Any = None,
-        progress: bool = True,
-        **kwargs: Any,
-    ) -> np.ndarray:
-        """Embed the elements with ``model`` at ``layer`` (the layer used for the features).
-
-        The uint8 element images are converted with :class:`iis.torch.ImageDataset`
-        (resize to ``size``, scale to [0, 1], normalise with ``mean``/``std``; the defaults
-        come from :func:`iis.torch.data_config`) and passed to
-        :func:`iis.torch.extract_features`. Use the same ``size``, ``mean``, ``std`` and
-        ``layer`` as for the images whose features are scored.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``(n, d)`` float32 embeddings.
-        """
-        from .torch import ImageDataset, data_config, extract_features
-
-        cfg = data_config(model)
-        ds = ImageDataset(
-            self.images,
-            size=cfg["size"] if size is None else size,
-            mean=cfg["mean"] if mean is None else mean,
-            std=cfg["std"] if std is None else std,
-        )
-        return extract_features(model, ds, layer, batch_size=batch_size, device=device, progress=progress, **kwargs)
 
     def show(self, n: int = 32, *, ncols: int = 8, seed: int = 0, ax: "matplotlib.axes.Axes | None" = None):
         """Montage of up to ``n`` elements (chosen with ``seed``) on one matplotlib axes."""

@@ -120,7 +120,7 @@ def test_record_equals_direct_computation(trained_run, digits):
     f_tr = it.extract_features(model, x[mtr], progress=False)
     f_ev = it.extract_features(model, x[mev], progress=False)
     # The same 40 prototypes ConceptLibrary.prototype would pick from all element embeddings.
-    emb = el.embed(model, size=16, progress=False, **NORM)
+    emb = it.embed_elements(el, model, size=16, progress=False, **NORM)
     lib = iis.ConceptLibrary.prototype(emb, el.labels, n_concepts=40, seed=0)
     again = monitor(model, 5, force=True)
     direct = iis.score(f_tr, y[mtr], f_ev, y[mev], lib)

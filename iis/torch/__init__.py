@@ -10,7 +10,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without torch
     raise ImportError('iis.torch needs PyTorch: pip install "iis[torch]"') from _exc
 
 from ._data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, data_config
-from ._features import extract_features, find_classifier, resolve_layer
+from ._features import embed_elements, extract_features, find_classifier, resolve_layer
 from ._models import efficientnet_lite0, load_model, packaged_efficientnet_lite0_path
 from ._monitor import IISMonitor
 from ._clip import clip_embeddings

@@ -11,7 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["extract_features", "find_classifier", "resolve_layer"]
+from ..elements import Elements
+from ._data import ImageDataset, data_config
+
+__all__ = ["embed_elements", "extract_features", "find_classifier", "resolve_layer"]
 
 _POOLS = ("auto", "avg", "max", "token", "flatten")
 _CLASSIFIER_NAMES = ("fc", "head", "heads", "classifier", "_fc", "last_linear")
@@ -456,3 +459,36 @@ def extract_features(
     if return_labels:
         return feats, np.concatenate(labels)
     return feats
+
+
+def embed_elements(elements: Elements, model: nn.Module, layer: str | None = None, *, size: int | None = None,
+                   mean: Any = None, std: Any = None, batch_size: int = 64, device: Any = None,
+                   progress: bool = True, **kwargs: Any) -> np.ndarray:
+    """Embed visual elements with ``model`` at ``layer`` (the layer used for the features).
+
+    The element images are converted with :class:`ImageDataset` (resize to ``size``,
+    scale to [0, 1], normalise with ``mean``/``std``; the defaults come from
+    :func:`data_config` of ``model``) and passed to :func:`extract_features`. Use the
+    same ``size``, ``mean``, ``std`` and ``layer`` as for the images whose features are
+    scored.
+
+    Parameters
+    ----------
+    elements : iis.elements.Elements
+        From :func:`iis.elements.patches` or :func:`iis.elements.segments`.
+    model, layer, batch_size, device, progress, **kwargs
+        As :func:`extract_features`.
+    size, mean, std : optional
+        As :class:`ImageDataset`; default :func:`data_config` of ``model``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, d)`` float32 embeddings.
+    """
+    if not isinstance(elements, Elements):
+        raise TypeError(f"elements must be an iis.elements.Elements, got {type(elements).__name__}")
+    cfg = data_config(model)
+    ds = ImageDataset(elements.images, size=cfg["size"] if size is None else size,
+                      mean=cfg["mean"] if mean is None else mean, std=cfg["std"] if std is None else std)
+    return extract_features(model, ds, layer, batch_size=batch_size, device=device, progress=progress, **kwargs)

@@ -29,6 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..elements import patches, segments
+from ._features import embed_elements
+
 __all__ = [
     "ConceptHead",
     "InterpretabilityLoss",
@@ -670,14 +673,13 @@ def build_prototypes(
         ``kind="prototype"``; names say class, element kind, source image and box.
     """
     import iis
-    from iis import elements as _el
 
     if isinstance(n_concepts, bool) or not isinstance(n_concepts, numbers.Integral) or n_concepts < 1:
         raise ValueError(f"n_concepts must be a positive integer, got {n_concepts!r}")
     if elements == "patches":
-        el = _el.patches(images, labels, grid=grid, per_class=per_class, seed=seed)
+        el = patches(images, labels, grid=grid, per_class=per_class, seed=seed)
     elif elements == "segments":
-        el = _el.segments(images, labels, n_segments=n_segments, per_class=per_class, seed=seed, progress=progress)
+        el = segments(images, labels, n_segments=n_segments, per_class=per_class, seed=seed, progress=progress)
     else:
         raise ValueError(f"elements must be 'patches' or 'segments', got {elements!r}")
     if len(el) == 0:
@@ -686,10 +688,8 @@ def build_prototypes(
     # embedding is zero (e.g. blank patches under ReLU features), then sample M
     # stratified across classes with the core's sampler.
     pool = el.sample(min(len(el), _POOL_FACTOR * int(n_concepts)), seed=seed)
-    emb = np.asarray(
-        pool.embed(model, size=size, mean=mean, std=std, batch_size=batch_size, device=device, progress=progress),
-        dtype=np.float32,
-    )
+    emb = embed_elements(pool, model, size=size, mean=mean, std=std, batch_size=batch_size, device=device,
+                         progress=progress)
     ok = np.flatnonzero(np.isfinite(emb).all(axis=1) & (np.linalg.norm(emb, axis=1) > 0))
     if ok.size == 0:
         raise ValueError("every visual element embeds to a zero or non-finite vector; no prototypes")

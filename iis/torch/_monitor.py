@@ -14,6 +14,7 @@ from torch import nn
 from ._data import ImageDataset, data_config
 from ._features import extract_features
 from .._validation import json_text
+from ..elements import Elements
 
 __all__ = ["IISMonitor"]
 
@@ -109,7 +110,6 @@ class IISMonitor:
         score_kwargs: dict[str, Any] | None = None,
     ) -> None:
         import iis
-        from iis.elements import Elements
 
         if library not in ("prototype", "cluster"):
             raise ValueError(f"library must be 'prototype' or 'cluster', got {library!r}")
