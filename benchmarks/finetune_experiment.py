@@ -40,7 +40,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from iis.finetune import FinetuneConfig, run  # noqa: E402
+from iis.cli import main as iis_main  # noqa: E402
 
 FULL = dict(epochs=3, image_size=64, seeds=(0, 1), train_per_class=None, eval_per_class=None,
             n_concepts=200, proto_per_class=10)
@@ -55,12 +55,13 @@ def _fmt(x: float) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny budget (smoke test)")
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--seeds", type=int, nargs="+", default=None)
-    ap.add_argument("--weights", type=float, nargs="+", default=(0.0, 1.0))
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=None, help="epochs of every run (default: 3, 1 with --quick)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: 0 1, 0 with --quick)")
+    ap.add_argument("--weights", type=float, nargs="+", default=(0.0, 1.0),
+                    help="weights of the interpretability term, one run each")
+    ap.add_argument("--n-threads", type=int, default=1, help="torch and IIS threads")
     ap.add_argument("--work", default=str(HERE / ".cache" / "finetune"), help="run directories")
-    ap.add_argument("--results", default=str(HERE / "results"))
+    ap.add_argument("--results", default=str(HERE / "results"), help="where the table and JSON go")
     args = ap.parse_args(argv)
     setup = dict(QUICK if args.quick else FULL)
     if args.epochs is not None:
@@ -74,17 +75,20 @@ def main(argv=None) -> int:
     t_all = time.perf_counter()
     for seed in setup["seeds"]:
         for weight in args.weights:
-            cfg = FinetuneConfig(
-                model="efficientnet_lite0", data="digits", out=str(work / f"w{weight:g}_s{seed}"),
-                epochs=setup["epochs"], lr=1e-4, weight=float(weight), sparsity=0.1,
-                n_concepts=setup["n_concepts"], proto_per_class=setup["proto_per_class"],
-                image_size=setup["image_size"], train_per_class=setup["train_per_class"],
-                eval_per_class=setup["eval_per_class"], seed=seed, threads=args.threads,
-                progress=False, amp="off", device="cpu",
-            )
+            out = work / f"w{weight:g}_s{seed}"
+            argv = ["finetune", "--model", "tf_efficientnet_lite0", "--data", "digits", "--out", str(out),
+                    "--epochs", str(setup["epochs"]), "--lr", "1e-4", "--weight", str(weight), "--sparsity", "0.1",
+                    "--n-concepts", str(setup["n_concepts"]), "--proto-per-class", str(setup["proto_per_class"]),
+                    "--image-size", str(setup["image_size"]), "--seed", str(seed), "--n-threads", str(args.n_threads),
+                    "--no-progress", "--amp", "off", "--device", "cpu"]
+            for flag in ("train_per_class", "eval_per_class"):
+                if setup[flag] is not None:
+                    argv += ["--" + flag.replace("_", "-"), str(setup[flag])]
             print(f"\n=== weight={weight:g} seed={seed} ===", flush=True)
             t0 = time.perf_counter()
-            s = run(cfg)
+            if iis_main(argv) != 0:
+                return 1
+            s = json.loads((out / "summary.json").read_text())
             rows.append({
                 "weight": float(weight), "seed": seed,
                 "acc_h_before": s["before"]["acc_h"], "acc_h_after": s["after"]["acc_h"],
@@ -141,7 +145,7 @@ def main(argv=None) -> int:
             f"seed {d['seed']}: acc h {d['acc_h_after']:+.4f}, acc g {d['acc_g_after']:+.4f}, "
             f"IIS {d['iis_after']:+.4f}" for d in diffs) + ".")
         md.append("")
-    md.append(f"Total time {total:.0f} s on {platform.machine()} with {args.threads} torch thread(s); "
+    md.append(f"Total time {total:.0f} s on {platform.machine()} with {args.n_threads} torch thread(s); "
               f"reproduce with `python benchmarks/finetune_experiment.py{' --quick' if args.quick else ''}`.")
     text = "\n".join(md) + "\n"
     print("\n" + text)

@@ -1,4 +1,4 @@
-"""Command line: ``iis score``, ``iis demo``, ``iis config``, ``iis --version``.
+"""Command line: ``iis score``, ``iis demo``, ``iis finetune``, ``iis config``, ``iis --version``.
 
 ``.npz`` keys
 -------------
@@ -10,9 +10,9 @@ library file:        as written by ``ConceptLibrary.save`` (``vectors``, ``names
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from typing import List, Optional
-
+from typing import Callable, List, Optional
 
 
 def _load_npz(path: str, what: str, need_labels: bool = True) -> tuple:
@@ -97,6 +97,102 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .torch._finetune_cli import run  # needs iis[torch]
+
+    run(args)
+    return 0
+
+
+def _number(kind: type, low: float, high: Optional[float] = None, open_low: bool = False) -> Callable:
+    """An argparse type: a ``kind`` number v with low <= v (low < v if open_low) and v < high."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not (math.isfinite(v) and (v > low if open_low else v >= low) and (high is None or v < high)):
+            raise argparse.ArgumentTypeError(f"must lie in {'(' if open_low else '['}{low}, "
+                                             f"{'inf' if high is None else high}), got {text}")
+        return v
+    return parse
+
+
+def _grid(text: str) -> tuple:
+    try:
+        return _parse_sparsities(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_finetune_parser(sub) -> None:
+    f = sub.add_parser(
+        "finetune", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="fine-tune a backbone with interpretability maximisation (needs iis[torch])",
+        description="Fine-tune a backbone with interpretability maximisation (IIS paper, Eq. 8): "
+                    "L = CE(h(f), y) + weight * CE(g(mask_s(norm(f @ unit(P).T))), y). Reports the accuracy "
+                    "of h and g and the IIS before and after; writes a checkpoint every epoch, summary.json "
+                    "and finetune.png.")
+    count, frac = _number(int, 1), _number(float, 0, 1)
+    f.add_argument("--model", default="tf_efficientnet_lite0",
+                   help="timm model name; tf_efficientnet_lite0's ImageNet weights ship in a package "
+                        "(offline), other pretrained weights are downloaded by timm")
+    f.add_argument("--data", default="digits",
+                   help="built-in dataset (digits) or an ImageFolder directory (class sub-folders, "
+                        "optionally inside train/ and val/)")
+    f.add_argument("--out", default="iis-finetune-out", help="output directory (checkpoint, summary.json, plot)")
+    f.add_argument("--epochs", type=_number(int, 0), default=5, help="training epochs")
+    f.add_argument("--lr", type=_number(float, 0, open_low=True), default=1e-4,
+                   help="peak learning rate (linear warm-up, then cosine decay to 0)")
+    f.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="AdamW, or SGD with momentum 0.9")
+    f.add_argument("--weight-decay", type=_number(float, 0), default=1e-4, help="weight decay of the optimiser")
+    f.add_argument("--warmup", type=frac, default=0.1, help="fraction of the steps with linear lr warm-up")
+    f.add_argument("--weight", type=_number(float, 0), default=1.0,
+                   help="lambda, weight of the interpretability term (0: baseline without it)")
+    f.add_argument("--sparsity", type=frac, default=0.1, help="s of the concept head's mask")
+    f.add_argument("--mask", choices=["hard", "soft"], default="hard", help="sparsity mask, as in iis score")
+    f.add_argument("--keep", choices=["default", "published"], default="default",
+                   help="concepts kept: M - floor(M*s) (default) or one fewer (published code)")
+    f.add_argument("--n-concepts", type=count, default=200, help="M, the number of prototypes")
+    f.add_argument("--normalize", choices=("layernorm", "none"), default="layernorm",
+                   help="normalisation of the concept activations")
+    f.add_argument("--elements", choices=("patches", "segments"), default="patches",
+                   help="visual elements the prototypes are embedded from")
+    f.add_argument("--proto-per-class", type=count, default=10,
+                   help="training images per class whose elements are cut")
+    f.add_argument("--refresh-every", type=_number(int, 0), default=0,
+                   help="rebuild the prototypes from the current backbone every N epochs (0: never)")
+    f.add_argument("--batch-size", type=count, default=64, help="training batch size")
+    f.add_argument("--image-size", type=_number(int, 8), default=None,
+                   help="input side in pixels (default: 64 for digits, else the model's)")
+    f.add_argument("--eval-fraction", type=_number(float, 0, 1, open_low=True), default=0.3,
+                   help="held-out fraction when the data has no separate eval split")
+    f.add_argument("--train-per-class", type=count, default=None, help="use only N training images per class")
+    f.add_argument("--eval-per-class", type=count, default=None, help="use only N eval images per class")
+    f.add_argument("--augment", action="store_true", help="random translations during training")
+    f.add_argument("--bn", choices=("frozen", "train"), default="frozen",
+                   help="BatchNorm statistics: keep the pre-trained ones (frozen) or update them")
+    f.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                   help="random initialisation instead of pretrained weights")
+    f.add_argument("--weights", default=None, help="local state-dict file to start from (offline weights)")
+    f.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
+                   help="mixed precision (auto: bf16, or fp16 without bf16, on CUDA; off on the CPU)")
+    f.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    f.add_argument("--seed", type=_number(int, 0), default=0, help="seed of the splits, prototypes and training")
+    f.add_argument("--workers", type=_number(int, 0), default=0, help="DataLoader worker processes")
+    f.add_argument("--n-threads", type=count, default=None, help="threads of torch and of the IIS (default: all)")
+    f.add_argument("--iis-sparsities", type=_grid, default=None,
+                   help="comma-separated sparsity grid of the IIS (default 0,0.1,0.3,0.5,0.7,0.9,0.95,0.98)")
+    f.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from OUT/checkpoint.pt (or the given checkpoint file or directory)")
+    f.add_argument("--stop-after", type=count, default=None,
+                   help="stop after N epochs in this invocation (continue later with --resume)")
+    f.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    f.add_argument("--no-plot", dest="plot", action="store_false", help="do not write finetune.png")
+    f.set_defaults(func=cmd_finetune)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from . import show_config
 
@@ -146,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-threads", type=int, default=None,
                    help="threads (default: all cores; -1 all, -2 all but one, ...)")
     d.set_defaults(func=cmd_demo)
+
+    _add_finetune_parser(sub)
 
     c = sub.add_parser("config", help="show BLAS/OpenMP configuration")
     c.set_defaults(func=cmd_config)

