@@ -181,7 +181,8 @@ def _add_finetune_parser(sub) -> None:
     f.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     f.add_argument("--seed", type=_number(int, 0), default=0, help="seed of the splits, prototypes and training")
     f.add_argument("--workers", type=_number(int, 0), default=0, help="DataLoader worker processes")
-    f.add_argument("--n-threads", type=count, default=None, help="threads of torch and of the IIS (default: all)")
+    f.add_argument("--n-threads", type=int, default=None,
+                   help="threads of torch and of the IIS (default: all cores; -1 all, -2 all but one, ...)")
     f.add_argument("--iis-sparsities", type=_grid, default=None,
                    help="comma-separated sparsity grid of the IIS (default 0,0.1,0.3,0.5,0.7,0.9,0.95,0.98)")
     f.add_argument("--resume", nargs="?", const="auto", default=None,

@@ -76,7 +76,7 @@ def test_head_masks_as_iis_score(mask, keep, normalize):
     (the C kernels) on the same features and concepts."""
     feats, labels = np.random.default_rng(1).normal(size=(40, 12)), np.arange(40) % 4
     protos = np.random.default_rng(2).normal(size=(30, 12))
-    for s in (0.0, 0.1, 0.5, 0.9):
+    for s in (0.0, 0.1, 0.5, 0.9, 0.97):  # 0.97: k = 0 with keep="published"
         head = ConceptHead(protos, 4, s, normalize=normalize, mask=mask, keep=keep).double()
         ip = iis.InterpretablePredictor(iis.ConceptLibrary(protos), sparsity=s, normalize=normalize, mask=mask,
                                         keep=keep).fit(feats, labels)
@@ -278,8 +278,6 @@ def test_bad_head_options():
         ConceptHead(np.ones((3, 2)), 2, mask="topk")
     with pytest.raises(ValueError, match="keep"):
         ConceptHead(np.ones((3, 2)), 2, keep="paper")
-    with pytest.raises(ValueError, match="keeps no concept"):  # M - floor(M s) - 1 = 0
-        ConceptHead(np.ones((3, 2)), 2, sparsity=0.7, keep="published")
     with pytest.raises(ValueError, match="n_classes"):
         ConceptHead(np.ones((3, 2)), 1)
     with pytest.raises(TypeError, match="n_classes"):
@@ -442,6 +440,18 @@ def test_head_fit_is_the_interpretable_predictor(mask):
     assert (ip.predict(feats) == y).mean() > 0.8
 
 
+def test_head_keeping_no_concept_is_the_bias_only_model():
+    """keep="published" can leave k = 0: g sees zeros and fits the class priors, as
+    iis.score's predictor does there."""
+    feats = torch.from_numpy(np.random.default_rng(0).normal(size=(100, 12)))
+    y = np.repeat([0, 1, 2, 3], [40, 30, 20, 10])
+    head = ConceptHead(np.random.default_rng(1).normal(size=(30, 12)), 4, 0.97, keep="published").double()
+    assert head.k == 0
+    head.fit(feats, y, tol=1e-10, n_threads=1)
+    assert torch.all(head.concept_activations(feats) == 0) and torch.all(head.classifier.weight == 0)
+    np.testing.assert_allclose(head.classifier.bias.detach().softmax(0).numpy(), [0.4, 0.3, 0.2, 0.1], atol=1e-9)
+
+
 # ----------------------------------------------------------------------------------------
 # Prototypes from a pre-trained backbone
 # ----------------------------------------------------------------------------------------
@@ -545,7 +555,7 @@ def test_finetune_resume_reproduces_uninterrupted_run(full_run, tmp_path, capsys
 
 def test_finetune_bad_arguments(tmp_path, capsys):
     for bad, word in ((["--sparsity", "1.5"], "sparsity"), (["--epochs", "-1"], "epochs"),
-                      (["--amp", "fp8"], "amp"), (["--n-threads", "0"], "n-threads"),
+                      (["--amp", "fp8"], "amp"), (["--threads", "1"], "--threads"),
                       (["--iis-sparsities", "0,x"], "iis-sparsities")):
         with pytest.raises(SystemExit) as exc:
             main(["finetune", *bad, "--out", str(tmp_path)])
@@ -554,6 +564,9 @@ def test_finetune_bad_arguments(tmp_path, capsys):
     assert "neither a built-in dataset" in capsys.readouterr().err
     assert main(["finetune", "--resume", "--out", str(tmp_path / "empty"), "--n-threads", "1"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+    assert main(["finetune", "--n-threads", "0", "--out", str(tmp_path)]) == 2
+    assert "n_threads" in capsys.readouterr().err
+    assert build_parser().parse_args(["finetune", "--n-threads", "-2"]).n_threads == -2  # as iis score
 
 
 def test_finetune_imagefolder_refresh_baseline_and_bf16(tmp_path, capsys):
@@ -585,14 +598,6 @@ def test_finetune_imagefolder_refresh_baseline_and_bf16(tmp_path, capsys):
         assert math.isclose(h["loss"], h["ce_h"], rel_tol=1e-9)
     assert "weight=0" in s["loss"]
     assert not (out / "finetune.png").exists()
-
-
-def test_finetune_flags_have_help():
-    sub = next(a for a in build_parser()._actions if isinstance(a, type(build_parser()._subparsers._group_actions[0])))
-    flags = [a for a in sub.choices["finetune"]._actions if a.option_strings and a.dest != "help"]
-    assert len(flags) > 30
-    assert [a.option_strings for a in flags if not a.help] == []
-    assert "--n-threads" in [o for a in flags for o in a.option_strings]
 
 
 def test_python_dash_m_iis_finetune_help():

@@ -126,7 +126,9 @@ class ConceptHead(nn.Module):
         As ``iis.score``: keep the ``k`` activations of largest magnitude unchanged
         (hard) or soft-threshold them at the (k+1)-th largest magnitude (soft).
     keep : {"default", "published"}, default "default"
-        As ``iis.score``: ``k = M - floor(M*s)`` or one fewer (:func:`keep_count`).
+        As ``iis.score``: ``k = M - floor(M*s)`` or one fewer (:func:`keep_count`); where
+        that is 0, every activation is masked and ``g`` is the bias-only model, as in
+        ``iis.score``.
 
     Attributes
     ----------
@@ -186,10 +188,7 @@ class ConceptHead(nn.Module):
 
     @sparsity.setter
     def sparsity(self, value: float) -> None:
-        if keep_count(self.n_concepts, value, self.keep) < 1:
-            raise ValueError(f"sparsity={value} with keep={self.keep!r} keeps no concept of the "
-                             f"{self.n_concepts}; lower the sparsity")
-        self._sparsity = float(value)
+        self._sparsity = _check_sparsity(value)
 
     @property
     def k(self) -> int:

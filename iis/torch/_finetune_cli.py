@@ -40,6 +40,7 @@ from torch import nn
 from .. import __version__
 from .._api import score
 from .._library import ConceptLibrary
+from .._validation import check_threads
 from ..datasets import load_digits_images, select_per_class, train_eval_split
 from ._data import ImageDataset, data_config
 from ._features import extract_features
@@ -187,8 +188,8 @@ def run(args: argparse.Namespace) -> dict:
     """
     t_start = time.perf_counter()
     config = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
-    if args.n_threads:
-        torch.set_num_threads(args.n_threads)
+    if check_threads(args.n_threads):  # negative: counted back from all cores, as iis.score
+        torch.set_num_threads(max(1, args.n_threads if args.n_threads > 0 else os.cpu_count() + 1 + args.n_threads))
     device, amp = _device_and_amp(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
