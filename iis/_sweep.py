@@ -62,6 +62,7 @@ def load_spec(spec: Any) -> Dict[str, Any]:
         raise TypeError(f"spec must be a TOML path or a dict, got {type(spec).__name__}")
     _unknown(raw, _TOP, "the spec")
     from . import DEFAULT_GRID
+    from ._validation import check_sparsities
 
     def absolute(p: Any, what: str) -> str:
         if not isinstance(p, str) or not p:
@@ -72,7 +73,7 @@ def load_spec(spec: Any) -> Dict[str, Any]:
     s: Dict[str, Any] = {
         "out": out,
         "cache": absolute(raw["cache"], "cache") if "cache" in raw else os.path.join(out, "cache"),
-        "sparsities": [float(v) for v in raw.get("sparsities", DEFAULT_GRID)],
+        "sparsities": check_sparsities(raw.get("sparsities", DEFAULT_GRID)).tolist(),
         "threads": _int(raw.get("threads", 1), "threads"),
         "device": str(raw.get("device", "cpu")),
         "batch_size": _int(raw.get("batch_size", 64), "batch_size"),

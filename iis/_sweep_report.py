@@ -63,7 +63,9 @@ def report(out: str, confidence: float = 0.95):
     if not os.path.exists(csv):
         raise ValueError(f"{csv} does not exist: run the sweep first")
     df = pd.read_csv(csv, keep_default_na=False, na_values=[""])
-    df = df[df["status"] == "ok"]
+    df = df[df["status"] == "ok"].copy()
+    for c in ("model", "checkpoint", "layer", "dataset", "library"):
+        df[c] = df[c].fillna("").astype(str)  # an empty checkpoint reads back as NaN
     if df.empty:
         raise ValueError(f"{csv} holds no successful cell")
     figs = os.path.join(out, "figures")
@@ -77,6 +79,10 @@ def report(out: str, confidence: float = 0.95):
         rows.append({"library": lib, **c})
         for model, g in d.groupby("model", sort=False):
             ax.scatter(g["probe_accuracy"], g["iis"], label=model, s=22)
+            for _, r in g.iterrows():  # which layer, checkpoint and dataset each point is
+                ax.annotate(" ".join(r[k] for k in ("checkpoint", "layer", "dataset") if r[k]),
+                            (r["probe_accuracy"], r["iis"]), fontsize=5, xytext=(3, 3),
+                            textcoords="offset points")
         ax.set_title(f"{lib}\nPearson {c['pearson_r']:.2f} [{c['pearson_lo']:.2f}, {c['pearson_hi']:.2f}], "
                      f"Spearman {c['spearman_r']:.2f} [{c['spearman_lo']:.2f}, {c['spearman_hi']:.2f}]",
                      fontsize=8)
@@ -91,18 +97,18 @@ def report(out: str, confidence: float = 0.95):
     for ax, lib in zip(axes[0], libs):
         for _, r in df[df["library"] == lib].iterrows():
             ax.plot(s, r[arr].to_numpy(dtype=float), marker="o", ms=3,
-                    label=f"{r['model']} {r['checkpoint'] or ''} {r['layer']} {r['dataset']}".replace("  ", " "))
+                    label=" ".join(r[k] for k in ("model", "checkpoint", "layer", "dataset") if r[k]))
         ax.set_title(lib, fontsize=9)
         ax.set_xlabel("sparsity ratio s")
         ax.set_ylabel("ARR(s)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=5)
     _save(fig, os.path.join(figs, "arr_curves.png"))
-    ck = df[df["checkpoint"].astype(str) != ""]
+    ck = df[df["checkpoint"] != ""]
     if not ck.empty and ck.groupby(["model", "layer", "dataset", "library"])["checkpoint"].nunique().max() > 1:
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         for key, g in ck.groupby(["model", "layer", "dataset", "library"], sort=False):
-            ax.plot(g["checkpoint"].astype(str), g["iis"], marker="o", label=" ".join(map(str, key)))
+            ax.plot(g["checkpoint"], g["iis"], marker="o", label=" ".join(key))
         ax.set_xlabel("checkpoint")
         ax.set_ylabel("IIS")
         ax.grid(alpha=0.3)

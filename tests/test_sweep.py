@@ -264,6 +264,7 @@ def test_progress_lines_count_cells_and_estimate_the_rest(tmp_path, capsys):
     ({"models": [{"name": "resnet18", "pretrained": True, "weights": "w.pth"}]}, "excludes weights"),
     ({"libraries": [{"kind": "cluster"}, {"kind": "cluster"}]}, "labels must be distinct"),
     ({"threads": 0}, "threads must be an integer >= 1"),
+    ({"sparsities": [0.5, 1.0]}, "sparsities must lie in [0, 1)"),
 ])
 def test_bad_specs_are_named(tmp_path, change, message):
     with pytest.raises(ValueError, match=None) as err:
@@ -277,3 +278,69 @@ def test_a_missing_dataset_file_is_named_before_any_cell_runs(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent.npz"):
         iis.sweep(spec, progress=False)
     assert not os.path.exists(spec["out"])
+
+
+def test_torchvision_and_packaged_models(tmp_path):
+    spec = base_spec(tmp_path, libraries=[{"kind": "cluster", "n_concepts": 6, "elements": "features"}],
+                     models=[{"name": "resnet18", "source": "torchvision", "num_classes": 10, "image_size": 32},
+                             {"name": "efficientnet_lite0", "source": "packaged", "image_size": 32}])
+    df = iis.sweep(spec, progress=False)
+    assert df["status"].tolist() == ["ok", "ok"], df["error"].tolist()
+    assert df["dim"].tolist() == [512, 1280]  # the inputs of their classifiers
+
+
+def test_correlation_matches_scipy():
+    from scipy import stats
+
+    from iis._sweep_report import correlation
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=12)
+    y = 0.6 * x + rng.normal(size=12)
+    c = correlation(x, y)
+    pr = stats.pearsonr(x, y)
+    ci = pr.confidence_interval(0.95)  # scipy's interval is the Fisher-z one as well
+    assert np.allclose([c["pearson_r"], c["pearson_p"], c["pearson_lo"], c["pearson_hi"]],
+                       [pr.statistic, pr.pvalue, ci.low, ci.high], rtol=1e-12, atol=0)
+    sr = stats.spearmanr(x, y)
+    h = stats.norm.ppf(0.975) * np.sqrt(1.06 / 9)
+    assert np.allclose([c["spearman_r"], c["spearman_p"], c["spearman_lo"], c["spearman_hi"]],
+                       [sr.statistic, sr.pvalue, np.tanh(np.arctanh(sr.statistic) - h),
+                        np.tanh(np.arctanh(sr.statistic) + h)], rtol=1e-12, atol=0)
+    assert c["n"] == 12 and c["pearson_lo"] < c["pearson_r"] < c["pearson_hi"]
+    assert np.isnan(correlation(x[:3], y[:3])["pearson_lo"])  # no interval below 4 points
+    assert np.isnan(correlation(np.ones(5), y[:5])["spearman_r"])  # a constant has no correlation
+
+
+def test_report_draws_the_figures_of_a_checkpoint_sweep(tmp_path, capsys):
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        import iis.torch as it
+
+        paths.append(str(tmp_path / f"epoch{seed}.pth"))
+        torch.save(it.load_model("resnet18").state_dict(), paths[-1])
+    spec = base_spec(tmp_path, libraries=[{"kind": "cluster", "n_concepts": 6, "elements": "features"}],
+                     models=[{"name": "resnet18", "checkpoints": paths, "layers": ["layer2", "layer3"],
+                              "image_size": 32}])
+    toml = _write_toml(tmp_path, spec)
+    from iis import cli
+
+    assert cli.main(["sweep", str(toml), "--quiet"]) == 0
+    df = read_table(spec["out"])
+    assert df["checkpoint"].tolist() == ["epoch0.pth", "epoch0.pth", "epoch1.pth", "epoch1.pth"]
+    assert df["iis"].iloc[0] != df["iis"].iloc[2]  # the checkpoints' weights differ
+    capsys.readouterr()
+    assert cli.main(["sweep", str(toml), "--report"]) == 0
+    assert "pearson_r" in capsys.readouterr().out
+    from iis._sweep_report import correlation
+
+    want = correlation(df["probe_accuracy"], df["iis"])
+    got = pd.read_csv(os.path.join(spec["out"], "correlations.csv")).iloc[0]
+    assert got["library"] == "cluster:6/features"
+    assert np.allclose([got[k] for k in want], list(want.values()), rtol=1e-12, atol=0, equal_nan=True)
+    import matplotlib.image
+
+    for name in ("iis_vs_accuracy", "arr_curves", "iis_over_checkpoints"):
+        img = matplotlib.image.imread(os.path.join(spec["out"], "figures", name + ".png"))
+        assert img.shape[0] > 100 and img.std() > 0  # drawn, not blank
