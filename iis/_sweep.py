@@ -294,12 +294,12 @@ def _cells(spec: Dict[str, Any], units: List[Dict[str, Any]]) -> List[Dict[str, 
             feats = [u["keys"]["train"], u["keys"]["eval"]]
             if lib["elements"] != "features":
                 feats.append(u["keys"][_elements_tag(lib)])
-            cid = _digest({"features": feats, "library": lib_id, "solver": solver})[:20]
-            cells.append({"id": cid, "unit": ui, "library": lib,
-                          "row": {"model": u["model"]["label"], "checkpoint": _ck_name(u["checkpoint"]),
-                                  "layer": u["layer"] or "default", "dataset": u["dataset"]["label"],
-                                  "library": lib["label"], "library_kind": lib["kind"],
-                                  "n_concepts": lib["n_concepts"]}})
+            row = {"model": u["model"]["label"], "checkpoint": _ck_name(u["checkpoint"]),
+                   "layer": u["layer"] or "default", "dataset": u["dataset"]["label"], "library": lib["label"],
+                   "library_kind": lib["kind"], "n_concepts": lib["n_concepts"]}
+            # the names are part of the id: two entries with the same content are two rows
+            cid = _digest({"features": feats, "library": lib_id, "solver": solver, "row": row})[:20]
+            cells.append({"id": cid, "unit": ui, "library": lib, "row": row})
     return cells
 
 

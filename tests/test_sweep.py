@@ -272,6 +272,15 @@ def test_bad_specs_are_named(tmp_path, change, message):
     assert message in str(err.value)
 
 
+def test_two_names_for_the_same_data_are_two_rows_from_one_extraction(tmp_path, count_extract):
+    d = {"source": "digits", "size": 32, "n_per_class": 8}
+    spec = base_spec(tmp_path, datasets=[dict(d, name="a"), dict(d, name="b")],
+                     libraries=[{"kind": "cluster", "n_concepts": 6, "elements": "features"}])
+    df = iis.sweep(spec, progress=False)
+    assert df["dataset"].tolist() == ["a", "b"] and df["cell_id"].nunique() == 2
+    assert df["iis"].iloc[0] == df["iis"].iloc[1] and len(count_extract) == 2
+
+
 def test_a_missing_dataset_file_is_named_before_any_cell_runs(tmp_path):
     absent = str(tmp_path / "absent.npz")
     spec = base_spec(tmp_path, datasets=[{"source": "npz", "path": absent}])
