@@ -24,6 +24,7 @@ import numpy as np
 __all__ = ["sweep", "load_spec"]
 
 _CACHE_FORMAT = "iis.sweep.features/1"
+_PACKAGED = {"efficientnet_lite0": 0, "efficientnet_lite1": 1, "efficientnet_lite2": 2}  # ImageNet, offline
 _TOP = {"out", "cache", "sparsities", "threads", "device", "batch_size", "seed", "solver", "models",
         "datasets", "libraries"}
 _SOLVER = {"l2", "tol", "max_iter", "normalize", "mask", "keep"}
@@ -118,6 +119,8 @@ def _model_entry(m: Dict[str, Any], absolute) -> Dict[str, Any]:
          "gpus": float(m.get("gpus", 0)), "label": m.get("label", m["name"])}
     if e["source"] not in ("timm", "torchvision", "packaged"):
         raise ValueError(f"model {m['name']!r}: source must be timm, torchvision or packaged, got {e['source']!r}")
+    if e["source"] == "packaged" and e["name"] not in _PACKAGED:
+        raise ValueError(f"packaged models are {', '.join(_PACKAGED)}, got {e['name']!r}")
     if "weights" in m and "checkpoints" in m:
         raise ValueError(f"model {m['name']!r}: give weights or checkpoints, not both")
     e["checkpoints"] = [absolute(p, "a checkpoint") for p in m.get("checkpoints", [])] or [
@@ -217,9 +220,9 @@ def _model_identity(m: Dict[str, Any], checkpoint: Optional[str], seed: int) -> 
     if checkpoint is not None:
         ident["weights_sha256"] = _file_hash(checkpoint)
     elif m["source"] == "packaged":
-        from .torch import packaged_efficientnet_lite0_path
+        from .torch._models import _packaged_path
 
-        ident["weights_sha256"] = _file_hash(packaged_efficientnet_lite0_path())
+        ident["weights_sha256"] = _file_hash(_packaged_path(_PACKAGED[m["name"]]))
     elif not m["pretrained"]:
         ident["init_seed"] = seed  # random weights, seeded
     return ident
@@ -313,9 +316,9 @@ def _build_model(m: Dict[str, Any], checkpoint: Optional[str], seed: int):
 
     torch.manual_seed(seed)  # random-init models are part of the cache key through the seed
     if m["source"] == "packaged":
-        from .torch import efficientnet_lite0
+        from .torch import efficientnet_lite
 
-        model = efficientnet_lite0(True, num_classes=m["num_classes"] or 1000)
+        model = efficientnet_lite(_PACKAGED[m["name"]], True, num_classes=m["num_classes"] or 1000)
     elif m["source"] == "torchvision":
         import torchvision
 

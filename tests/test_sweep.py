@@ -265,6 +265,7 @@ def test_progress_lines_count_cells_and_estimate_the_rest(tmp_path, capsys):
     ({"libraries": [{"kind": "cluster"}, {"kind": "cluster"}]}, "labels must be distinct"),
     ({"threads": 0}, "threads must be an integer >= 1"),
     ({"sparsities": [0.5, 1.0]}, "sparsities must lie in [0, 1)"),
+    ({"models": [{"name": "efficientnet_lite9", "source": "packaged"}]}, "packaged models are efficientnet_lite0"),
 ])
 def test_bad_specs_are_named(tmp_path, change, message):
     with pytest.raises(ValueError, match=None) as err:
