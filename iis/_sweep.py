@@ -276,7 +276,8 @@ def _units(spec: Dict[str, Any]) -> List[Dict[str, Any]]:
                     for lib in spec["libraries"]:
                         if lib["elements"] != "features":
                             keys[_elements_tag(lib)] = _digest(dict(base, elements=_elements_params(lib)))
-                    units.append({"model": m, "checkpoint": ck, "layer": layer, "dataset": d, "keys": keys})
+                    units.append({"model": m, "checkpoint": ck, "layer": layer, "dataset": d, "keys": keys,
+                                  "data_id": data_ids[d["label"]]})
     return units
 
 
@@ -377,7 +378,7 @@ def extract_unit(spec: Dict[str, Any], unit: Dict[str, Any]) -> Dict[str, Any]:
                 (images, labels), files = data[name], data["files"]
             else:
                 lib = next(lb for lb in spec["libraries"] if _elements_tag(lb) == name)
-                (images, labels), files = _element_images(lib, data), False
+                (images, labels), files = _element_images(lib, data, cache, unit["data_id"]), False
             path = _cache_path(cache, unit["keys"][name])
             # the labels first: the features' file is the mark that the entry is complete
             _atomic(path[:-4] + ".labels.npy", lambda tmp: np.save(tmp, np.asarray(labels)))
@@ -388,7 +389,20 @@ def extract_unit(spec: Dict[str, Any], unit: Dict[str, Any]) -> Dict[str, Any]:
     return {"extracted": missing, "seconds": time.perf_counter() - t0}
 
 
-def _element_images(lib: Dict[str, Any], data: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
+def _element_images(lib: Dict[str, Any], data: Dict[str, Any], cache: str,
+                    data_id: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
+    """The elements' uint8 images and labels, cut once per dataset (not per model or layer)
+    and kept in the cache."""
+    path = _cache_path(cache, _digest({"format": _CACHE_FORMAT, "data": data_id,
+                                       "element_images": _elements_params(lib)}))
+    if not os.path.exists(path):
+        images, labels = _cut_elements(lib, data)
+        _atomic(path[:-4] + ".labels.npy", lambda tmp: np.save(tmp, labels))
+        _atomic(path, lambda tmp: np.save(tmp, images))
+    return np.load(path), np.load(path[:-4] + ".labels.npy")  # writable: torch.from_numpy wants that
+
+
+def _cut_elements(lib: Dict[str, Any], data: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
     from . import elements
 
     images, labels = data["train"]

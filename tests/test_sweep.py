@@ -20,6 +20,7 @@ else:  # pragma: no cover - local runs without torch
 pd = pytest.importorskip("pandas")
 
 import iis  # noqa: E402
+import iis.elements  # noqa: E402
 import iis._sweep as sw  # noqa: E402
 from iis.datasets import load_digits_images, select_per_class, train_eval_split  # noqa: E402
 
@@ -100,7 +101,7 @@ def test_cells_equal_the_pipeline_written_by_hand(tmp_path, count_extract):
     assert read_table(out)["iis"].tolist() == df["iis"].tolist()  # CSV keeps every bit
 
 
-def test_cache_hits_only_for_unchanged_inputs(tmp_path, count_extract):
+def test_cache_hits_only_for_unchanged_inputs(tmp_path, count_extract, monkeypatch):
     images, labels = load_digits_images(size=32, n_per_class=8)
     npz = tmp_path / "digits.npz"
     np.savez(npz, images=images, labels=labels)
@@ -112,15 +113,18 @@ def test_cache_hits_only_for_unchanged_inputs(tmp_path, count_extract):
     again = iis.sweep(dict(spec, out=str(tmp_path / "out2")), progress=False)
     assert len(count_extract) == 3
     pd.testing.assert_frame_equal(numeric(first), numeric(again))
-    # another layer: only its features are extracted
+    # another layer: only its features are extracted, from the elements already cut
     spec["models"] = [dict(spec["models"][0], layers=["layer3", "layer2"])]
+    cuts = []
+    real_patches = iis.elements.patches
+    monkeypatch.setattr(iis.elements, "patches", lambda *a, **k: cuts.append(1) or real_patches(*a, **k))
     iis.sweep(dict(spec, out=str(tmp_path / "out3")), progress=False)
-    assert count_extract[3:] == ["layer2"] * 3
+    assert count_extract[3:] == ["layer2"] * 3 and cuts == []
     # the dataset's content changes (one pixel of one image): both layers are extracted again
     images[0, 0, 0, 0] ^= 1
     np.savez(npz, images=images, labels=labels)
     iis.sweep(dict(spec, out=str(tmp_path / "out4")), progress=False)
-    assert sorted(count_extract[6:]) == ["layer2"] * 3 + ["layer3"] * 3
+    assert sorted(count_extract[6:]) == ["layer2"] * 3 + ["layer3"] * 3 and cuts == [1]
     # the same per-class subset under another seed is another dataset too
     spec["datasets"] = [dict(spec["datasets"][0], n_per_class=6, split_seed=1)]
     iis.sweep(dict(spec, out=str(tmp_path / "out5")), progress=False)

@@ -43,7 +43,7 @@ def test_ray_backend_gives_the_local_table_bit_for_bit(tmp_path, cluster):
     # the features were extracted by the tasks into the second cache, with the same bits
     files = sorted(os.path.relpath(os.path.join(d, f), spec["out"])
                    for d, _, fs in os.walk(os.path.join(spec["out"], "cache")) for f in fs)
-    assert len(files) == 2 * 6  # (train, eval, elements) x 2 layers, features and labels
+    assert len(files) == 2 * (3 * 2 + 1)  # (train, eval, elements) x 2 layers + the element images
     for f in files:
         assert np.array_equal(np.load(os.path.join(spec["out"], f)), np.load(os.path.join(remote["out"], f)))
     # a rerun on Ray finds every cell done
