@@ -447,10 +447,14 @@ def _load_cached(cache: str, key: str) -> Tuple[np.ndarray, np.ndarray]:
 def _versions() -> Dict[str, str]:
     from . import __version__
 
+    from importlib import metadata
+
     out = {"iis_version": __version__, "numpy_version": np.__version__}
-    for mod in ("torch", "timm"):
-        m = sys.modules.get(mod)
-        out[f"{mod}_version"] = getattr(m, "__version__", "") if m else ""
+    for dist in ("torch", "timm"):  # installed versions, whether this process imported them or not
+        try:
+            out[f"{dist}_version"] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[f"{dist}_version"] = ""
     return out
 
 

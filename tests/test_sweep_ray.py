@@ -55,3 +55,23 @@ def test_a_failing_extraction_fails_its_cells_on_ray(tmp_path, cluster):
     df = iis.sweep(spec, backend="ray", progress=False)
     assert df["status"].tolist() == ["error", "error"]
     assert all("feature extraction failed" in e and "no_such_layer" in e for e in df["error"])
+
+
+def test_ctrl_c_on_ray_cancels_and_the_rerun_finishes(tmp_path, cluster, monkeypatch):
+    spec = base_spec(tmp_path)
+    real, calls = ray.wait, []
+
+    def interrupted_wait(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:  # the extraction is done, the scoring tasks are submitted
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ray, "wait", interrupted_wait)
+    with pytest.raises(KeyboardInterrupt):
+        iis.sweep(spec, backend="ray", progress=False)
+    monkeypatch.setattr(ray, "wait", real)
+    df = iis.sweep(spec, backend="ray", progress=False)
+    assert df["status"].tolist() == ["ok", "ok"]
+    local = iis.sweep(dict(spec, out=str(tmp_path / "local")), progress=False)
+    pd.testing.assert_frame_equal(numeric(df), numeric(local), check_exact=True)
