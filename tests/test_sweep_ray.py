@@ -1,0 +1,77 @@
+"""The Ray backend of iis.sweep (issue 20) on a local Ray cluster that the test starts and
+stops: the same table as the local backend, bit for bit (times excepted)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+if os.environ.get("CI") or os.environ.get("IIS_REQUIRE_TORCH"):
+    import torch  # noqa: F401  CI installs the torch and ray extras: these tests must run
+    import ray
+else:  # pragma: no cover - local runs without the extras
+    pytest.importorskip("torch")
+    ray = pytest.importorskip("ray")
+pd = pytest.importorskip("pandas")
+
+import iis  # noqa: E402
+from test_sweep import _write_toml, base_spec, numeric, read_table  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_ray_backend_gives_the_local_table_bit_for_bit(tmp_path, cluster):
+    spec = base_spec(tmp_path / "local")
+    spec["models"][0]["layers"] = ["layer3", "layer2"]
+    iis.sweep(spec, progress=False)
+    remote = base_spec(tmp_path / "ray")  # its own results and its own feature cache
+    remote["models"] = spec["models"]
+    toml = _write_toml(tmp_path, remote)
+    from iis import cli
+
+    assert cli.main(["sweep", str(toml), "--ray", "local", "--quiet"]) == 0  # the running cluster
+    a, b = read_table(spec["out"]), read_table(remote["out"])
+    assert len(a) == 4 and (a["status"] == "ok").all()
+    pd.testing.assert_frame_equal(numeric(a), numeric(b), check_exact=True)
+    # the features were extracted by the tasks into the second cache, with the same bits
+    files = sorted(os.path.relpath(os.path.join(d, f), spec["out"])
+                   for d, _, fs in os.walk(os.path.join(spec["out"], "cache")) for f in fs)
+    assert len(files) == 2 * (3 * 2 + 1)  # (train, eval, elements) x 2 layers + the element images
+    for f in files:
+        assert np.array_equal(np.load(os.path.join(spec["out"], f)), np.load(os.path.join(remote["out"], f)))
+    # a rerun on Ray finds every cell done
+    assert (iis.sweep(remote, backend="ray", progress=False)["iis"] == b["iis"]).all()
+
+
+def test_a_failing_extraction_fails_its_cells_on_ray(tmp_path, cluster):
+    spec = base_spec(tmp_path, models=[{"name": "resnet18", "layers": ["no_such_layer"], "image_size": 32}])
+    df = iis.sweep(spec, backend="ray", progress=False)
+    assert df["status"].tolist() == ["error", "error"]
+    assert all("feature extraction failed" in e and "no_such_layer" in e for e in df["error"])
+
+
+def test_ctrl_c_on_ray_cancels_and_the_rerun_finishes(tmp_path, cluster, monkeypatch):
+    spec = base_spec(tmp_path)
+    real, calls = ray.wait, []
+
+    def interrupted_wait(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:  # the extraction is done, the scoring tasks are submitted
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ray, "wait", interrupted_wait)
+    with pytest.raises(KeyboardInterrupt):
+        iis.sweep(spec, backend="ray", progress=False)
+    monkeypatch.setattr(ray, "wait", real)
+    df = iis.sweep(spec, backend="ray", progress=False)
+    assert df["status"].tolist() == ["ok", "ok"]
+    local = iis.sweep(dict(spec, out=str(tmp_path / "local")), progress=False)
+    pd.testing.assert_frame_equal(numeric(df), numeric(local), check_exact=True)
