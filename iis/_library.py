@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
@@ -35,23 +35,9 @@ class ConceptLibrary:
 
     def __init__(self, vectors: Any, names: Optional[Sequence[str]] = None, kind: str = "custom",
                  default_normalize: str = "layernorm", meta: Optional[dict] = None) -> None:
-        # any finite scale is fine: only the directions unit(P) are used
-        v = np.array(as_float_matrix(vectors, "concept vectors", row_strided_ok=False, max_abs=None),
-                     copy=True)
-        zero = np.flatnonzero(np.abs(v).max(axis=1) == 0)
-        if zero.size:
-            raise ValueError(f"concept vectors have zero norm at rows {zero[:10].tolist()}; "
-                             "a zero concept has no direction")
+        self.vectors = vectors  # validated, copied and made read-only by the setter
         if names is None:
-            names = [f"concept_{i}" for i in range(v.shape[0])]
-        if isinstance(names, (str, bytes)):  # would be split into characters
-            raise TypeError("names must be a sequence of strings, one per concept, got a single string")
-        names = [str(n) for n in names]
-        if len(names) != v.shape[0]:
-            raise ValueError(f"got {len(names)} names for {v.shape[0]} concept vectors")
-        v.setflags(write=False)  # unit(P) is cached per dtype: the vectors must not change under it
-        self.vectors = v
-        self._unit_cache: dict = {}
+            names = [f"concept_{i}" for i in range(self.n_concepts)]
         self.names = names
         self.kind = str(kind)
         self.default_normalize = check_option(default_normalize, "default_normalize", NORMALIZATIONS)
@@ -210,6 +196,60 @@ class ConceptLibrary:
                             steps=steps, seed=seed, holdout=holdout, lr=lr, eval_every=eval_every,
                             patience=patience, n_threads=n_threads, progress=progress)
 
+    # ------------------------------------------------------------------ state
+    @property
+    def vectors(self) -> np.ndarray:
+        """The concept vectors ``P`` (M, d): the library's own read-only copy."""
+        return self._vectors
+
+    @vectors.setter
+    def vectors(self, value: Any) -> None:
+        # any finite scale is fine: only the directions unit(P) are used
+        v = np.array(as_float_matrix(value, "concept vectors", row_strided_ok=False, max_abs=None),
+                     copy=True)
+        zero = np.flatnonzero(np.abs(v).max(axis=1) == 0)
+        if zero.size:
+            raise ValueError(f"concept vectors have zero norm at rows {zero[:10].tolist()}; "
+                             "a zero concept has no direction")
+        names = self.__dict__.get("_names")
+        if names is not None and len(names) != v.shape[0]:
+            raise ValueError(f"got {v.shape[0]} concept vectors for the library's {len(names)} names; "
+                             "build a new ConceptLibrary to change the number of concepts")
+        v.setflags(write=False)
+        # a view of a read-only owner: it cannot be made writable again, so the cached
+        # unit(P) never goes stale; every assignment validates and drops the cache
+        self._vectors = v.view()
+        self._unit_cache: dict = {}
+
+    @property
+    def names(self) -> List[str]:
+        """One name (str) per concept."""
+        return self._names
+
+    @names.setter
+    def names(self, value: Any) -> None:
+        if isinstance(value, (str, bytes)):  # would be split into characters
+            raise TypeError("names must be a sequence of strings, one per concept, got a single string")
+        try:
+            names = [str(n) for n in value]
+        except TypeError:
+            raise TypeError(f"names must be a sequence of strings, got {type(value).__name__}") from None
+        if len(names) != self.n_concepts:
+            raise ValueError(f"got {len(names)} names for {self.n_concepts} concept vectors")
+        self._names = names
+
+    def __getstate__(self) -> dict:
+        """Pickled state: the public attributes only (no cache)."""
+        return {"vectors": np.array(self._vectors), "names": list(self._names), "kind": self.kind,
+                "default_normalize": self.default_normalize, "meta": self.meta}
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickling (also ``copy.deepcopy``, ``sklearn.base.clone``) validates as ``__init__``."""
+        if not isinstance(state, dict) or "vectors" not in state:
+            raise TypeError("not a pickled ConceptLibrary state")
+        self.__init__(state["vectors"], state.get("names", state.get("_names")), state.get("kind", "custom"),
+                      state.get("default_normalize", "layernorm"), state.get("meta"))
+
     # --------------------------------------------------------------------- misc
     @property
     def n_concepts(self) -> int:
@@ -232,17 +272,13 @@ class ConceptLibrary:
 
     def _unit(self, dtype: Any = None) -> np.ndarray:
         """``unit(P)``, read-only, computed once per dtype (1.2 ms for 200 x 768, about
-        2% of projecting 50,000 features) while ``vectors`` is the library's own
-        read-only array; recomputed if the attribute was replaced by a writable one."""
-        dt = np.dtype(dtype or self.vectors.dtype)
-        cache = self.__dict__.setdefault("_unit_cache", {})
-        hit = cache.get(dt)
-        if hit is not None and hit[0] is self.vectors:
-            return hit[1]
-        u = self._compute_unit(dt)
-        u.setflags(write=False)
-        if not self.vectors.flags.writeable:
-            cache[dt] = (self.vectors, u)
+        2% of projecting 50,000 features); the vectors cannot change under the cache."""
+        dt = np.dtype(dtype or self._vectors.dtype)
+        u = self._unit_cache.get(dt)
+        if u is None:
+            u = self._compute_unit(dt)
+            u.setflags(write=False)
+            self._unit_cache[dt] = u
         return u
 
     def _compute_unit(self, dtype: np.dtype) -> np.ndarray:

@@ -5,7 +5,9 @@ finiteness, labels and option names. Messages say what was received.
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
+import threading
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -180,20 +182,65 @@ def check_threads(n_threads: Any) -> int:
     return int(max(-2**30, min(int(n_threads), 2**30)))
 
 
-_CONTROLLER = None
+_BLAS_LOCK = threading.Lock()
+_BLAS_STATE: dict = {"controller": None, "depth": 0, "saved": None}
+
+
+@contextlib.contextmanager
+def blas_limit(limit: "int | None"):
+    """Context in which BLAS runs on ``limit`` threads (None: left as it is).
+
+    Process-wide and reference-counted: the first context to enter (from any
+    thread) records the BLAS thread counts and the last one to leave restores
+    them, so contexts that overlap across threads and leave out of order
+    (threadpoolctl's own limiters restore what they saw on entry) still leave
+    the process as it was. While several overlap, the latest limit holds.
+    One threadpoolctl controller is kept (building one scans the loaded
+    libraries, about 1 ms: most of a small ``iis.score``).
+    """
+    st = _BLAS_STATE
+    with _BLAS_LOCK:
+        if st["controller"] is None:
+            from threadpoolctl import ThreadpoolController
+
+            st["controller"] = ThreadpoolController()
+        if limit is not None:
+            with _blas_control():
+                limiter = st["controller"].limit(limits=int(limit), user_api="blas")
+            if st["saved"] is None:
+                st["saved"] = limiter  # holds the counts from before the first limit
+        st["depth"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            st["depth"] -= 1
+            if st["depth"] == 0 and st["saved"] is not None:
+                with _blas_control():
+                    st["saved"].restore_original_limits()
+                st["saved"] = None
+
+
+@contextlib.contextmanager
+def _blas_control():
+    """Let this thread set OpenBLAS' process-wide count, then release it: threadpoolctl
+    >= 3.8 silently ignores the calls of any thread but the first one to set it."""
+    from threadpoolctl import OpenBLASController
+
+    clear = getattr(OpenBLASController, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+    try:
+        yield
+    finally:
+        if clear is not None:
+            clear(force=True)
 
 
 def single_blas():
     """Context in which BLAS runs on one thread: the C kernels split their GEMMs
-    over OpenMP threads themselves (one thread pool, no oversubscription).
-    One threadpoolctl controller is kept (building one scans the loaded
-    libraries, about 1 ms: most of a small ``iis.score``)."""
-    global _CONTROLLER
-    from threadpoolctl import ThreadpoolController
-
-    if _CONTROLLER is None:
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=1, user_api="blas")
+    over OpenMP threads themselves (one thread pool, no oversubscription)."""
+    return blas_limit(1)
 
 
 def blas_threads(n_threads: int) -> int | None:
