@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from typing import Any, List, Optional, Sequence
 
 import numpy as np
@@ -12,6 +13,7 @@ from ._validation import (read_npz, single_blas, as_float_matrix, check_option, 
                           stratified_choice)
 
 NORMALIZATIONS = ("layernorm", "standardize", "none")
+LAYERNORM_EPS = 1e-5  # METHOD.md section 2: (a - mean) / sqrt(var + 1e-5)
 
 
 class ConceptLibrary:
@@ -94,7 +96,10 @@ class ConceptLibrary:
         """Cluster library: k-means (k-means++ init, seeded, Lloyd in C) centroids, unit norm.
 
         Up to ``max_elements`` elements are used, sampled stratified across
-        ``element_labels`` when given (uniformly otherwise).
+        ``element_labels`` when given (uniformly otherwise); ``element_labels``,
+        when given, must have one entry per element. Elements of any accepted
+        magnitude (up to 1e30) are clustered alike: k-means runs on them scaled
+        by a power of two; ``meta["inertia"]`` is in the elements' own units.
         """
         x = as_float_matrix(elements, "elements")
         _check_count(n_concepts, "n_concepts", x.shape[0])
@@ -103,11 +108,13 @@ class ConceptLibrary:
             raise ValueError(f"max_iter must be an integer >= 0, got {max_iter!r}")
         if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (0 <= tol < np.inf):
             raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+        y = None
+        if element_labels is not None:
+            _, y, _ = encode_labels(element_labels)
+            if y.shape[0] != x.shape[0]:
+                raise ValueError(f"element_labels has {y.shape[0]} entries for {x.shape[0]} elements")
         if x.shape[0] > max_elements:
-            if element_labels is not None:
-                _, y, _ = encode_labels(element_labels)
-                if y.shape[0] != x.shape[0]:
-                    raise ValueError(f"element_labels has {y.shape[0]} entries for {x.shape[0]} elements")
+            if y is not None:
                 pick = stratified_choice(y, int(max_elements), seed)
             else:
                 pick = np.sort(np.random.default_rng(seed).choice(x.shape[0], max_elements, replace=False))
@@ -115,16 +122,22 @@ class ConceptLibrary:
         x = np.ascontiguousarray(x)
         if n_concepts > x.shape[0]:
             raise ValueError(f"n_concepts={n_concepts} exceeds the {x.shape[0]} elements used")
+        # k-means is scale-equivariant: cluster x / 2**e with max |x| / 2**e in [0.5, 1), exact
+        # in binary floating point, so that float32 squared distances of large (about 1e19)
+        # or small elements neither overflow nor underflow; the centroids are unit-normalised
+        e = int(np.frexp(np.abs(x).max())[1])
+        x = np.ldexp(x, -e).astype(x.dtype, copy=False)
         with single_blas():
             centers, labels, inertia, n_iter = _core.kmeans(x, int(n_concepts), int(seed) & (2**64 - 1),
                                                             min(int(max_iter), 2**31 - 1), float(tol),
                                                             check_threads(n_threads))
+        inertia = float(inertia) * 4.0 ** e
         norms = np.linalg.norm(centers.astype(np.float64), axis=1, keepdims=True)
         if np.any(norms == 0):
             raise ValueError("a k-means centroid is the zero vector; the elements may be degenerate")
         centers = (centers / norms).astype(x.dtype)
         return cls(centers, [f"cluster_{i}" for i in range(int(n_concepts))], kind="cluster",
-                   meta={"inertia": float(inertia), "n_iter": int(n_iter), "seed": int(seed),
+                   meta={"inertia": inertia, "n_iter": int(n_iter), "seed": int(seed),
                          "sizes": np.bincount(labels, minlength=int(n_concepts)).tolist()})
 
     @classmethod
@@ -327,3 +340,33 @@ def _check_count(value: Any, name: str, upper: Optional[int]) -> None:
         raise ValueError(f"{name} must be >= 1, got {value}")
     if upper is not None and value > upper:
         raise ValueError(f"{name}={value} exceeds the {upper} elements available")
+
+
+def warn_if_layernorm_at_chance(f: np.ndarray, unit_p: np.ndarray, name: str) -> None:
+    """Warn when layernorm activations carry (almost) nothing, whatever the labels.
+
+    * Every concept points the same way (or M = 1): each sample's M activations are
+      equal and layernorm maps them to 0.
+    * The activations' per-sample variance is far below LayerNorm's epsilon (features
+      scaled down, e.g. by 1e-6): ``(a - mean) / sqrt(var + eps)`` shrinks them towards 0.
+
+    Checked on at most 256 rows spread over ``f`` (a small GEMM). A warning, not an
+    error: the score is well defined (chance level) and the same library is meaningful
+    with ``normalize="standardize"`` or ``"none"``.
+    """
+    if unit_p.shape[0] == 1 or np.abs(unit_p - unit_p[0]).max() <= 1e-6:
+        warnings.warn(f"the concept library's {unit_p.shape[0]} concept(s) all point the same way: "
+                      "after layernorm every activation is 0 and the score is at chance level; use "
+                      "distinct concepts, or normalize='standardize' or 'none'", RuntimeWarning, stacklevel=3)
+        return
+    rows = f[::max(1, f.shape[0] // 256)][:256]
+    with np.errstate(all="ignore"):
+        a = rows.astype(np.float64) @ unit_p.T.astype(np.float64)
+        var = a.var(axis=1)
+    live = np.abs(a).max(axis=1) > 0
+    typical = np.median(var[live]) if live.any() else np.nan
+    if typical < LAYERNORM_EPS * 1e-3:  # also False for NaN: the projection reports bad rows
+        warnings.warn(f"{name}: the concept activations' per-sample variance (median {typical:.3g}) is far "
+                      f"below LayerNorm's epsilon {LAYERNORM_EPS:g}, so layernorm shrinks them towards 0 and "
+                      "the score drops to chance level; rescale the features (e.g. to unit norm per "
+                      "sample) or use normalize='standardize'", RuntimeWarning, stacklevel=3)

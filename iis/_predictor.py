@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import _core
-from ._library import NORMALIZATIONS, ConceptLibrary
+from ._library import NORMALIZATIONS, ConceptLibrary, warn_if_layernorm_at_chance
 from ._validation import (read_npz, single_blas, as_float_matrix, check_option, check_positive,
                           check_threads, encode_labels, _labels_1d)
 
@@ -304,6 +304,8 @@ class InterpretablePredictor:
         k = int(_core.keep_count(M, float(self.sparsity), self.keep == "published"))
         with single_blas():
             unit_p = lib._unit(x.dtype)
+            if norm == "layernorm":
+                warn_if_layernorm_at_chance(x, unit_p, "X")
             mean = std = None
             if norm == "standardize":
                 a = _checked(_core.project(x, unit_p, 0, None, None, nt, True), x, "X")

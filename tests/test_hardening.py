@@ -200,3 +200,87 @@ def test_the_limit_holds_in_whichever_thread_asks():
     [t.join() for t in ts]
     assert seen == [[1] * len(before)]
     assert blas_counts() == before
+
+
+# ----------------------------------------------------------------------------- numerical range
+def blobs(n=400, d=8, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, d)) * 6
+    lab = rng.integers(0, k, n)
+    return (centers[lab] + rng.normal(size=(n, d))).astype(np.float32), lab
+
+
+def _match_rows(a, b):
+    """Max distance between the rows of a and b matched greedily (same row sets)."""
+    dist = np.linalg.norm(a[:, None, :] - b[None, :, :], axis=2)
+    return max(dist[i].min() for i in range(len(a))), len(set(dist.argmin(axis=1)))
+
+
+@pytest.mark.parametrize("scale", [1e19, 1e25, 1e28, 1e-20, 1e-35])
+def test_kmeans_on_large_and_small_elements_matches_scikit_learn(scale):
+    from sklearn.cluster import KMeans
+
+    x, _ = blobs()
+    big = x * np.float32(scale)
+    lib = iis.ConceptLibrary.cluster(big, n_concepts=4, seed=0)
+    scaled = big.astype(np.float64) / np.abs(big.astype(np.float64)).max()
+    km = KMeans(4, n_init=10, random_state=0).fit(scaled)
+    ref = km.cluster_centers_ / np.linalg.norm(km.cluster_centers_, axis=1, keepdims=True)
+    gap, distinct = _match_rows(lib.vectors.astype(np.float64), ref)
+    assert distinct == 4 and gap < 1e-4
+    assert sorted(lib.meta["sizes"]) == sorted(np.bincount(km.labels_).tolist())
+    inertia_ref = km.inertia_ * np.abs(big.astype(np.float64)).max() ** 2
+    assert lib.meta["inertia"] == pytest.approx(inertia_ref, rel=1e-4)
+
+
+def test_kmeans_scaling_by_a_power_of_two_changes_nothing():
+    x, _ = blobs()
+    a = iis.ConceptLibrary.cluster(x, n_concepts=4, seed=3)
+    b = iis.ConceptLibrary.cluster(x * np.float32(2.0 ** 40), n_concepts=4, seed=3)
+    np.testing.assert_array_equal(a.vectors, b.vectors)
+    assert b.meta["inertia"] == a.meta["inertia"] * 4.0 ** 40
+
+
+def test_cluster_refuses_wrong_length_labels_without_subsampling():
+    x, lab = blobs(n=50)
+    with pytest.raises(ValueError, match="element_labels has 2 entries for 50 elements"):
+        iis.ConceptLibrary.cluster(x, n_concepts=3, element_labels=[0, 1])
+    iis.ConceptLibrary.cluster(x, n_concepts=3, element_labels=lab)  # the right length is fine
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1e-9, 1e-100])
+def test_features_below_layernorm_epsilon_warn_and_name_the_fix(scale):
+    with pytest.warns(RuntimeWarning, match="far below LayerNorm's epsilon.*rescale the features"):
+        res = quiet_score_keep(RuntimeWarning, XTR * scale, YTR, XEV * scale, YEV, P)
+    assert res.ip_accuracy.max() < 0.5  # what the warning is about: chance level (3 classes)
+    with pytest.warns(RuntimeWarning, match="far below LayerNorm's epsilon"):
+        iis.InterpretablePredictor(P, sparsity=0.5).fit(XTR * scale, YTR)
+
+
+def quiet_score_keep(category, *args, **kw):
+    """iis.score with every warning but ``category`` silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("always", category)
+        return iis.score(*args, sparsities=(0.0, 0.5, 0.9), **kw)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-3, 1e4])
+def test_well_scaled_features_do_not_warn(scale):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        res = iis.score(XTR * scale, YTR, XEV * scale, YEV, P, sparsities=(0.0, 0.5, 0.9))
+        iis.score(XTR * scale, YTR, XEV * scale, YEV, np.vstack([P[:1], P[:1]]), normalize="none",
+                  sparsities=(0.0, 0.5))
+    assert res.iis > 0.7
+
+
+@pytest.mark.parametrize("lib", [P[:1], np.repeat(P[:1], 5, axis=0), np.repeat(P[:1], 5, axis=0) * np.arange(1, 6)[:, None]])
+def test_degenerate_libraries_warn_under_layernorm(lib):
+    with pytest.warns(RuntimeWarning, match="all point the same way.*chance level"):
+        res = quiet_score_keep(RuntimeWarning, XTR, YTR, XEV, YEV, lib)
+    assert res.iis < 0.6
+    with warnings.catch_warnings():  # the same library without layernorm is informative
+        warnings.simplefilter("error", RuntimeWarning)
+        warnings.simplefilter("ignore", iis.ConvergenceWarning)
+        assert iis.score(XTR, YTR, XEV, YEV, lib, normalize="none", sparsities=(0.0, 0.5)).iis > 0.2
