@@ -13,6 +13,7 @@ from ._validation import (read_npz, single_blas, as_float_matrix, check_option, 
                           stratified_choice)
 
 NORMALIZATIONS = ("layernorm", "standardize", "none")
+_FORMAT = "iis.ConceptLibrary/1"
 LAYERNORM_EPS = 1e-5  # METHOD.md section 2: (a - mean) / sqrt(var + 1e-5)
 
 
@@ -315,22 +316,55 @@ class ConceptLibrary:
                               default_normalize=self.default_normalize, meta=self.meta)
 
     def save(self, path: "str | os.PathLike") -> None:
-        """Save to ``.npz`` (vectors, names, kind, default_normalize); no pickles."""
+        """Save to ``.npz`` (vectors, names, kind, default_normalize); no pickles.
+
+        ``path`` is a file name (``.npz`` is appended when missing, as NumPy does)
+        or a binary file object."""
         np.savez(path, vectors=self.vectors, names=np.asarray(self.names, dtype=str),
                  kind=np.asarray(self.kind), default_normalize=np.asarray(self.default_normalize),
-                 format=np.asarray("iis.ConceptLibrary/1"))
+                 format=np.asarray(_FORMAT))
 
     @classmethod
     def load(cls, path: "str | os.PathLike") -> "ConceptLibrary":
-        """Load a library written by :meth:`save`."""
-        z = read_npz(path, "concept library")
+        """Load a library written by :meth:`save` (a path, ``"x"`` for ``x.npz``, or a binary
+        file object). Only the library's members are read; no code is run. Raises
+        ValueError naming the member when the file is inconsistent."""
+        z = read_npz(path, "concept library", ("vectors", "names", "kind", "default_normalize", "format"))
+        where = f"concept library file {getattr(path, 'name', path)!r}"
         if "vectors" not in z:
-            raise ValueError(f"{path}: not an iis concept library (no 'vectors' array)")
-        names = z["names"].tolist() if "names" in z else None
-        kind = str(z["kind"]) if "kind" in z else "custom"
-        norm = str(z["default_normalize"]) if "default_normalize" in z else "layernorm"
-        vectors = z["vectors"]
-        return cls(vectors, names, kind=kind, default_normalize=norm)
+            raise ValueError(f"{where}: not an iis concept library (no 'vectors' array)")
+        return library_from_arrays(z, where, "")
+
+
+def _text_scalar(z: dict, key: str, where: str, default: str) -> str:
+    """A 0-d string member (kind, normalisation names, format)."""
+    if key not in z:
+        return default
+    v = z[key]
+    if v.shape != () or v.dtype.kind != "U":
+        raise ValueError(f"{where}: member {key!r} must be a text scalar, got {v.dtype} of shape {v.shape}")
+    return str(v)
+
+
+def library_from_arrays(z: dict, where: str, prefix: str) -> ConceptLibrary:
+    """A library from its saved members (``prefix`` + vectors, names, kind, default_normalize),
+    each checked, errors naming the member."""
+    fmt = _text_scalar(z, prefix + "format", where, _FORMAT) if not prefix else _FORMAT
+    if fmt != _FORMAT:
+        raise ValueError(f"{where}: member 'format' is {fmt!r}, expected {_FORMAT!r}")
+    names = z.get(prefix + "names")
+    if names is not None:
+        if names.ndim != 1 or names.dtype.kind != "U":
+            raise ValueError(f"{where}: member {prefix + 'names'!r} must be a 1-D array of strings, got "
+                             f"{names.dtype} of shape {names.shape}")
+        names = names.tolist()
+    kind = _text_scalar(z, prefix + "kind", where, "custom")
+    norm = _text_scalar(z, prefix + "default_normalize", where, "layernorm")
+    try:
+        return ConceptLibrary(z[prefix + "vectors"], names, kind=kind, default_normalize=norm)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{where}: {exc} (members {prefix + 'vectors'!r}, {prefix + 'names'!r}, "
+                         f"{prefix + 'default_normalize'!r})") from None
 
 
 def _check_count(value: Any, name: str, upper: Optional[int]) -> None:
@@ -354,12 +388,13 @@ def warn_if_layernorm_at_chance(f: np.ndarray, unit_p: np.ndarray, name: str) ->
     error: the score is well defined (chance level) and the same library is meaningful
     with ``normalize="standardize"`` or ``"none"``.
     """
+    unit_p = np.asarray(unit_p)
     if unit_p.shape[0] == 1 or np.abs(unit_p - unit_p[0]).max() <= 1e-6:
         warnings.warn(f"the concept library's {unit_p.shape[0]} concept(s) all point the same way: "
                       "after layernorm every activation is 0 and the score is at chance level; use "
                       "distinct concepts, or normalize='standardize' or 'none'", RuntimeWarning, stacklevel=3)
         return
-    rows = f[::max(1, f.shape[0] // 256)][:256]
+    rows = np.asarray(f)[::max(1, f.shape[0] // 256)][:256]
     with np.errstate(all="ignore"):
         a = rows.astype(np.float64) @ unit_p.T.astype(np.float64)
         var = a.var(axis=1)
