@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _core
 from ._library import NORMALIZATIONS, ConceptLibrary, warn_if_layernorm_at_chance
-from ._validation import (printable, read_npz, single_blas, as_float_matrix, check_option, check_positive,
+from ._validation import (meant_float, printable, read_npz, single_blas, as_float_matrix, check_option, check_positive,
                           check_threads, encode_labels, _labels_1d)
 
 _FORMAT = "iis.InterpretablePredictor/1"
@@ -31,7 +31,9 @@ _ORDERS = ("signed", "magnitude")
 
 
 def _py(v: Any) -> Any:
-    """NumPy scalars as Python scalars (readable reprs, JSON)."""
+    """NumPy scalars as Python scalars (readable reprs, JSON); float32 as the decimal it
+    was written as (``meant_float``)."""
+    v = meant_float(v)
     return v.item() if isinstance(v, np.generic) else v
 
 
@@ -272,7 +274,7 @@ class InterpretablePredictor:
         check_positive(self.tol, "tol")
         check_positive(self.max_iter, "max_iter", integer=True)
         nt = check_threads(self.n_threads)
-        k = int(_core.keep_count(lib.n_concepts, float(s), self.keep == "published"))
+        k = int(_core.keep_count(lib.n_concepts, float(meant_float(s)), self.keep == "published"))
         if k < 1:
             raise ValueError(f"sparsity={s} with keep={self.keep!r} keeps no concept of the "
                              f"{lib.n_concepts}; lower the sparsity")
@@ -302,7 +304,7 @@ class InterpretablePredictor:
         if len(classes) < 2:
             raise ValueError(f"y holds {len(classes)} class; a classifier needs at least 2")
         M, K = lib.n_concepts, len(classes)
-        k = int(_core.keep_count(M, float(self.sparsity), self.keep == "published"))
+        k = int(_core.keep_count(M, float(meant_float(self.sparsity)), self.keep == "published"))
         with single_blas():
             unit_p = lib._unit(x.dtype)
             if norm == "layernorm":
@@ -573,7 +575,7 @@ class InterpretablePredictor:
         norm = info.get("normalize_")
         if norm not in NORMALIZATIONS or norm != (model.normalize or lib.default_normalize):
             raise ValueError(f"{where}: member 'info' has normalize_={norm!r}, not the model's normalisation")
-        k = int(_core.keep_count(M, float(model.sparsity), model.keep == "published"))
+        k = int(_core.keep_count(M, float(meant_float(model.sparsity)), model.keep == "published"))
         checks = {"k_": k, "n_features_in_": lib.dim}
         for key, want in checks.items():
             v = info.get(key)

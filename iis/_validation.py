@@ -147,8 +147,20 @@ def check_option(value: Any, name: str, allowed: Iterable[str]) -> str:
     return value
 
 
+def meant_float(v: Any) -> Any:
+    """A float32/float16 scalar as the decimal it was written as (its shortest repr, e.g.
+    ``np.float32(0.7)`` -> 0.7, not 0.699999988): ``M * s`` then floors to the intended k."""
+    if isinstance(v, np.floating) and v.dtype.itemsize < 8:
+        return float(str(v))
+    return v
+
+
 def check_sparsities(s: Any) -> np.ndarray:
     try:
+        if isinstance(s, np.ndarray) and s.dtype.kind == "f" and s.dtype.itemsize < 8:
+            s = [meant_float(v) for v in s.reshape(-1)]
+        elif isinstance(s, (list, tuple)):
+            s = [meant_float(v) for v in s]
         a = np.asarray(s, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):
         raise TypeError(f"sparsities must be a sequence of numbers, got {s!r}") from None
