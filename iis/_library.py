@@ -330,7 +330,7 @@ class ConceptLibrary:
         file object). Only the library's members are read; no code is run. Raises
         ValueError naming the member when the file is inconsistent."""
         z = read_npz(path, "concept library", ("vectors", "names", "kind", "default_normalize", "format"))
-        where = f"concept library file {getattr(path, 'name', path)!r}"
+        where = f"concept library file {getattr(path, 'name', '<file object>') if hasattr(path, 'read') else path!r}"
         if "vectors" not in z:
             raise ValueError(f"{where}: not an iis concept library (no 'vectors' array)")
         return library_from_arrays(z, where, "")

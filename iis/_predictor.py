@@ -531,7 +531,7 @@ class InterpretablePredictor:
         member is checked (shapes, finite weights, std > 0, known options, k, distinct
         classes) and an inconsistent file raises ValueError naming the member."""
         data = read_npz(path, "predictor", ("format",) + _SAVED_ARRAYS + ("mean", "std"))
-        where = f"predictor file {getattr(path, 'name', path)!r}"
+        where = f"predictor file {getattr(path, 'name', '<file object>') if hasattr(path, 'read') else path!r}"
         fmt = data.get("format")
         if fmt is None or fmt.shape != () or fmt.dtype.kind != "U" or str(fmt) != _FORMAT:
             raise ValueError(f"{where}: not an iis InterpretablePredictor file (expected format {_FORMAT!r})")

@@ -275,7 +275,8 @@ def test_well_scaled_features_do_not_warn(scale):
     assert res.iis > 0.7
 
 
-@pytest.mark.parametrize("lib", [P[:1], np.repeat(P[:1], 5, axis=0), np.repeat(P[:1], 5, axis=0) * np.arange(1, 6)[:, None]])
+@pytest.mark.parametrize("lib", [P[:1], np.repeat(P[:1], 5, axis=0),
+                                 np.repeat(P[:1], 5, axis=0) * np.arange(1, 6)[:, None]])
 def test_degenerate_libraries_warn_under_layernorm(lib):
     with pytest.warns(RuntimeWarning, match="all point the same way.*chance level"):
         res = quiet_score_keep(RuntimeWarning, XTR, YTR, XEV, YEV, lib)
