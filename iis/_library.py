@@ -137,9 +137,13 @@ class ConceptLibrary:
         if np.any(norms == 0):
             raise ValueError("a k-means centroid is the zero vector; the elements may be degenerate")
         centers = (centers / norms).astype(x.dtype)
+        sizes = np.bincount(labels, minlength=int(n_concepts))
+        if np.any(sizes == 0):
+            warnings.warn(f"k-means left {int(np.sum(sizes == 0))} of {n_concepts} clusters empty: the elements "
+                          "have fewer distinct points than n_concepts, so some concepts repeat; lower n_concepts "
+                          "or use more varied elements", RuntimeWarning, stacklevel=2)
         return cls(centers, [f"cluster_{i}" for i in range(int(n_concepts))], kind="cluster",
-                   meta={"inertia": inertia, "n_iter": int(n_iter), "seed": int(seed),
-                         "sizes": np.bincount(labels, minlength=int(n_concepts)).tolist()})
+                   meta={"inertia": inertia, "n_iter": int(n_iter), "seed": int(seed), "sizes": sizes.tolist()})
 
     @classmethod
     def text(cls, concepts: Sequence[str], train_features: Any, clip_image_features: Any,

@@ -593,3 +593,11 @@ def test_cli_turns_any_exception_into_one_line(cli_files, tmp_path):
     assert len(last) == 1 and last[0].startswith("iis: error: RuntimeError: boom\\x1b[2J")
     r = cli("config", env=dict(env, IIS_DEBUG="1"))
     assert r.returncode == 1 and "Traceback" in r.stderr
+
+
+def test_cluster_of_identical_elements_warns_and_its_score_too():
+    with pytest.warns(RuntimeWarning, match="left 2 of 3 clusters empty"):
+        lib = iis.ConceptLibrary.cluster(np.ones((50, 4)), n_concepts=3)
+    x = RNG.normal(size=(90, 4))
+    with pytest.warns(RuntimeWarning, match="all point the same way"):
+        quiet_score_keep(RuntimeWarning, x, np.arange(90) % 3, x, np.arange(90) % 3, lib)
