@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from . import _core
-from ._library import NORMALIZATIONS, ConceptLibrary
+from ._library import NORMALIZATIONS, ConceptLibrary, warn_if_layernorm_at_chance
 from ._validation import (MAX_ABS, as_float_matrix, check_finite_rows, check_option, check_positive,
                           check_sparsities, check_threads, encode_labels, json_text, single_blas)
 
@@ -346,6 +346,8 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
     with single_blas():
         t0 = time.perf_counter()
         unit_p = lib._unit(ftr.dtype)
+        if norm == "layernorm":
+            warn_if_layernorm_at_chance(ftr, unit_p, "train_features")
         if norm == "standardize":
             atr = _checked(_core.project(ftr, unit_p, 0, None, None, nt, True), ftr, "train_features")
             stats = _core.colstats(atr, nt)

@@ -8,7 +8,6 @@ Wired into ``iis/cli.py`` by ``add_explain_parser(subparsers)``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import List
@@ -45,19 +44,13 @@ def add_explain_parser(subparsers: "argparse._SubParsersAction") -> argparse.Arg
 
 
 def _load_features(path: str, key: str | None) -> np.ndarray:
+    from ._validation import npz_names, read_npy, read_npz
+
     if not os.path.exists(path):
         raise ValueError(f"features file {path} does not exist")
     if path.endswith(".npy"):
-        try:
-            return np.load(path, allow_pickle=False)
-        except (OSError, EOFError) as exc:
-            raise ValueError(f"features file {path} is not a readable .npy ({exc})") from None
-        except ValueError as exc:
-            raise ValueError(f"features file {path} is not a readable .npy ({exc})") from None
-    from ._validation import read_npz
-
-    z = read_npz(path, "features")
-    files = list(z)
+        return read_npy(path, "features")
+    files = npz_names(path, "features")
     if key is None:
         key = "features" if "features" in files else (files[0] if len(files) == 1 else None)
         if key is None:
@@ -65,7 +58,7 @@ def _load_features(path: str, key: str | None) -> np.ndarray:
                              "'features'; choose one with --key")
     if key not in files:
         raise ValueError(f"features file {path} has no array {key!r} (arrays: {files})")
-    return z[key]
+    return read_npz(path, "features", (key,))[key]
 
 
 def _parse_rows(spec: str | None, n: int) -> np.ndarray:
@@ -102,9 +95,13 @@ def _plot_paths(path: str, rows: np.ndarray) -> List[str]:
 def run_explain(args: argparse.Namespace) -> int:
     """Run ``iis explain`` with parsed arguments; returns the exit status."""
     from ._predictor import InterpretablePredictor
+    from ._validation import json_text, printable
+    from .cli import check_output
 
     if args.top is not None and args.top < 1:
         raise ValueError(f"--top must be >= 1, got {args.top}")
+    check_output(args.json_out, "--json")
+    check_output(args.plot, "--plot")
     model = InterpretablePredictor.load(args.model)
     x = _load_features(args.features, args.key)
     if x.ndim != 2:
@@ -113,17 +110,15 @@ def run_explain(args: argparse.Namespace) -> int:
     exps = model.explain(x[rows], top=args.top, by=args.by)
     for e, r in zip(exps, rows):
         e.sample = int(r)
-    print(f"{len(exps)} sample(s), {model.library_.n_concepts} concepts "
-          f"({model.library_.kind}), {model.k_} kept per sample, classes {model.classes_.tolist()}")
+    print(printable(f"{len(exps)} sample(s), {model.library_.n_concepts} concepts "
+                    f"({model.library_.kind}), {model.k_} kept per sample, classes {model.classes_.tolist()}"))
     for e in exps:
         print(e.to_text())
     if args.show_global:
         print("\nconcepts that weigh most for each class:")
         print(model.global_explanation_text(args.top))
     if args.json_out:
-        with open(args.json_out, "w") as fh:
-            json.dump([e.to_dict() for e in exps], fh, indent=2)
-            fh.write("\n")
+        json_text([e.to_dict() for e in exps], args.json_out)
         print(f"wrote {args.json_out}")
     if args.plot:
         import matplotlib

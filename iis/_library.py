@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numbers
 import os
-from typing import Any, Optional, Sequence
+import warnings
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
@@ -13,6 +14,8 @@ from ._validation import (read_npz, single_blas, as_float_matrix, check_option, 
                           stratified_choice)
 
 NORMALIZATIONS = ("layernorm", "standardize", "none")
+_FORMAT = "iis.ConceptLibrary/1"
+LAYERNORM_EPS = 1e-5  # METHOD.md section 2: (a - mean) / sqrt(var + 1e-5)
 
 
 class ConceptLibrary:
@@ -36,23 +39,9 @@ class ConceptLibrary:
 
     def __init__(self, vectors: Any, names: Optional[Sequence[str]] = None, kind: str = "custom",
                  default_normalize: str = "layernorm", meta: Optional[dict] = None) -> None:
-        # any finite scale is fine: only the directions unit(P) are used
-        v = np.array(as_float_matrix(vectors, "concept vectors", row_strided_ok=False, max_abs=None),
-                     copy=True)
-        zero = np.flatnonzero(np.abs(v).max(axis=1) == 0)
-        if zero.size:
-            raise ValueError(f"concept vectors have zero norm at rows {zero[:10].tolist()}; "
-                             "a zero concept has no direction")
+        self.vectors = vectors  # validated, copied and made read-only by the setter
         if names is None:
-            names = [f"concept_{i}" for i in range(v.shape[0])]
-        if isinstance(names, (str, bytes)):  # would be split into characters
-            raise TypeError("names must be a sequence of strings, one per concept, got a single string")
-        names = [str(n) for n in names]
-        if len(names) != v.shape[0]:
-            raise ValueError(f"got {len(names)} names for {v.shape[0]} concept vectors")
-        v.setflags(write=False)  # unit(P) is cached per dtype: the vectors must not change under it
-        self.vectors = v
-        self._unit_cache: dict = {}
+            names = [f"concept_{i}" for i in range(self.n_concepts)]
         self.names = names
         self.kind = str(kind)
         self.default_normalize = check_option(default_normalize, "default_normalize", NORMALIZATIONS)
@@ -126,24 +115,29 @@ class ConceptLibrary:
             Elements used at most; Lloyd iterations at most, stopping when the
             centroids' total squared shift is at most ``tol`` times the mean
             feature variance (scikit-learn's rule); threads (None: all cores).
+
+        Elements of any accepted magnitude (up to 1e30) are clustered alike: k-means
+        runs on them scaled by a power of two; ``meta["inertia"]`` is in the
+        elements' own units.
         """
         x = as_float_matrix(elements, "elements")
         if isinstance(element_labels, numbers.Number):  # the order before (elements, n_concepts, seed)
             raise TypeError(f"element_labels must be an array of labels, got {element_labels!r}; the "
                             "order is cluster(elements, element_labels=None, n_concepts=200, seed=0): "
                             "pass n_concepts by keyword")
-        if element_labels is not None:
-            _, y, _ = encode_labels(element_labels)
-            if y.shape[0] != x.shape[0]:
-                raise ValueError(f"element_labels has {y.shape[0]} entries for {x.shape[0]} elements")
         _check_count(n_concepts, "n_concepts", x.shape[0])
         _check_count(max_elements, "max_elements", None)
         if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 0:
             raise ValueError(f"max_iter must be an integer >= 0, got {max_iter!r}")
         if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (0 <= tol < np.inf):
             raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+        y = None
+        if element_labels is not None:
+            _, y, _ = encode_labels(element_labels)
+            if y.shape[0] != x.shape[0]:
+                raise ValueError(f"element_labels has {y.shape[0]} entries for {x.shape[0]} elements")
         if x.shape[0] > max_elements:
-            if element_labels is not None:
+            if y is not None:
                 pick = stratified_choice(y, int(max_elements), seed)
             else:
                 pick = np.sort(np.random.default_rng(seed).choice(x.shape[0], max_elements, replace=False))
@@ -151,17 +145,27 @@ class ConceptLibrary:
         x = np.ascontiguousarray(x)
         if n_concepts > x.shape[0]:
             raise ValueError(f"n_concepts={n_concepts} exceeds the {x.shape[0]} elements used")
+        # k-means is scale-equivariant: cluster x / 2**e with max |x| / 2**e in [0.5, 1), exact
+        # in binary floating point, so that float32 squared distances of large (about 1e19)
+        # or small elements neither overflow nor underflow; the centroids are unit-normalised
+        e = int(np.frexp(np.abs(x).max())[1])
+        x = np.ldexp(x, -e).astype(x.dtype, copy=False)
         with single_blas():
             centers, labels, inertia, n_iter = _core.kmeans(x, int(n_concepts), int(seed) & (2**64 - 1),
                                                             min(int(max_iter), 2**31 - 1), float(tol),
                                                             check_threads(n_threads))
+        inertia = float(inertia) * 4.0 ** e
         norms = np.linalg.norm(centers.astype(np.float64), axis=1, keepdims=True)
         if np.any(norms == 0):
             raise ValueError("a k-means centroid is the zero vector; the elements may be degenerate")
         centers = (centers / norms).astype(x.dtype)
+        sizes = np.bincount(labels, minlength=int(n_concepts))
+        if np.any(sizes == 0):
+            warnings.warn(f"k-means left {int(np.sum(sizes == 0))} of {n_concepts} clusters empty: the elements "
+                          "have fewer distinct points than n_concepts, so some concepts repeat; lower n_concepts "
+                          "or use more varied elements", RuntimeWarning, stacklevel=2)
         return cls(centers, [f"cluster_{i}" for i in range(int(n_concepts))], kind="cluster",
-                   meta={"inertia": float(inertia), "n_iter": int(n_iter), "seed": int(seed),
-                         "sizes": np.bincount(labels, minlength=int(n_concepts)).tolist()})
+                   meta={"inertia": inertia, "n_iter": int(n_iter), "seed": int(seed), "sizes": sizes.tolist()})
 
     @classmethod
     def text(cls, concepts: Sequence[str], train_features: Any, clip_image_features: Any,
@@ -231,6 +235,60 @@ class ConceptLibrary:
             eval_every=eval_every, patience=patience, n_threads=n_threads, progress=progress)
         return cls(vectors, names, kind="text", default_normalize="standardize", meta=meta)
 
+    # ------------------------------------------------------------------ state
+    @property
+    def vectors(self) -> np.ndarray:
+        """The concept vectors ``P`` (M, d): the library's own read-only copy."""
+        return self._vectors
+
+    @vectors.setter
+    def vectors(self, value: Any) -> None:
+        # any finite scale is fine: only the directions unit(P) are used
+        v = np.array(as_float_matrix(value, "concept vectors", row_strided_ok=False, max_abs=None),
+                     copy=True)
+        zero = np.flatnonzero(np.abs(v).max(axis=1) == 0)
+        if zero.size:
+            raise ValueError(f"concept vectors have zero norm at rows {zero[:10].tolist()}; "
+                             "a zero concept has no direction")
+        names = self.__dict__.get("_names")
+        if names is not None and len(names) != v.shape[0]:
+            raise ValueError(f"got {v.shape[0]} concept vectors for the library's {len(names)} names; "
+                             "build a new ConceptLibrary to change the number of concepts")
+        v.setflags(write=False)
+        # a view of a read-only owner: it cannot be made writable again, so the cached
+        # unit(P) never goes stale; every assignment validates and drops the cache
+        self._vectors = v.view()
+        self._unit_cache: dict = {}
+
+    @property
+    def names(self) -> List[str]:
+        """One name (str) per concept."""
+        return self._names
+
+    @names.setter
+    def names(self, value: Any) -> None:
+        if isinstance(value, (str, bytes)):  # would be split into characters
+            raise TypeError("names must be a sequence of strings, one per concept, got a single string")
+        try:
+            names = [str(n) for n in value]
+        except TypeError:
+            raise TypeError(f"names must be a sequence of strings, got {type(value).__name__}") from None
+        if len(names) != self.n_concepts:
+            raise ValueError(f"got {len(names)} names for {self.n_concepts} concept vectors")
+        self._names = names
+
+    def __getstate__(self) -> dict:
+        """Pickled state: the public attributes only (no cache)."""
+        return {"vectors": np.array(self._vectors), "names": list(self._names), "kind": self.kind,
+                "default_normalize": self.default_normalize, "meta": self.meta}
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickling (also ``copy.deepcopy``, ``sklearn.base.clone``) validates as ``__init__``."""
+        if not isinstance(state, dict) or "vectors" not in state:
+            raise TypeError("not a pickled ConceptLibrary state")
+        self.__init__(state["vectors"], state.get("names", state.get("_names")), state.get("kind", "custom"),
+                      state.get("default_normalize", "layernorm"), state.get("meta"))
+
     # --------------------------------------------------------------------- misc
     @property
     def n_concepts(self) -> int:
@@ -253,17 +311,13 @@ class ConceptLibrary:
 
     def _unit(self, dtype: Any = None) -> np.ndarray:
         """``unit(P)``, read-only, computed once per dtype (1.2 ms for 200 x 768, about
-        2% of projecting 50,000 features) while ``vectors`` is the library's own
-        read-only array; recomputed if the attribute was replaced by a writable one."""
-        dt = np.dtype(dtype or self.vectors.dtype)
-        cache = self.__dict__.setdefault("_unit_cache", {})
-        hit = cache.get(dt)
-        if hit is not None and hit[0] is self.vectors:
-            return hit[1]
-        u = self._compute_unit(dt)
-        u.setflags(write=False)
-        if not self.vectors.flags.writeable:
-            cache[dt] = (self.vectors, u)
+        2% of projecting 50,000 features); the vectors cannot change under the cache."""
+        dt = np.dtype(dtype or self._vectors.dtype)
+        u = self._unit_cache.get(dt)
+        if u is None:
+            u = self._compute_unit(dt)
+            u.setflags(write=False)
+            self._unit_cache[dt] = u
         return u
 
     def _compute_unit(self, dtype: np.dtype) -> np.ndarray:
@@ -287,22 +341,55 @@ class ConceptLibrary:
                               default_normalize=self.default_normalize, meta=self.meta)
 
     def save(self, path: "str | os.PathLike") -> None:
-        """Save to ``.npz`` (vectors, names, kind, default_normalize); no pickles."""
+        """Save to ``.npz`` (vectors, names, kind, default_normalize); no pickles.
+
+        ``path`` is a file name (``.npz`` is appended when missing, as NumPy does)
+        or a binary file object."""
         np.savez(path, vectors=self.vectors, names=np.asarray(self.names, dtype=str),
                  kind=np.asarray(self.kind), default_normalize=np.asarray(self.default_normalize),
-                 format=np.asarray("iis.ConceptLibrary/1"))
+                 format=np.asarray(_FORMAT))
 
     @classmethod
     def load(cls, path: "str | os.PathLike") -> "ConceptLibrary":
-        """Load a library written by :meth:`save`."""
-        z = read_npz(path, "concept library")
+        """Load a library written by :meth:`save` (a path, ``"x"`` for ``x.npz``, or a binary
+        file object). Only the library's members are read; no code is run. Raises
+        ValueError naming the member when the file is inconsistent."""
+        z = read_npz(path, "concept library", ("vectors", "names", "kind", "default_normalize", "format"))
+        where = f"concept library file {getattr(path, 'name', '<file object>') if hasattr(path, 'read') else path!r}"
         if "vectors" not in z:
-            raise ValueError(f"{path}: not an iis concept library (no 'vectors' array)")
-        names = z["names"].tolist() if "names" in z else None
-        kind = str(z["kind"]) if "kind" in z else "custom"
-        norm = str(z["default_normalize"]) if "default_normalize" in z else "layernorm"
-        vectors = z["vectors"]
-        return cls(vectors, names, kind=kind, default_normalize=norm)
+            raise ValueError(f"{where}: not an iis concept library (no 'vectors' array)")
+        return library_from_arrays(z, where, "")
+
+
+def _text_scalar(z: dict, key: str, where: str, default: str) -> str:
+    """A 0-d string member (kind, normalisation names, format)."""
+    if key not in z:
+        return default
+    v = z[key]
+    if v.shape != () or v.dtype.kind != "U":
+        raise ValueError(f"{where}: member {key!r} must be a text scalar, got {v.dtype} of shape {v.shape}")
+    return str(v)
+
+
+def library_from_arrays(z: dict, where: str, prefix: str) -> ConceptLibrary:
+    """A library from its saved members (``prefix`` + vectors, names, kind, default_normalize),
+    each checked, errors naming the member."""
+    fmt = _text_scalar(z, prefix + "format", where, _FORMAT) if not prefix else _FORMAT
+    if fmt != _FORMAT:
+        raise ValueError(f"{where}: member 'format' is {fmt!r}, expected {_FORMAT!r}")
+    names = z.get(prefix + "names")
+    if names is not None:
+        if names.ndim != 1 or names.dtype.kind != "U":
+            raise ValueError(f"{where}: member {prefix + 'names'!r} must be a 1-D array of strings, got "
+                             f"{names.dtype} of shape {names.shape}")
+        names = names.tolist()
+    kind = _text_scalar(z, prefix + "kind", where, "custom")
+    norm = _text_scalar(z, prefix + "default_normalize", where, "layernorm")
+    try:
+        return ConceptLibrary(z[prefix + "vectors"], names, kind=kind, default_normalize=norm)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{where}: {exc} (members {prefix + 'vectors'!r}, {prefix + 'names'!r}, "
+                         f"{prefix + 'default_normalize'!r})") from None
 
 
 def _check_count(value: Any, name: str, upper: Optional[int]) -> None:
@@ -312,3 +399,34 @@ def _check_count(value: Any, name: str, upper: Optional[int]) -> None:
         raise ValueError(f"{name} must be >= 1, got {value}")
     if upper is not None and value > upper:
         raise ValueError(f"{name}={value} exceeds the {upper} elements available")
+
+
+def warn_if_layernorm_at_chance(f: np.ndarray, unit_p: np.ndarray, name: str) -> None:
+    """Warn when layernorm activations carry (almost) nothing, whatever the labels.
+
+    * Every concept points the same way (or M = 1): each sample's M activations are
+      equal and layernorm maps them to 0.
+    * The activations' per-sample variance is far below LayerNorm's epsilon (features
+      scaled down, e.g. by 1e-6): ``(a - mean) / sqrt(var + eps)`` shrinks them towards 0.
+
+    Checked on at most 256 rows spread over ``f`` (a small GEMM). A warning, not an
+    error: the score is well defined (chance level) and the same library is meaningful
+    with ``normalize="standardize"`` or ``"none"``.
+    """
+    unit_p = np.asarray(unit_p)
+    if unit_p.shape[0] == 1 or np.abs(unit_p - unit_p[0]).max() <= 1e-6:
+        warnings.warn(f"the concept library's {unit_p.shape[0]} concept(s) all point the same way: "
+                      "after layernorm every activation is 0 and the score is at chance level; use "
+                      "distinct concepts, or normalize='standardize' or 'none'", RuntimeWarning, stacklevel=3)
+        return
+    rows = np.asarray(f)[::max(1, f.shape[0] // 256)][:256]
+    with np.errstate(all="ignore"):
+        a = rows.astype(np.float64) @ unit_p.T.astype(np.float64)
+        var = a.var(axis=1)
+    live = np.abs(a).max(axis=1) > 0
+    typical = np.median(var[live]) if live.any() else np.nan
+    if typical < LAYERNORM_EPS * 1e-3:  # also False for NaN: the projection reports bad rows
+        warnings.warn(f"{name}: the concept activations' per-sample variance (median {typical:.3g}) is far "
+                      f"below LayerNorm's epsilon {LAYERNORM_EPS:g}, so layernorm shrinks them towards 0 and "
+                      "the score drops to chance level; rescale the features (e.g. to unit norm per "
+                      "sample) or use normalize='standardize'", RuntimeWarning, stacklevel=3)

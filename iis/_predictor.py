@@ -18,9 +18,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import _core
-from ._library import NORMALIZATIONS, ConceptLibrary
-from ._validation import (read_npz, single_blas, as_float_matrix, check_option, check_positive,
-                          check_threads, encode_labels, match_labels)
+from ._library import NORMALIZATIONS, ConceptLibrary, warn_if_layernorm_at_chance
+from ._validation import (as_float_matrix, check_option, check_positive, check_threads, encode_labels,
+                          match_labels, meant_float, printable, read_npz, single_blas)
 
 _FORMAT = "iis.InterpretablePredictor/1"
 # what load() reads (mean and std only for normalize="standardize")
@@ -31,7 +31,9 @@ _ORDERS = ("signed", "magnitude")
 
 
 def _py(v: Any) -> Any:
-    """NumPy scalars as Python scalars (readable reprs, JSON)."""
+    """NumPy scalars as Python scalars (readable reprs, JSON); float32 as the decimal it
+    was written as (``meant_float``)."""
+    v = meant_float(v)
     return v.item() if isinstance(v, np.generic) else v
 
 
@@ -102,8 +104,9 @@ class Explanation:
         """Short text form (what ``iis explain`` prints)."""
         lines = [f"sample {self.sample}: predicted {self.predicted!r} "
                  f"(p={self.probability:.3f}, logit {self.logit:+.3f})"]
-        width = min(width, max([len(n) for n in self.concepts] + [1]))
+        width = min(width, max([len(printable(n)) for n in self.concepts] + [1]))
         for n, a, w, c in zip(self.concepts, self.activation, self.weight, self.contribution):
+            n = printable(n)
             shown = n if len(n) <= width else n[:width - 1] + "\u2026"
             lines.append(f"  {c:+8.3f}  {shown:<{width}}  (a={a:+.2f}, w={w:+.2f})")
         hidden = self.n_kept - len(self.concepts)
@@ -301,9 +304,11 @@ class InterpretablePredictor:
         if len(classes) < 2:
             raise ValueError(f"y holds {len(classes)} class; a classifier needs at least 2")
         M, K = lib.n_concepts, len(classes)
-        k = int(_core.keep_count(M, float(self.sparsity), self.keep == "published"))
+        k = int(_core.keep_count(M, float(meant_float(self.sparsity)), self.keep == "published"))
         with single_blas():
             unit_p = lib._unit(x.dtype)
+            if norm == "layernorm":
+                warn_if_layernorm_at_chance(x, unit_p, "X")
             mean = std = None
             if norm == "standardize":
                 a = _checked(_core.project(x, unit_p, 0, None, None, nt, True), x, "X")
@@ -491,23 +496,31 @@ class InterpretablePredictor:
         lines = []
         for label, items in self.global_explanation(top, by).items():
             lines.append(f"class {label!r}:")
-            lines.extend(f"  {wt:+8.3f}  {name}" for name, wt in items)
+            lines.extend(f"  {wt:+8.3f}  {printable(name)}" for name, wt in items)
         return "\n".join(lines)
 
     # ------------------------------------------------------------------------ save/load
     def save(self, path: "str | os.PathLike") -> None:
-        """Write the fitted model to ``.npz`` (plain arrays and JSON text; no pickles)."""
+        """Write the fitted model to ``.npz`` (plain arrays and JSON text; no pickles).
+
+        ``path`` is a file name (``.npz`` is appended when missing, as NumPy does)
+        or a binary file object. NumPy scalar hyperparameters (as ``GridSearchCV``
+        hands back) are saved as Python numbers."""
         self._check_fitted()
         classes = np.asarray(self.classes_)
         if classes.dtype.kind not in "biufUS":
             raise ValueError(f"classes of dtype {classes.dtype} cannot be saved without pickles; "
                              "use integer or string labels")
-        params = {n: getattr(self, n) for n in _PARAMS[1:]}
+        params = {n: _py(getattr(self, n)) for n in _PARAMS[1:]}
         info = {"normalize_": self.normalize_, "k_": self.k_, "n_features_in_": self.n_features_in_,
                 "n_iter_": self.n_iter_, "converged_": self.converged_, "loss_": self.loss_}
+        try:
+            params_text, info_text = json.dumps(params), json.dumps(info)
+        except TypeError as exc:
+            raise TypeError(f"hyperparameters that cannot be saved as JSON: {exc}") from None
         arrays = dict(
-            format=np.asarray(_FORMAT), params=np.asarray(json.dumps(params)),
-            info=np.asarray(json.dumps(info)), coef=self.coef_, intercept=self.intercept_,
+            format=np.asarray(_FORMAT), params=np.asarray(params_text),
+            info=np.asarray(info_text), coef=self.coef_, intercept=self.intercept_,
             classes=classes, library_vectors=self.library_.vectors,
             library_names=np.asarray(self.library_.names, dtype=str),
             library_kind=np.asarray(self.library_.kind),
@@ -519,47 +532,97 @@ class InterpretablePredictor:
 
     @classmethod
     def load(cls, path: "str | os.PathLike") -> "InterpretablePredictor":
-        """Read a model written by :meth:`save`."""
-        data = read_npz(path, "predictor")
-        if "format" not in data or str(data["format"]) != _FORMAT:
-            raise ValueError(f"{path}: not an iis InterpretablePredictor file "
-                             f"(expected format {_FORMAT!r})")
+        """Read a model written by :meth:`save` (a path, ``"x"`` for ``x.npz``, or a binary
+        file object). Only the model's members are read and no code is run; every
+        member is checked (shapes, finite weights, std > 0, known options, k, distinct
+        classes) and an inconsistent file raises ValueError naming the member."""
+        data = read_npz(path, "predictor", ("format",) + _SAVED_ARRAYS + ("mean", "std"))
+        where = f"predictor file {getattr(path, 'name', '<file object>') if hasattr(path, 'read') else path!r}"
+        fmt = data.get("format")
+        if fmt is None or fmt.shape != () or fmt.dtype.kind != "U" or str(fmt) != _FORMAT:
+            raise ValueError(f"{where}: not an iis InterpretablePredictor file (expected format {_FORMAT!r})")
         missing = [k for k in _SAVED_ARRAYS if k not in data]
         if missing:  # e.g. a damaged member name: the archive itself still reads
-            raise ValueError(f"{path}: predictor file without {', '.join(missing)} (damaged or not "
+            raise ValueError(f"{where}: predictor file without {', '.join(missing)} (damaged or not "
                              "written by InterpretablePredictor.save)")
-        try:
-            return cls._from_arrays(path, data)
-        except KeyError as exc:
-            raise ValueError(f"{path}: predictor file whose info lacks {exc} (damaged or not written "
-                             "by InterpretablePredictor.save)") from None
+        return cls._from_arrays(where, data)
 
     @classmethod
-    def _from_arrays(cls, path, data: dict) -> "InterpretablePredictor":
-        lib = ConceptLibrary(data["library_vectors"], data["library_names"].tolist(),
-                             kind=str(data["library_kind"]),
-                             default_normalize=str(data["library_default_normalize"]))
-        params = json.loads(str(data["params"]))
-        info = json.loads(str(data["info"]))
+    def _from_arrays(cls, where: str, data: dict) -> "InterpretablePredictor":
+        from ._library import library_from_arrays
+
+        lib = library_from_arrays(data, where, "library_")
+        params, info = (_json_member(data, k, where) for k in ("params", "info"))
+        unknown = sorted(set(params) - set(_PARAMS[1:]))
+        if unknown:
+            raise ValueError(f"{where}: member 'params' has unknown parameters {unknown}")
         model = cls(library=lib, **params)
+        try:
+            lib, _, _ = model._check_params(lib.dim)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: member 'params': {exc}") from None
+        M = lib.n_concepts
+        classes = data["classes"]
+        if classes.ndim != 1 or classes.dtype.kind not in "biufUS" or classes.size < 2:
+            raise ValueError(f"{where}: member 'classes' must be a 1-D array of at least 2 integer or string "
+                             f"labels, got {classes.dtype} of shape {classes.shape}")
+        if classes.dtype.kind == "f" and not np.all(np.isfinite(classes)):
+            raise ValueError(f"{where}: member 'classes' contains NaN or Inf")
+        if np.unique(classes).size != classes.size:
+            raise ValueError(f"{where}: member 'classes' has duplicated classes")
+        K = classes.size
         coef, intercept = data["coef"], data["intercept"]
-        M, K = lib.n_concepts, len(data["classes"])
-        if coef.shape != (K, M) or intercept.shape != (K,):
-            raise ValueError(f"{path}: coef has shape {coef.shape} and intercept {intercept.shape} "
-                             f"for {K} classes and {M} concepts")
+        for key, arr, shape in (("coef", coef, (K, M)), ("intercept", intercept, (K,))):
+            if arr.dtype not in (np.float32, np.float64) or arr.shape != shape or arr.dtype != coef.dtype:
+                raise ValueError(f"{where}: member {key!r} must be float32/float64 of shape {shape} (one "
+                                 f"dtype for coef and intercept), got {arr.dtype} of shape {arr.shape}")
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"{where}: member {key!r} contains NaN or Inf")
+        norm = info.get("normalize_")
+        if norm not in NORMALIZATIONS or norm != (model.normalize or lib.default_normalize):
+            raise ValueError(f"{where}: member 'info' has normalize_={norm!r}, not the model's normalisation")
+        k = int(_core.keep_count(M, float(meant_float(model.sparsity)), model.keep == "published"))
+        checks = {"k_": k, "n_features_in_": lib.dim}
+        for key, want in checks.items():
+            v = info.get(key)
+            if isinstance(v, bool) or not isinstance(v, int) or v != want:
+                raise ValueError(f"{where}: member 'info' has {key}={v!r}; the model's parameters give {want}")
+        mean, std = data.get("mean"), data.get("std")
+        if norm == "standardize":
+            for key, arr in (("mean", mean), ("std", std)):
+                if arr is None or arr.shape != (M,) or arr.dtype.kind != "f" or not np.all(np.isfinite(arr)):
+                    raise ValueError(f"{where}: member {key!r} must hold {M} finite train statistics for a "
+                                     "standardize model")
+            if not np.all(std > 0):
+                raise ValueError(f"{where}: member 'std' must be > 0 (a zero std divides by zero)")
+        else:
+            mean = std = None
         model.library_ = lib
-        model.normalize_ = info["normalize_"]
-        model.classes_ = data["classes"]
-        model.n_features_in_ = int(info["n_features_in_"])
-        model.k_ = int(info["k_"])
-        model.mean_ = data.get("mean")
-        model.std_ = data.get("std")
-        if model.normalize_ == "standardize" and model.mean_ is None:
-            raise ValueError(f"{path}: a standardize model without its train statistics")
+        model.normalize_ = norm
+        model.classes_ = classes
+        model.n_features_in_ = lib.dim
+        model.k_ = k
+        model.mean_, model.std_ = mean, std
         model.coef_ = np.ascontiguousarray(coef)
         model.intercept_ = np.ascontiguousarray(intercept)
-        model.n_iter_ = int(info["n_iter_"])
-        model.converged_ = bool(info["converged_"])
-        model.loss_ = float(info["loss_"])
+        try:
+            model.n_iter_ = int(info.get("n_iter_", 0))
+            model.converged_ = bool(info.get("converged_", True))
+            model.loss_ = float(info.get("loss_", np.nan))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: member 'info' has bad diagnostics ({exc})") from None
         return model
 
+
+def _json_member(data: dict, key: str, where: str) -> dict:
+    """A JSON object saved as a 0-d string member."""
+    v = data[key]
+    if v.shape != () or v.dtype.kind != "U":
+        raise ValueError(f"{where}: member {key!r} must be JSON text, got {v.dtype} of shape {v.shape}")
+    try:
+        out = json.loads(str(v))
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{where}: member {key!r} is not valid JSON ({exc})") from None
+    if not isinstance(out, dict):
+        raise ValueError(f"{where}: member {key!r} must be a JSON object")
+    return out

@@ -15,10 +15,9 @@ import time
 from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from . import _core
-from ._validation import as_float_matrix, blas_threads, check_positive, check_threads
+from ._validation import as_float_matrix, blas_limit, blas_threads, check_positive, check_threads
 
 # Adam as torch.optim.Adam's defaults (LF-CBM uses lr=1e-3)
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
@@ -154,7 +153,7 @@ def text_library(concepts: Sequence[str], train_features: Any, clip_image_featur
     nt = check_threads(n_threads)
     dtype = f.dtype
 
-    with threadpool_limits(limits=blas_threads(nt), user_api="blas"):
+    with blas_limit(blas_threads(nt)):
         u_img = _unit_rows(img, "clip_image_features")
         u_txt = _unit_rows(txt, "clip_text_features")
         # 1. drop concepts whose mean top-5 similarity over train <= top5_cutoff

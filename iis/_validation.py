@@ -5,8 +5,10 @@ finiteness, labels and option names. Messages say what was received.
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
 import warnings
+import threading
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -200,8 +202,20 @@ def check_option(value: Any, name: str, allowed: Iterable[str]) -> str:
     return value
 
 
+def meant_float(v: Any) -> Any:
+    """A float32/float16 scalar as the decimal it was written as (its shortest repr, e.g.
+    ``np.float32(0.7)`` -> 0.7, not 0.699999988): ``M * s`` then floors to the intended k."""
+    if isinstance(v, np.floating) and v.dtype.itemsize < 8:
+        return float(str(v))
+    return v
+
+
 def check_sparsities(s: Any) -> np.ndarray:
     try:
+        if isinstance(s, np.ndarray) and s.dtype.kind == "f" and s.dtype.itemsize < 8:
+            s = [meant_float(v) for v in s.reshape(-1)]
+        elif isinstance(s, (list, tuple)):
+            s = [meant_float(v) for v in s]
         a = np.asarray(s, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):
         raise TypeError(f"sparsities must be a sequence of numbers, got {s!r}") from None
@@ -235,20 +249,65 @@ def check_threads(n_threads: Any) -> int:
     return int(max(-2**30, min(int(n_threads), 2**30)))
 
 
-_CONTROLLER = None
+_BLAS_LOCK = threading.Lock()
+_BLAS_STATE: dict = {"controller": None, "depth": 0, "saved": None}
+
+
+@contextlib.contextmanager
+def blas_limit(limit: "int | None"):
+    """Context in which BLAS runs on ``limit`` threads (None: left as it is).
+
+    Process-wide and reference-counted: the first context to enter (from any
+    thread) records the BLAS thread counts and the last one to leave restores
+    them, so contexts that overlap across threads and leave out of order
+    (threadpoolctl's own limiters restore what they saw on entry) still leave
+    the process as it was. While several overlap, the latest limit holds.
+    One threadpoolctl controller is kept (building one scans the loaded
+    libraries, about 1 ms: most of a small ``iis.score``).
+    """
+    st = _BLAS_STATE
+    with _BLAS_LOCK:
+        if st["controller"] is None:
+            from threadpoolctl import ThreadpoolController
+
+            st["controller"] = ThreadpoolController()
+        if limit is not None:
+            with _blas_control():
+                limiter = st["controller"].limit(limits=int(limit), user_api="blas")
+            if st["saved"] is None:
+                st["saved"] = limiter  # holds the counts from before the first limit
+        st["depth"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            st["depth"] -= 1
+            if st["depth"] == 0 and st["saved"] is not None:
+                with _blas_control():
+                    st["saved"].restore_original_limits()
+                st["saved"] = None
+
+
+@contextlib.contextmanager
+def _blas_control():
+    """Let this thread set OpenBLAS' process-wide count, then release it: threadpoolctl
+    >= 3.8 silently ignores the calls of any thread but the first one to set it."""
+    from threadpoolctl import OpenBLASController
+
+    clear = getattr(OpenBLASController, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+    try:
+        yield
+    finally:
+        if clear is not None:
+            clear(force=True)
 
 
 def single_blas():
     """Context in which BLAS runs on one thread: the C kernels split their GEMMs
-    over OpenMP threads themselves (one thread pool, no oversubscription).
-    One threadpoolctl controller is kept (building one scans the loaded
-    libraries, about 1 ms: most of a small ``iis.score``)."""
-    global _CONTROLLER
-    from threadpoolctl import ThreadpoolController
-
-    if _CONTROLLER is None:
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=1, user_api="blas")
+    over OpenMP threads themselves (one thread pool, no oversubscription)."""
+    return blas_limit(1)
 
 
 def blas_threads(n_threads: int) -> int | None:
@@ -285,45 +344,188 @@ def stratified_choice(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def json_text(data: Any, path: "str | None" = None, indent: int = 2) -> str:
-    """``json.dumps(data)``; also written to ``path`` (with a final newline) when given.
-    The one writer behind every ``to_json`` method."""
+    """``json.dumps(data)`` with NaN and infinities written as ``null`` (valid JSON);
+    also written to ``path`` (with a final newline) when given. The one writer behind
+    every ``to_json`` method."""
     import json
 
-    text = json.dumps(data, indent=indent)
+    text = json.dumps(_finite_or_none(data), indent=indent, allow_nan=False)
     if path is not None:
         with open(path, "w") as fh:
             fh.write(text + "\n")
     return text
 
 
-def read_npz(path: Any, what: str) -> dict:
-    """All arrays of an ``.npz`` file as a dict, read without pickles.
+def printable(text: object) -> str:
+    """``str(text)`` with control characters escaped: names read from files never reach
+    a terminal as escape sequences."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
-    Raises FileNotFoundError for a missing file and ValueError naming ``what``
-    for anything that is not a readable archive of plain arrays (a ``.npy``,
-    text, truncated or bit-flipped file, object arrays). The file is opened by
-    us so that it is closed even when NumPy fails on a corrupt zip directory.
-    """
+
+def _finite_or_none(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if np.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite_or_none(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite_or_none(x) for x in v]
+    return v
+
+
+class _Refused(ValueError):
+    """A file refused by the readers below (its message is already complete)."""
+
+
+# deflate expands at most about 1032-fold: a member claiming more is forged (a zip bomb)
+_MAX_DEFLATE_RATIO = 1040
+
+
+def _open_regular(path: Any, what: str, suffix: str = "") -> tuple:
+    """(binary file, display name, whether we opened it) for a path or a file object.
+
+    Paths must name regular files: devices (``/dev/zero``), FIFOs and sockets are
+    refused before anything is read (a FIFO is opened non-blocking, then checked).
+    A missing ``x`` is read as ``x`` + ``suffix`` when that exists (``save("x")``
+    writes ``x.npz``)."""
     import os
-    import zipfile
-    import zlib
+    import stat
 
-    if isinstance(path, (str, os.PathLike)):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{what} file {path} does not exist (No such file or directory)")
-        if os.path.isdir(path):
-            raise ValueError(f"{what} file {path}: Is a directory")
-        if not zipfile.is_zipfile(path):
-            raise ValueError(f"{what} file {path} is not an .npz archive (not a readable .npz: "
-                             "corrupt or truncated, or another format)")
+    if hasattr(path, "read") and hasattr(path, "seek"):
+        return path, getattr(path, "name", "<file object>"), False
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"{what} file must be a path or a binary file object, got {type(path).__name__}")
+    name = os.fsdecode(os.fspath(path))
+    if suffix and not name.endswith(suffix) and not os.path.exists(name) and os.path.exists(name + suffix):
+        name += suffix
     try:
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, EOFError, OSError, zlib.error, KeyError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise ValueError(f"{what} file {path} is corrupt or truncated ({exc})") from None
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise ValueError(f"{what} file {path} holds object arrays; save plain numeric arrays") from None
-        raise ValueError(f"{what} file {path} is not readable ({exc})") from None
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} file {name!r} does not exist (No such file or directory)") from None
+    except IsADirectoryError:
+        raise _Refused(f"{what} file {name!r}: Is a directory") from None
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        os.close(fd)
+        raise _Refused(f"{what} file {name!r}: Is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _Refused(f"{what} file {name!r} is not a regular file (a device, FIFO or socket); "
+                       "iis reads regular files only")
+    return os.fdopen(fd, "rb"), name, True
+
+
+def _read_array(fh: Any, size: int, label: str) -> np.ndarray:
+    """The array of a ``.npy`` stream of ``size`` bytes, without pickles; the header is
+    checked against ``size`` before anything is allocated (a forged shape asking for
+    terabytes is refused here, not by a MemoryError)."""
+    from numpy.lib import format as fmt
+
+    version = fmt.read_magic(fh)
+    if version == (1, 0):
+        shape, fortran, dtype = fmt.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, fortran, dtype = fmt.read_array_header_2_0(fh)
+    else:  # 3.0: utf-8 field names; the same checks
+        shape, fortran, dtype = fmt._read_array_header(fh, version)
+    if dtype.hasobject:
+        raise _Refused(f"{label} holds object arrays (they would need pickles); save plain numeric arrays")
+    if dtype.itemsize == 0:
+        raise _Refused(f"{label} has a zero-size dtype {dtype}")
+    count = 1
+    for n in shape:
+        count *= int(n)
+    want, have = count * dtype.itemsize, size - fh.tell()
+    if want != have:
+        raise _Refused(f"{label} declares shape {tuple(shape)} of {dtype} ({want:,} bytes) but holds "
+                       f"{have:,} bytes: damaged or forged")
+    buf = bytearray(want)
+    got = fh.readinto(buf) if want else 0
+    if got != want:
+        raise _Refused(f"{label} is truncated ({got:,} of {want:,} bytes)")
+    return np.frombuffer(buf, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _read_errors(what: str, name: str, exc: BaseException) -> Exception:
+    """One clear exception for whatever a damaged file raised inside zipfile/NumPy."""
+    if isinstance(exc, (_Refused, FileNotFoundError)):
+        return exc
+    if isinstance(exc, MemoryError):
+        return MemoryError(f"{what} file {name!r}: not enough memory to read it")
+    import zipfile
+
+    if isinstance(exc, zipfile.BadZipFile):
+        return ValueError(f"{what} file {name!r} is not an .npz archive (not a readable .npz: corrupt or "
+                          f"truncated, or another format: {exc})")
+    return ValueError(f"{what} file {name!r} is corrupt or truncated ({type(exc).__name__}: {exc})")
+
+
+def npz_names(path: Any, what: str) -> list:
+    """The array names in an ``.npz`` (nothing is decompressed)."""
+    import zipfile
+
+    fh, name, own = _open_regular(path, what, ".npz")
+    try:
+        with zipfile.ZipFile(fh) as zf:
+            return [i.filename[:-4] for i in zf.infolist() if i.filename.endswith(".npy")]
+    except Exception as exc:
+        raise _read_errors(what, name, exc) from None
+    finally:
+        if own:
+            fh.close()
+
+
+def read_npz(path: Any, what: str, members: "Sequence[str] | None" = None) -> dict:
+    """Arrays of an ``.npz`` file (or binary file object) as a dict, read without pickles.
+
+    Only ``members`` are decompressed (all when None; names that are absent are
+    left out of the dict). Raises FileNotFoundError for a missing file, and
+    ValueError naming ``what`` (and the member) for anything else: not a regular
+    file, not a zip archive, truncated or bit-flipped data, object arrays, or a
+    member whose ``.npy`` header disagrees with its stored size.
+    """
+    import zipfile
+
+    fh, name, own = _open_regular(path, what, ".npz")
+    try:
+        with zipfile.ZipFile(fh) as zf:
+            infos = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
+            out = {}
+            for key in (list(infos) if members is None else [k for k in members if k in infos]):
+                info = infos[key]
+                label = f"{what} file {name!r}: member {key!r}"
+                stored = info.compress_type == zipfile.ZIP_STORED
+                if (stored and info.compress_size != info.file_size) or \
+                        info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 1024:
+                    raise _Refused(f"{label} claims {info.file_size:,} bytes from {info.compress_size:,} "
+                                   "stored: damaged or forged")
+                try:
+                    with zf.open(info) as member:
+                        out[key] = _read_array(member, info.file_size, label)
+                except (_Refused, MemoryError):
+                    raise
+                except Exception as exc:
+                    raise _Refused(f"{label} is corrupt or truncated ({type(exc).__name__}: {exc})") from None
+            return out
+    except Exception as exc:
+        raise _read_errors(what, name, exc) from None
+    finally:
+        if own:
+            fh.close()
+
+
+def read_npy(path: Any, what: str) -> np.ndarray:
+    """The array of a ``.npy`` file (or binary file object), read without pickles and
+    checked as a member of :func:`read_npz`."""
+    import os
+
+    fh, name, own = _open_regular(path, what)
+    try:
+        start = fh.tell()
+        size = os.fstat(fh.fileno()).st_size - start if own else fh.seek(0, 2) - start
+        fh.seek(start)
+        return _read_array(fh, size, f"{what} file {name!r}")
+    except Exception as exc:
+        raise _read_errors(what, name, exc) from None
+    finally:
+        if own:
+            fh.close()

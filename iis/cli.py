@@ -6,11 +6,20 @@ train / eval files:  ``features`` (N, d) float array, ``labels`` (N,)
 elements file:       ``features`` (n_elements, d), ``labels`` (n_elements,) (class of the
                      source image; required for ``prototype``, optional for ``cluster``)
 library file:        as written by ``ConceptLibrary.save`` (``vectors``, ``names``, ...)
+
+Only the members named above are read; inputs must be regular files.
+
+Exit status
+-----------
+0  done; 2  bad input or usage (one ``iis: error:`` line on stderr); 3  the run finished
+but its IIS is not a number (written as ``null`` in the JSON); 1  an unexpected
+error (one line; set ``IIS_DEBUG=1`` for the traceback); 130  interrupted.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from typing import Callable, List, Optional
 
@@ -19,11 +28,13 @@ def _load_npz(path: str, what: str, need_labels: bool = True) -> tuple:
     from ._validation import read_npz
 
     try:
-        z = read_npz(path, what)
+        z = read_npz(path, what, ("features", "labels"))
     except FileNotFoundError as exc:
         raise ValueError(str(exc)) from None
     if "features" not in z:
-        raise ValueError(f"{what} file {path} has no 'features' array (keys: {sorted(z)})")
+        from ._validation import npz_names
+
+        raise ValueError(f"{what} file {path} has no 'features' array (arrays: {sorted(npz_names(path, what))})")
     feats, labels = z["features"], z.get("labels")
     if need_labels and labels is None:
         raise ValueError(f"{what} file {path} has no 'labels' array")
@@ -63,9 +74,24 @@ def _build_library(spec: str, elements: Optional[str], train: tuple, seed: int, 
     return ConceptLibrary.cluster(feats, n_concepts=m, seed=seed, element_labels=labels, n_threads=threads)
 
 
+def check_output(path: Optional[str], flag: str) -> None:
+    """Refuse an output path that cannot be written, before any computation."""
+    if not path:
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a directory; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path!r}: folder {folder!r} does not exist (No such file or directory)")
+    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ValueError(f"{flag} {path!r} is not writable")
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from . import score
 
+    check_output(args.out, "--out")
+    check_output(args.plot, "--plot")
     train = _load_npz(args.train, "train")
     evals = _load_npz(args.eval, "eval")
     lib = _build_library(args.library, args.elements, train, args.seed, args.n_threads)
@@ -87,6 +113,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         ax.figure.savefig(args.plot, dpi=120)
         plt.close(ax.figure)
         print(f"wrote {args.plot}")
+    if not res.iis == res.iis:
+        print("iis: warning: the IIS is not a number (written as null); see the warnings above", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -267,12 +296,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError) as exc:  # OSError: a missing file or output folder
-        print(f"iis: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("iis: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from ._validation import printable
+
+        if os.environ.get("IIS_DEBUG"):
+            raise
+        if isinstance(exc, (ValueError, TypeError, OSError)):  # OSError: a missing file or output folder
+            print(f"iis: error: {printable(exc)}", file=sys.stderr)
+            return 2
+        print(f"iis: error: {type(exc).__name__}: {printable(exc) or 'no message'} "
+              "(unexpected; IIS_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -452,7 +452,7 @@ def extract_features(
             raise RuntimeError(f"data yielded {written} samples, expected {n_expected}")
         mm.flush()
         del mm
-        feats: np.ndarray = np.load(os.fspath(out), mmap_mode="r")
+        feats: np.ndarray = np.load(os.fspath(out), mmap_mode="r", allow_pickle=False)
     else:
         feats = np.concatenate(chunks, axis=0) if len(chunks) > 1 else chunks[0]
         feats = np.ascontiguousarray(feats, dtype=np.float32)
