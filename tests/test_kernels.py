@@ -521,25 +521,24 @@ def _classes(dtype, n=6000, d=40, K=20, seed=40):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_class_blocks_same_optimum_in_fewer_iterations(dtype):
+def test_class_blocks_same_optimum(dtype):
     """precondition=1 (the Gram, then from iteration 3 the per-class Hessian blocks)
-    reaches the optimum of precondition=2 (the Gram only) and of plain L-BFGS in fewer
-    iterations: same objective, same predictions, same weights."""
+    reaches the optimum of precondition=2 (the Gram only) and of plain L-BFGS: each fit's
+    gradient is what it reports, and objectives and weights agree within the bounds
+    that l2-strong convexity gives from those gradients (ref.assert_same_optimum).
+    (Iteration counts: benchmarks/, not here.)"""
     x, y = _classes(dtype)
-    K = 20
+    K, l2 = 20, 1e-3
     tol = 1e-5 if dtype == np.float32 else 1e-9
-    args = (K, 1e-3, tol, 3000, np.zeros((40, K), dtype), np.zeros(K, dtype), None, None, 2)
+    args = (K, l2, tol, 3000, np.zeros((40, K), dtype), np.zeros(K, dtype), None, None, 2)
     fits = {pc: _core.logreg_fit(x, None, None, 0, y, *args, pc) for pc in (0, 1, 2)}
-    for pc, (w, b, it, conv, f, g) in fits.items():  # (0 and 2 may stop on the relative decrease)
-        assert conv and (g <= tol or pc != 1), pc
-    (wb, bb, it_b, _, f_b, _), (wg, bg, it_g, _, f_g, _) = fits[1], fits[2]
-    assert it_b < it_g < fits[0][2]
-    f_ref = ref.logreg_objective(wb.astype(np.float64), bb.astype(np.float64), x.astype(np.float64), y, 1e-3)
-    assert abs(f_b - f_ref) < (1e-5 if dtype == np.float32 else 1e-12)
-    assert abs(f_b - f_g) < (2e-6 if dtype == np.float32 else 1e-12)
-    np.testing.assert_allclose(wb, wg, atol=5e-3 if dtype == np.float32 else 1e-5)
-    pb = _core.logreg_predict(x, None, None, 0, wb, bb, None, None, 1)[1]
-    pg = _core.logreg_predict(x, None, None, 0, wg, bg, None, None, 1)[1]
+    opt = ref.assert_same_optimum([(f[0], f[1]) for f in fits.values()], x, y, l2)
+    for (w, b, it, conv, f, g), (f_ref, g_ref, _, _) in zip(fits.values(), opt):
+        assert abs(g_ref - g) <= ref.grad_rounding(x, dtype)
+        assert abs(f - f_ref) <= 1e2 * np.finfo(dtype).eps * f_ref
+    assert fits[1][5] <= tol
+    pb = _core.logreg_predict(x, None, None, 0, fits[1][0], fits[1][1], None, None, 1)[1]
+    pg = _core.logreg_predict(x, None, None, 0, fits[2][0], fits[2][1], None, None, 1)[1]
     assert np.mean(pb == pg) >= 0.999
 
 
