@@ -12,7 +12,6 @@ __version__ = "0.1.0"
 from . import _blas
 
 _blas.install()
-_blas.apply_kernels_env()
 
 from ._api import DEFAULT_GRID, ConvergenceWarning, IISResult, activation_stats, project, score  # noqa: E402
 from ._config import show_config  # noqa: E402

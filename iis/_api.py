@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from . import _core
+from ._blas import kernels
 from ._library import NORMALIZATIONS, ConceptLibrary
 from ._validation import (MAX_ABS, as_float_matrix, check_finite_rows, check_option, check_positive,
                           check_sparsities, check_threads, encode_labels, json_text, single_blas)
@@ -172,15 +173,17 @@ def _project(f: np.ndarray, unit_p: np.ndarray, norm: str, stats: Optional[tuple
     reports max |f| over the tiles it reads (in cache), so the finiteness check of
     ``as_float_matrix`` costs no separate pass over the features."""
     if norm != "standardize":
-        return _checked(_core.project(f, unit_p, _NORM_CODE[norm], None, None, nt, True), f, name)
+        return _checked(_core.project(f, unit_p, norm=_NORM_CODE[norm], n_threads=nt, check=True,
+                                     kernels=kernels()), f, name)
     if stats is None:
-        a = _checked(_core.project(f, unit_p, 0, None, None, nt, True), f, name)
-        mean, std = _core.colstats(a, nt)
+        a = _checked(_core.project(f, unit_p, n_threads=nt, check=True, kernels=kernels()), f, name)
+        mean, std = _core.colstats(a, n_threads=nt)
         a -= mean
         a /= std
         return a
     mean, std = (np.ascontiguousarray(s, dtype=f.dtype).reshape(-1) for s in stats)
-    return _checked(_core.project(f, unit_p, 2, mean, std, nt, True), f, name)
+    return _checked(_core.project(f, unit_p, norm=2, mean=mean, std=std, n_threads=nt, check=True,
+                                 kernels=kernels()), f, name)
 
 
 def _checked(result: tuple, f: np.ndarray, name: str) -> np.ndarray:
@@ -198,8 +201,9 @@ def activation_stats(features: Any, library: Any, n_threads: Optional[int] = Non
     lib = _resolve_library(library, f.shape[1], f.dtype)
     nt = check_threads(n_threads)
     with single_blas():
-        a = _checked(_core.project(f, lib._unit(f.dtype), 0, None, None, nt, True), f, "features")
-        return _core.colstats(a, nt)
+        a = _checked(_core.project(f, lib._unit(f.dtype), n_threads=nt, check=True, kernels=kernels()), f,
+                     "features")
+        return _core.colstats(a, n_threads=nt)
 
 
 def _progress_printer(enabled: bool, sparsities: np.ndarray) -> Optional[Callable[[int, int], None]]:
@@ -300,8 +304,9 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         t0 = time.perf_counter()
         unit_p = lib._unit(ftr.dtype)
         if norm == "standardize":
-            atr = _checked(_core.project(ftr, unit_p, 0, None, None, nt, True), ftr, "train_features")
-            stats = _core.colstats(atr, nt)
+            atr = _checked(_core.project(ftr, unit_p, n_threads=nt, check=True, kernels=kernels()), ftr,
+                           "train_features")
+            stats = _core.colstats(atr, n_threads=nt)
             atr -= stats[0]
             atr /= stats[1]
             aev = _project(fev, unit_p, norm, stats, nt, "eval_features")
@@ -317,10 +322,11 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         logits0 = None
         if ftr.shape[0] * K * atr.itemsize <= max(_WARM_START_MAX_BYTES, ftr.nbytes // 4):
             logits0 = np.empty((ftr.shape[0], K), dtype=atr.dtype)
-        acc, kept, n_iter, conv = _core.path(atr, ytr, aev, yev, K, s, mask == "soft",
-                                             keep == "published", float(l2), float(tol),
-                                             max_iter, nt, _progress_printer(bool(progress), s), True,
-                                             True, logits0)
+        acc, kept, n_iter, conv = _core.path(
+            atr, ytr, aev, yev, n_classes=K, sparsities=s, soft=mask == "soft", published=keep == "published",
+            l2=float(l2), tol=float(tol), max_iter=max_iter, n_threads=nt,
+            progress=_progress_printer(bool(progress), s), overwrite=True, precondition=1,
+            train_logits0=logits0, kernels=kernels())
         timings["path"] = time.perf_counter() - t0
         del atr, aev
 
@@ -342,7 +348,7 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         arr = np.full_like(acc, np.nan)
     else:
         arr = acc / probe_acc
-    total = float(_core.trapezoid(s, np.ascontiguousarray(arr)))
+    total = float(_core.trapezoid(s, arr=np.ascontiguousarray(arr)))
     timings["total"] = time.perf_counter() - t_all
     return IISResult(
         iis=total, iis_normalized=total / float(s[-1] - s[0]), sparsities=s, arr=arr,
@@ -358,10 +364,10 @@ def _probe(ftr, ytr, fev, yev, K, l2, tol, max_iter, nt, start_logits=None):
     (applied implicitly inside the kernel, so the features are not copied), started
     from the least-squares fit of start_logits (n_train x K) when given: the optimum is
     unique, the start only saves iterations."""
-    mu, sigma = _core.colstats(ftr, nt)
-    w0 = np.zeros((ftr.shape[1], K), dtype=ftr.dtype)
-    b0 = np.zeros(K, dtype=ftr.dtype)
-    w, b, n_iter, conv, _, _ = _core.logreg_fit(ftr, None, None, 0, ytr, K, l2, tol, max_iter,
-                                                w0, b0, mu, sigma, nt, True, start_logits)
-    _, pred = _core.logreg_predict(fev, None, None, 0, w, b, mu, sigma, nt)
+    mu, sigma = _core.colstats(ftr, n_threads=nt)
+    k = kernels()
+    w, b, n_iter, conv, _, _ = _core.logreg_fit(ftr, y=ytr, n_classes=K, l2=l2, tol=tol, max_iter=max_iter,
+                                                mu=mu, sigma=sigma, n_threads=nt, precondition=1,
+                                                start_logits=start_logits, kernels=k)
+    _, pred = _core.logreg_predict(fev, w=w, b=b, mu=mu, sigma=sigma, n_threads=nt, kernels=k)
     return float(_core.accuracy(pred, yev)), n_iter, conv

@@ -8,6 +8,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from . import _core
+from ._blas import kernels
 from ._validation import (read_npz, single_blas, as_float_matrix, check_option, check_threads, encode_labels,
                           stratified_choice)
 
@@ -130,9 +131,9 @@ class ConceptLibrary:
         if n_concepts > x.shape[0]:
             raise ValueError(f"n_concepts={n_concepts} exceeds the {x.shape[0]} elements used")
         with single_blas():
-            centers, labels, inertia, n_iter = _core.kmeans(x, int(n_concepts), int(seed) & (2**64 - 1),
-                                                            min(int(max_iter), 2**31 - 1), float(tol),
-                                                            check_threads(n_threads))
+            centers, labels, inertia, n_iter = _core.kmeans(
+                x, int(n_concepts), seed=int(seed) & (2**64 - 1), max_iter=min(int(max_iter), 2**31 - 1),
+                tol=float(tol), n_threads=check_threads(n_threads), kernels=kernels())
         norms = np.linalg.norm(centers.astype(np.float64), axis=1, keepdims=True)
         if np.any(norms == 0):
             raise ValueError("a k-means centroid is the zero vector; the elements may be degenerate")

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import _core
+from ._blas import kernels
 from ._library import NORMALIZATIONS, ConceptLibrary
 from ._validation import (read_npz, single_blas, as_float_matrix, check_option, check_positive,
                           check_threads, encode_labels, _labels_1d)
@@ -271,7 +272,7 @@ class InterpretablePredictor:
         check_positive(self.tol, "tol")
         check_positive(self.max_iter, "max_iter", integer=True)
         nt = check_threads(self.n_threads)
-        k = int(_core.keep_count(lib.n_concepts, float(s), self.keep == "published"))
+        k = int(_core.keep_count(lib.n_concepts, float(s), published=self.keep == "published"))
         if k < 1:
             raise ValueError(f"sparsity={s} with keep={self.keep!r} keeps no concept of the "
                              f"{lib.n_concepts}; lower the sparsity")
@@ -301,24 +302,22 @@ class InterpretablePredictor:
         if len(classes) < 2:
             raise ValueError(f"y holds {len(classes)} class; a classifier needs at least 2")
         M, K = lib.n_concepts, len(classes)
-        k = int(_core.keep_count(M, float(self.sparsity), self.keep == "published"))
+        k = int(_core.keep_count(M, float(self.sparsity), published=self.keep == "published"))
         with single_blas():
             unit_p = lib._unit(x.dtype)
             mean = std = None
             if norm == "standardize":
-                a = _checked(_core.project(x, unit_p, 0, None, None, nt, True), x, "X")
-                mean, std = _core.colstats(a, nt)
+                a = _checked(_core.project(x, unit_p, n_threads=nt, check=True, kernels=kernels()), x, "X")
+                mean, std = _core.colstats(a, n_threads=nt)
                 a -= mean
                 a /= std
             else:
                 a = _project(x, unit_p, norm, None, nt, "X")
-            idx, val = _core.topk(a, k, self.mask == "soft", 0, nt)
+            idx, val = _core.topk(a, k, soft=self.mask == "soft", n_threads=nt, kernels=kernels())
             del a
-            w0 = np.zeros((M, K), dtype=x.dtype)
-            b0 = np.zeros(K, dtype=x.dtype)
             w, b, n_iter, conv, loss, _ = _core.logreg_fit(
-                None, idx, val, M, yy, K, float(self.l2), float(self.tol), min(int(self.max_iter), 2**31 - 1),
-                w0, b0, None, None, nt)
+                None, idx=idx, val=val, d=M, y=yy, n_classes=K, l2=float(self.l2), tol=float(self.tol),
+                max_iter=min(int(self.max_iter), 2**31 - 1), n_threads=nt, kernels=kernels())
         if not conv:
             warnings.warn(f"the interpretable predictor did not reach tol={self.tol} within "
                           f"max_iter={self.max_iter}; raise max_iter or tol", ConvergenceWarning,
@@ -356,13 +355,13 @@ class InterpretablePredictor:
             unit_p = self.library_._unit(dt)
             stats = (self.mean_, self.std_) if self.normalize_ == "standardize" else None
             a = _project(x, unit_p, self.normalize_, stats, nt, "X")
-            return _core.topk(a, self.k_, self.mask == "soft", int(dense), nt)
+            return _core.topk(a, self.k_, soft=self.mask == "soft", dense=dense, n_threads=nt, kernels=kernels())
 
     def _logits(self, idx: np.ndarray, val: np.ndarray) -> np.ndarray:
         w = np.ascontiguousarray(self.coef_.T)
-        logits, _ = _core.logreg_predict(None, idx, val, self.library_.n_concepts, w,
-                                         np.ascontiguousarray(self.intercept_), None, None,
-                                         check_threads(self.n_threads))
+        logits, _ = _core.logreg_predict(None, idx=idx, val=val, d=self.library_.n_concepts, w=w,
+                                         b=np.ascontiguousarray(self.intercept_),
+                                         n_threads=check_threads(self.n_threads), kernels=kernels())
         return logits
 
     def decision_function(self, X: Any) -> np.ndarray:

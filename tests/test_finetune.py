@@ -79,7 +79,7 @@ def test_kept_count_matches_core():
 
     for m in (1, 7, 10, 200):
         for s in (0.0, 0.1, 0.3, 0.7, 0.98):
-            assert kept_count(m, s) == _core.keep_count(m, s, 0)
+            assert kept_count(m, s) == _core.keep_count(m, s, published=0)
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan")])

@@ -157,9 +157,8 @@ def test_probe_warm_start_same_probe_and_capped(digits, monkeypatch):
 
     def cold_probe(x):
         x = np.ascontiguousarray(x)
-        mu, sd = _core.colstats(x, 2)
-        w, b, it, conv, *_ = _core.logreg_fit(x, None, None, 0, ytr32, 10, 1e-3, 1e-6, 1000,
-                                              np.zeros((x.shape[1], 10)), np.zeros(10), mu, sd, 2)
+        mu, sd = _core.colstats(x, n_threads=2)
+        w, b, it, conv, *_ = _core.logreg_fit(x, y=ytr32, n_classes=10, l2=1e-3, tol=1e-6, max_iter=1000, w0=np.zeros((x.shape[1], 10)), b0=np.zeros(10), mu=mu, sigma=sd, n_threads=2)
         xe = (np.ascontiguousarray(xev[:, ::xtr.shape[1] // x.shape[1]]) - mu) / sd
         return it, np.mean(np.argmax(xe @ w + b, 1) == yev)
 
