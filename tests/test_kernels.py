@@ -724,3 +724,46 @@ def test_path_returns_the_first_ratios_train_logits(dtype):
         _core.path(atr.copy(), ytr, aev.copy(), yev, n_classes=10, sparsities=s, soft=False, published=False, l2=1e-3, tol=1e-5, max_iter=5, n_threads=2, overwrite=True, precondition=True, train_logits0=ro)
     with pytest.raises(ValueError, match="start_logits must be"):
         _core.logreg_fit(atr, y=ytr, n_classes=10, l2=1e-3, tol=1e-5, max_iter=5, w0=np.zeros((30, 10), dtype), b0=np.zeros(10, dtype), n_threads=2, precondition=True, start_logits=np.zeros((3, 10), dtype))
+
+
+def _topk_index_nan_largest(a, k):
+    """Reference top-k where a NaN counts as the largest magnitude (above Inf), ties to
+    the lower index; columns in ascending order."""
+    out = np.empty((a.shape[0], k), np.int32)
+    for i, r in enumerate(a):
+        nan = np.isnan(r)
+        mag = np.where(nan, 0.0, np.abs(np.where(nan, 0, r))).astype(np.float64)
+        order = np.lexsort((np.arange(len(r)), -mag, ~nan))  # last key sorts first
+        out[i] = np.sort(order[:k])
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("soft", [False, True])
+def test_topk_with_nan_and_all_zero_rows_is_defined(dtype, soft, mask_kernels):
+    """No kernel trusts that its input was checked: NaN magnitudes (any payload, either
+    sign) rank above every number, ties to the lower index, and all-zero rows keep their
+    first k columns; every index is written and in range, with either kernel."""
+    rng = np.random.default_rng(17)
+    m = 40
+    a = rng.normal(size=(24, m)).astype(dtype)
+    a[0, [3, 17, 30]] = np.nan
+    a[1, :] = np.nan
+    a[2, :] = 0.0
+    a[3, [0, 5]] = [np.inf, np.nan]
+    a[4, 7] = -np.nan
+    bits = a.view(np.uint32 if dtype == np.float32 else np.uint64)
+    bits[5, 9] = (0x7f800001 if dtype == np.float32 else 0x7ff0000000000001)  # a signalling payload
+    bits[5, 11] = (0xffc00123 if dtype == np.float32 else 0xfff8000000000123)
+    a[6, :] = -0.0
+    for k in (0, 1, 2, 3, 5, 39, 40):
+        idx, val = _core.topk(a, k, soft=soft, n_threads=2, kernels=mask_kernels)
+        want = _topk_index_nan_largest(a, k)
+        np.testing.assert_array_equal(idx, want)
+        dense = _core.topk(a, k, soft=soft, dense=True, n_threads=2, kernels=mask_kernels)
+        kept = np.zeros(a.shape, bool)
+        np.put_along_axis(kept, want.astype(np.int64), True, axis=1)
+        assert np.all(dense[~kept] == 0)
+        if not soft:
+            np.testing.assert_array_equal(val, np.take_along_axis(a, want.astype(np.int64), axis=1))
+            np.testing.assert_array_equal(dense[kept], a[kept])
