@@ -114,9 +114,20 @@ typedef struct {
                          the first IP's train logits). Otherwise ignored. */
 } iis_solver_params;
 
+/* Why the solver stopped. Only IIS_STOP_CONVERGED means max |grad| <= tol. */
+enum iis_stop {
+    IIS_STOP_CONVERGED = 0,   /* max |grad| <= tol */
+    IIS_STOP_MAX_ITER = 1,    /* max_iter iterations taken */
+    IIS_STOP_LINE_SEARCH = 2, /* the line search found no decrease (at this precision) */
+    IIS_STOP_REL_DECREASE = 3, /* the relative decrease of f stayed below the precision's
+                                  floor (FTOL in solver.c) several iterations in a row */
+    IIS_STOP_NONFINITE = 4    /* the objective or the gradient is not finite */
+};
+
 typedef struct {
     int n_iter;
-    int converged;  /* 1 when max |grad| <= tol */
+    int converged;  /* 1 when max |grad| <= tol (stop == IIS_STOP_CONVERGED) */
+    int stop;       /* enum iis_stop */
     double loss;    /* final objective */
     double grad_max;
 } iis_solver_info;
@@ -226,6 +237,7 @@ typedef struct {
     int *kept;          /* n_s */
     int *n_iter;        /* n_s */
     int *converged;     /* n_s */
+    int *stop;          /* n_s, or NULL: enum iis_stop of each ratio's fit */
     void *train_logits0; /* NULL, or n_tr x K (REAL): filled with the train logits of
                             the IP at s[0] (iis.score starts the probe from them) */
 } iis_path_result;

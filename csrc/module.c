@@ -601,7 +601,7 @@ static PyObject *py_logreg_fit(PyObject *self, PyObject *args, PyObject *kw)
         Py_DECREF(b);
         return raise_status(st, "logreg_fit");
     }
-    return Py_BuildValue("NNiidd", w, b, info.n_iter, info.converged, info.loss, info.grad_max);
+    return Py_BuildValue("NNiiddi", w, b, info.n_iter, info.converged, info.loss, info.grad_max, info.stop);
 }
 
 /* logreg_objective(X, idx, val, d, y, K, l2, W, b, mu, sigma, amx, n_threads) -> (f, grad)
@@ -784,7 +784,8 @@ static PyObject *py_path(PyObject *self, PyObject *args, PyObject *kw)
     const char *kern = "auto";
     int kk;
 
-    PyArrayObject *atr, *ytr, *aev, *yev, *s, *acc = NULL, *kept = NULL, *nit = NULL, *conv = NULL;
+    PyArrayObject *atr, *ytr, *aev, *yev, *s, *acc = NULL, *kept = NULL, *nit = NULL, *conv = NULL,
+                  *stopa = NULL;
     iis_path_params prm;
     iis_path_result res;
     hook_state hs = {NULL, 0};
@@ -856,8 +857,9 @@ static PyObject *py_path(PyObject *self, PyObject *args, PyObject *kw)
         kept = (PyArrayObject *)PyArray_EMPTY(1, dims, NPY_INT32, 0);
         nit = (PyArrayObject *)PyArray_EMPTY(1, dims, NPY_INT32, 0);
         conv = (PyArrayObject *)PyArray_EMPTY(1, dims, NPY_INT32, 0);
+        stopa = (PyArrayObject *)PyArray_EMPTY(1, dims, NPY_INT32, 0);
     }
-    if (!acc || !kept || !nit || !conv) goto fail;
+    if (!acc || !kept || !nit || !conv || !stopa) goto fail;
     prm.soft = soft;
     prm.published_keep = published;
     prm.overwrite = overwrite;
@@ -871,6 +873,7 @@ static PyObject *py_path(PyObject *self, PyObject *args, PyObject *kw)
     res.kept = PyArray_DATA(kept);
     res.n_iter = PyArray_DATA(nit);
     res.converged = PyArray_DATA(conv);
+    res.stop = PyArray_DATA(stopa);
     res.train_logits0 = NULL;
     if (ologits != Py_None) {
         PyArrayObject *lg = arr(ologits, "train_logits0", t, 2, 0);
@@ -896,12 +899,13 @@ static PyObject *py_path(PyObject *self, PyObject *args, PyObject *kw)
         raise_status(st != IIS_OK ? st : IIS_EINTR, "path");
         goto fail;
     }
-    return Py_BuildValue("NNNN", acc, kept, nit, conv);
+    return Py_BuildValue("NNNNN", acc, kept, nit, conv, stopa);
 fail:
     Py_XDECREF(acc);
     Py_XDECREF(kept);
     Py_XDECREF(nit);
     Py_XDECREF(conv);
+    Py_XDECREF(stopa);
     return NULL;
 }
 
@@ -1210,7 +1214,7 @@ static PyMethodDef methods[] = {
     {"keep_count", (PyCFunction)(void (*)(void))py_keep_count, METH_VARARGS | METH_KEYWORDS,
      "keep_count(m, s, published=False) -> k"},
     {"logreg_fit", (PyCFunction)(void (*)(void))py_logreg_fit, METH_VARARGS | METH_KEYWORDS,
-     "logreg_fit(X, idx=None, val=None, d=0, y, n_classes, l2, tol, max_iter, w0=None, b0=None, mu=None, sigma=None, n_threads=1, precondition=1, start_logits=None, kernels='auto') -> (W, b, n_iter, converged, loss, grad_max)"},
+     "logreg_fit(X, idx=None, val=None, d=0, y, n_classes, l2, tol, max_iter, w0=None, b0=None, mu=None, sigma=None, n_threads=1, precondition=1, start_logits=None, kernels='auto') -> (W, b, n_iter, converged, loss, grad_max, stop); stop: 0 converged (max|grad| <= tol), 1 max_iter, 2 line search, 3 relative decrease, 4 non-finite"},
     {"logreg_predict", (PyCFunction)(void (*)(void))py_logreg_predict, METH_VARARGS | METH_KEYWORDS,
      "logreg_predict(X, idx=None, val=None, d=0, w, b, mu=None, sigma=None, n_threads=1, kernels='auto') -> (logits, pred)"},
     {"logreg_objective", (PyCFunction)(void (*)(void))py_logreg_objective, METH_VARARGS | METH_KEYWORDS,
@@ -1218,7 +1222,7 @@ static PyMethodDef methods[] = {
     {"logreg_precond", (PyCFunction)(void (*)(void))py_logreg_precond, METH_VARARGS | METH_KEYWORDS,
      "logreg_precond(X, mu=None, sigma=None, l2, n_threads=1, amx=False, kernels='auto') -> P (the solver's preconditioner matrix)"},
     {"path", (PyCFunction)(void (*)(void))py_path, METH_VARARGS | METH_KEYWORDS,
-     "path(atr, ytr, aev, yev, n_classes, sparsities, soft=False, published=False, l2, tol, max_iter, n_threads=1, progress=None, overwrite=False, precondition=1, train_logits0=None, kernels='auto') -> (accuracy, kept, n_iter, converged)"},
+     "path(atr, ytr, aev, yev, n_classes, sparsities, soft=False, published=False, l2, tol, max_iter, n_threads=1, progress=None, overwrite=False, precondition=1, train_logits0=None, kernels='auto') -> (accuracy, kept, n_iter, converged, stop)"},
     {"kmeans", (PyCFunction)(void (*)(void))py_kmeans, METH_VARARGS | METH_KEYWORDS,
      "kmeans(X, k, seed=0, max_iter=300, tol=1e-4, n_threads=1, kernels='auto') -> (centers, labels, inertia, n_iter)"},
     {"trapezoid", (PyCFunction)(void (*)(void))py_trapezoid, METH_VARARGS | METH_KEYWORDS,

@@ -1545,7 +1545,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
     const int K = n_classes, mem = prm->memory > 0 ? prm->memory : 10;
     const double ftol = FTOL;
     size_t dk, p;
-    int err = IIS_OK, it = 0, hist = 0, head = 0, converged = 0;
+    int err = IIS_OK, it = 0, hist = 0, head = 0, stop = IIS_STOP_MAX_ITER;
     double f = 0.0, fnew = 0.0, gmax = 0.0;
     double *theta = NULL, *g = NULL, *tn = NULL, *gn = NULL, *dir = NULL, *S = NULL, *Y = NULL;
     double *rho = NULL, *alpha = NULL, *Pi = NULL, *vpart = NULL, *G0 = NULL;
@@ -1603,7 +1603,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
         gmax = FN(amax)(ctx, g, p);
         if (gmax <= prm->tol) {
             if (w.amx != IIS_AMX_BF16) {
-                converged = 1;
+                stop = IIS_STOP_CONVERGED;
                 break;
             }
             /* the bf16 passes meet the tolerance: the test is taken again on a precise
@@ -1612,7 +1612,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
                 goto cleanup;
             gmax = FN(amax)(ctx, g, p);
             if (gmax <= prm->tol) {
-                converged = 1;
+                stop = IIS_STOP_CONVERGED;
                 break;
             }
         }
@@ -1634,7 +1634,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
                 FN(block_center)(theta, g, &f, X->d, K, prm->l2, tn);
                 gmax = FN(amax)(ctx, g, p);
                 if (gmax <= prm->tol && w.amx != IIS_AMX_BF16) {
-                    converged = 1;
+                    stop = IIS_STOP_CONVERGED;
                     break;
                 }
             }
@@ -1714,7 +1714,10 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
             continue;
         }
         if (!accepted) {
-            if (!w.amx) break; /* no decrease possible at this precision */
+            if (!w.amx) { /* no decrease possible at this precision */
+                stop = IIS_STOP_LINE_SEARCH;
+                break;
+            }
             /* none at the AMX passes' precision: go on in the next (precise, then
              * float32) from theta */
             if ((err = FN(leave_amx)(ctx, X, y, K, prm->l2, theta, g, &f, &w)) != IIS_OK)
@@ -1746,9 +1749,8 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
                     goto cleanup;
             } else if (rel <= ftol && ++ftol_hits >= IIS_FTOL_RUN) {
                 it++;
-                gmax = FN(amax)(ctx, g, p);
-                converged = 1; /* relative reduction of f below ftol (scipy's factr rule),
-                                  IIS_FTOL_RUN iterations in a row */
+                stop = IIS_STOP_REL_DECREASE; /* relative reduction of f below ftol (scipy's
+                                                 factr rule), IIS_FTOL_RUN iterations in a row */
                 break;
             }
         }
@@ -1758,12 +1760,18 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
         }
     }
     gmax = FN(amax)(ctx, g, p);
-    if (gmax <= prm->tol) converged = 1;
+    if (gmax <= prm->tol) stop = IIS_STOP_CONVERGED; /* (a stop for another reason may meet it) */
+    {
+        double gsum = f; /* NaN or Inf in f or any gradient entry makes the sum non-finite */
+        for (size_t e = 0; e < p; e++) gsum += 0.0 * g[e];
+        if (!isfinite(gsum)) stop = IIS_STOP_NONFINITE;
+    }
     for (size_t e = 0; e < dk; e++) wout[e] = (REAL)theta[e];
     for (int q = 0; q < K; q++) bout[q] = (REAL)theta[dk + q];
     if (info) {
         info->n_iter = it;
-        info->converged = converged;
+        info->converged = stop == IIS_STOP_CONVERGED;
+        info->stop = stop;
         info->loss = f;
         info->grad_max = gmax;
     }
@@ -1961,6 +1969,7 @@ int FN(iis_path)(const iis_ctx *ctx, const REAL *a_tr, int64_t n_tr, const int32
         res->kept[i] = k;
         res->n_iter[i] = info.n_iter;
         res->converged[i] = info.converged;
+        if (res->stop) res->stop[i] = info.stop;
         free(itr);
         free(vtr);
         free(iev);

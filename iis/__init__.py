@@ -13,7 +13,8 @@ from . import _blas
 
 _blas.install()
 
-from ._api import DEFAULT_GRID, ConvergenceWarning, IISResult, activation_stats, project, score  # noqa: E402
+from ._api import (DEFAULT_GRID, STOP_REASONS, ConvergenceWarning, IISResult, activation_stats, project,  # noqa: E402
+                   score)
 from ._config import show_config  # noqa: E402
 from ._library import ConceptLibrary  # noqa: E402
 from ._predictor import Explanation, InterpretablePredictor  # noqa: E402
@@ -32,5 +33,6 @@ __all__ = [
     "project",
     "score",
     "show_config",
+    "STOP_REASONS",
     "__version__",
 ]

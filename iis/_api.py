@@ -25,6 +25,23 @@ _NORM_CODE = {"none": 0, "layernorm": 1, "standardize": 2}
 _WARM_START_MAX_BYTES = 64 << 20
 
 
+#: why the solver stopped (the core's enum iis_stop, in order)
+STOP_REASONS = ("converged", "max_iter", "line_search", "relative_decrease", "non_finite")
+
+
+def convergence_message(what: str, reason: str, tol: float, max_iter: int) -> str:
+    """The ConvergenceWarning text for a fit of ``what`` that stopped for ``reason``."""
+    why = {
+        "max_iter": f"it took max_iter={max_iter} iterations; raise max_iter",
+        "line_search": "the line search found no decrease at this floating-point precision; use "
+                       "float64 features or a larger tol",
+        "relative_decrease": "the objective's relative decrease stayed below this floating-point "
+                             "precision's floor; use float64 features or a larger tol",
+        "non_finite": "the objective or its gradient is not finite; check the scale of the features",
+    }[reason]
+    return f"{what} stopped before max|grad| <= tol={tol} ({reason}): {why}"
+
+
 class ConvergenceWarning(UserWarning):
     """The solver stopped at ``max_iter`` before reaching ``tol``."""
 
@@ -44,6 +61,10 @@ class IISResult:
         accuracy of the interpretable predictor, concepts kept per sample k(s).
     probe_accuracy : float
         Top-1 eval accuracy of the dense probe on standardised features.
+    n_iter, converged, stop_reason : per ratio; probe_n_iter, probe_converged, probe_stop_reason
+        Solver iterations; ``converged`` is True exactly when max |grad| <= tol; the stop
+        reason is one of :data:`STOP_REASONS` (``"converged"`` or why the solver stopped
+        short of tol).
     """
 
     iis: float
@@ -57,6 +78,8 @@ class IISResult:
     converged: np.ndarray
     probe_n_iter: int
     probe_converged: bool
+    stop_reason: List[str]
+    probe_stop_reason: str
     n_concepts: int
     n_classes: int
     n_train: int
@@ -322,7 +345,7 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         logits0 = None
         if ftr.shape[0] * K * atr.itemsize <= max(_WARM_START_MAX_BYTES, ftr.nbytes // 4):
             logits0 = np.empty((ftr.shape[0], K), dtype=atr.dtype)
-        acc, kept, n_iter, conv = _core.path(
+        acc, kept, n_iter, conv, stop = _core.path(
             atr, ytr, aev, yev, n_classes=K, sparsities=s, soft=mask == "soft", published=keep == "published",
             l2=float(l2), tol=float(tol), max_iter=max_iter, n_threads=nt,
             progress=_progress_printer(bool(progress), s), overwrite=True, precondition=1,
@@ -331,17 +354,19 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         del atr, aev
 
         t0 = time.perf_counter()
-        probe_acc, p_iter, p_conv = _probe(ftr, ytr, fev, yev, K, float(l2), float(tol), int(max_iter), nt,
+        probe_acc, p_iter, p_conv, p_stop = _probe(ftr, ytr, fev, yev, K, float(l2), float(tol), int(max_iter), nt,
                                            None if logits0 is None else logits0.astype(ftr.dtype, copy=False))
         del logits0
         timings["probe"] = time.perf_counter() - t0
 
-    not_conv = [float(x) for x, c in zip(s, conv) if not c]
-    if not_conv:
-        warnings.warn(f"the interpretable predictor did not reach tol={tol} within max_iter={max_iter} "
-                      f"at s={not_conv}; raise max_iter or tol", ConvergenceWarning, stacklevel=2)
-    if not p_conv:
-        warnings.warn(f"the probe did not reach tol={tol} within max_iter={max_iter}",
+    reasons = [STOP_REASONS[c] for c in stop]
+    for reason in STOP_REASONS[1:]:
+        at = [float(x) for x, r in zip(s, reasons) if r == reason]
+        if at:
+            warnings.warn(convergence_message(f"the interpretable predictor at s={at}", reason, tol, max_iter),
+                          ConvergenceWarning, stacklevel=2)
+    if STOP_REASONS[p_stop] != "converged":
+        warnings.warn(convergence_message("the probe", STOP_REASONS[p_stop], tol, max_iter),
                       ConvergenceWarning, stacklevel=2)
     if probe_acc == 0.0:
         warnings.warn("the probe's accuracy is 0: ARR is undefined (NaN)", RuntimeWarning, stacklevel=2)
@@ -354,7 +379,8 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         iis=total, iis_normalized=total / float(s[-1] - s[0]), sparsities=s, arr=arr,
         ip_accuracy=acc, probe_accuracy=float(probe_acc), kept=kept.astype(np.int64),
         n_iter=n_iter.astype(np.int64), converged=conv.astype(bool), probe_n_iter=int(p_iter),
-        probe_converged=bool(p_conv), n_concepts=lib.n_concepts, n_classes=K,
+        probe_converged=bool(p_conv), stop_reason=reasons, probe_stop_reason=STOP_REASONS[p_stop],
+        n_concepts=lib.n_concepts, n_classes=K,
         n_train=int(ftr.shape[0]), n_eval=int(fev.shape[0]), normalize=norm, mask=mask, keep=keep,
         l2=float(l2), library_kind=lib.kind, timings=timings, concept_names=list(lib.names))
 
@@ -366,8 +392,8 @@ def _probe(ftr, ytr, fev, yev, K, l2, tol, max_iter, nt, start_logits=None):
     unique, the start only saves iterations."""
     mu, sigma = _core.colstats(ftr, n_threads=nt)
     k = kernels()
-    w, b, n_iter, conv, _, _ = _core.logreg_fit(ftr, y=ytr, n_classes=K, l2=l2, tol=tol, max_iter=max_iter,
+    w, b, n_iter, conv, _, _, stop = _core.logreg_fit(ftr, y=ytr, n_classes=K, l2=l2, tol=tol, max_iter=max_iter,
                                                 mu=mu, sigma=sigma, n_threads=nt, precondition=1,
                                                 start_logits=start_logits, kernels=k)
     _, pred = _core.logreg_predict(fev, w=w, b=b, mu=mu, sigma=sigma, n_threads=nt, kernels=k)
-    return float(_core.accuracy(pred, yev)), n_iter, conv
+    return float(_core.accuracy(pred, yev)), n_iter, conv, stop

@@ -198,8 +198,9 @@ class InterpretablePredictor:
         Concepts kept per sample.
     mean_, std_ : ndarray (M,) or None
         Train statistics of the raw activations for ``normalize="standardize"``.
-    n_iter_, converged_ : int, bool
-        Solver diagnostics.
+    n_iter_, converged_, stop_reason_ : int, bool, str
+        Solver diagnostics: ``converged_`` is True exactly when max |grad| <= tol;
+        ``stop_reason_`` is one of ``iis.STOP_REASONS`` (why the solver stopped).
 
     Examples
     --------
@@ -292,7 +293,7 @@ class InterpretablePredictor:
         -------
         self
         """
-        from ._api import ConvergenceWarning, _checked, _project
+        from ._api import STOP_REASONS, ConvergenceWarning, _checked, _project, convergence_message
 
         x = as_float_matrix(X, "X", check_finite=False)  # checked by the projection kernel
         lib, norm, nt = self._check_params(x.shape[1])
@@ -315,13 +316,12 @@ class InterpretablePredictor:
                 a = _project(x, unit_p, norm, None, nt, "X")
             idx, val = _core.topk(a, k, soft=self.mask == "soft", n_threads=nt, kernels=kernels())
             del a
-            w, b, n_iter, conv, loss, _ = _core.logreg_fit(
+            w, b, n_iter, conv, loss, _, stop = _core.logreg_fit(
                 None, idx=idx, val=val, d=M, y=yy, n_classes=K, l2=float(self.l2), tol=float(self.tol),
                 max_iter=min(int(self.max_iter), 2**31 - 1), n_threads=nt, kernels=kernels())
         if not conv:
-            warnings.warn(f"the interpretable predictor did not reach tol={self.tol} within "
-                          f"max_iter={self.max_iter}; raise max_iter or tol", ConvergenceWarning,
-                          stacklevel=2)
+            warnings.warn(convergence_message("the interpretable predictor", STOP_REASONS[stop], self.tol,
+                                              self.max_iter), ConvergenceWarning, stacklevel=2)
         self.library_ = lib
         self.normalize_ = norm
         self.classes_ = classes
@@ -332,6 +332,7 @@ class InterpretablePredictor:
         self.intercept_ = b
         self.n_iter_ = int(n_iter)
         self.converged_ = bool(conv)
+        self.stop_reason_ = STOP_REASONS[stop]
         self.loss_ = float(loss)
         return self
 
@@ -497,7 +498,8 @@ class InterpretablePredictor:
                              "use integer or string labels")
         params = {n: getattr(self, n) for n in _PARAMS[1:]}
         info = {"normalize_": self.normalize_, "k_": self.k_, "n_features_in_": self.n_features_in_,
-                "n_iter_": self.n_iter_, "converged_": self.converged_, "loss_": self.loss_}
+                "n_iter_": self.n_iter_, "converged_": self.converged_, "stop_reason_": self.stop_reason_,
+                "loss_": self.loss_}
         arrays = dict(
             format=np.asarray(_FORMAT), params=np.asarray(json.dumps(params)),
             info=np.asarray(json.dumps(info)), coef=self.coef_, intercept=self.intercept_,
@@ -553,6 +555,11 @@ class InterpretablePredictor:
         model.intercept_ = np.ascontiguousarray(intercept)
         model.n_iter_ = int(info["n_iter_"])
         model.converged_ = bool(info["converged_"])
+        # files written before stop reasons were recorded
+        model.stop_reason_ = str(info.get("stop_reason_", "converged" if model.converged_ else "max_iter"))
+        from ._api import STOP_REASONS
+        if model.stop_reason_ not in STOP_REASONS:
+            raise ValueError(f"{path}: unknown stop reason {model.stop_reason_!r}")
         model.loss_ = float(info["loss_"])
         return model
 

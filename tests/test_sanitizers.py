@@ -141,7 +141,7 @@ def asan_tree(tmp_path_factory):
             shutil.copy(ROOT / name, tree / name)
     (tree / "tests").mkdir()
     for name in ("conftest.py", "test_kernels.py", "test_simd.py", "test_amx.py", "test_properties.py",
-                 "test_bad_input.py"):
+                 "test_bad_input.py", "test_fuzz_core.py"):
         shutil.copy(ROOT / "tests" / name, tree / "tests" / name)
     env = dict(os.environ, IIS_SANITIZE="1")
     env.pop("LD_PRELOAD", None)
@@ -187,12 +187,13 @@ def test_sanitized_extension_is_the_one_imported(asan_tree):
 
 @needs_asan
 def test_suite_under_asan_and_ubsan(asan_tree):
-    """The kernel tests under ASan/UBSan, run to the end: every failing test and every
+    """The kernel tests and the fuzz corpus (test_fuzz_core.py) under ASan/UBSan, run to the end: every failing test and every
     sanitizer report is listed (UBSan does not halt; an ASan error ends its process,
     and the failure message says where)."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE",
            "-W", "ignore::DeprecationWarning", "tests/test_kernels.py", "tests/test_simd.py",
-           "tests/test_amx.py", "tests/test_properties.py", "tests/test_bad_input.py", "-k", "not torch"]
+           "tests/test_amx.py", "tests/test_properties.py", "tests/test_bad_input.py", "tests/test_fuzz_core.py",
+           "-k", "not torch"]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=asan_tree, env=asan_env(asan_tree, ubsan_halt=0), capture_output=True,
                        text=True, timeout=1800)
