@@ -119,9 +119,32 @@ int iis_simd_topk_row(const float *r, int m, int k, uint32_t *mag, int32_t *idx,
 double iis_simd_project_tile(const float *x, int64_t rows, int d, int64_t ldx, const float *pk,
                              int m, float *out, int want_check);
 
+/* ---- Hardware-specific kernels: the dispatch points --------------------------------
+ * Every kernel written for one instruction set is reached through exactly one of the two
+ * functions below, which read the context's kernel choice (kernels="auto" | "blas", passed
+ * with each call; no global setting) and what the CPU offers (detected once):
+ *
+ *   iis_use_simd(ctx)  AVX-512F, simd.c, file-guarded (target attributes, IIS_HAVE_AVX512_BUILD):
+ *                      - the float32 projection GEMM (project_t.h, via iis_simd_project_wanted,
+ *                        which adds the L2-sized cap on the packed concepts);
+ *                      - the float32 hard top-k row (mask_t.h, TOPK_SIMD);
+ *                      - the float32 solver's softmax rows (solver_t.h).
+ *   iis_use_amx(ctx)   AMX-BF16 tiles, amx.c, Linux x86-64 builds: the float32 solver's dense
+ *                      passes, its preconditioner Gram and its start from logits (solver_t.h;
+ *                      amx_pays/amx_wanted add the size thresholds).
+ *
+ * kernels="blas" (IIS_KERNELS=blas) turns every one of them off: GEMMs go to the BLAS table,
+ * the rest runs the portable C (which IIS_HOT builds per instruction set with GCC's
+ * target_clones, picked by the loader; that is not a kernel choice and is not switched).
+ * Off x86-64 (e.g. aarch64) both functions return 0 and simd.c / amx.c compile to stubs. */
 static inline int iis_use_simd(const iis_ctx *ctx)
 {
     return ctx && ctx->kernels == IIS_KERNELS_AUTO && iis_simd_available();
+}
+
+static inline int iis_use_amx(const iis_ctx *ctx)
+{
+    return ctx && ctx->kernels == IIS_KERNELS_AUTO && iis_amx_available();
 }
 
 /* amx.c: bfloat16 AMX tiles for the float32 solver's fused pass (see there).

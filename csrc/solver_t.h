@@ -327,7 +327,7 @@ static void FN(gram_sum)(const iis_ctx *ctx, const REAL *part, size_t stride, in
  * per row: the CPU and the kernel setting allow them and the work pays */
 static int FN(amx_pays)(const iis_ctx *ctx, int64_t n, int d, int64_t work_per_row)
 {
-    return d >= 1 && ctx->kernels == IIS_KERNELS_AUTO && iis_amx_available() &&
+    return d >= 1 && iis_use_amx(ctx) &&
            n >= 2 * IIS_AMX_RB && n * work_per_row >= IIS_AMX_MIN_WORK;
 }
 
@@ -394,7 +394,7 @@ static int FN(amx_setup)(const iis_ctx *ctx, const iis_design *X, int K, FN(work
 {
     int Dp, Kp, nt;
     size_t per, xab, zb, gtb;
-    if (X->idx || X->d < 1 || ctx->kernels != IIS_KERNELS_AUTO || !iis_amx_available())
+    if (X->idx || X->d < 1 || !iis_use_amx(ctx))
         return IIS_OK;
     if (!any_size && !FN(amx_wanted)(ctx, X->n, X->d, K)) return IIS_OK;
     Dp = iis_amx_dpad(X->d);
@@ -855,7 +855,7 @@ int FN(iis_logreg_precond)(const iis_ctx *ctx, const iis_design *X, double l2, i
     if (X->ldx < X->d || !iis_fits_int(X->ldx) || !iis_fits_int(X->n)) return IIS_EINVAL;
     if (!ctx || !ctx->blas || !SYRK(ctx)) return IIS_ENOBLAS;
 #if AMX_PASSES
-    if (amx && !(ctx->kernels == IIS_KERNELS_AUTO && iis_amx_available())) return IIS_EINVAL;
+    if (amx && !iis_use_amx(ctx)) return IIS_EINVAL;
 #else
     if (amx) return IIS_EINVAL;
 #endif
@@ -1170,7 +1170,7 @@ probs_ready:
 #if AMX_PASSES
         const int Dp = iis_amx_dpad(d1);
         const size_t xab = sizeof(uint16_t) * (size_t)IIS_AMX_RB * Dp;
-        const int use_amx = ctx->kernels == IIS_KERNELS_AUTO && iis_amx_available();
+        const int use_amx = iis_use_amx(ctx);
         unsigned char *ascr = use_amx ? (unsigned char *)malloc(3 * xab + sizeof(float) * ((size_t)Dp * Dp + 2 * (size_t)Dp) + 64) : NULL;
         uint16_t *xa = NULL, *xv = NULL, *gt = NULL;
         float *pc = NULL, *mu0 = NULL, *isg1 = NULL;
