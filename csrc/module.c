@@ -16,7 +16,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#include "iis.h"
+#include "internal.h" /* iis.h, plus the introspection and test hooks */
 
 #define IIS_BEGIN_ALLOW_THREADS Py_BEGIN_ALLOW_THREADS
 #define IIS_END_ALLOW_THREADS Py_END_ALLOW_THREADS
