@@ -117,7 +117,7 @@ def test_fuzz_colstats_and_topk(data):
     if out is None:
         return
     assert _plain(a) and 0 <= k <= a.shape[1]
-    kept = ref.mask(np.nan_to_num(a), k, soft) if np.isfinite(a).all() else None
+    kept = ref.mask(a, k, soft) if np.isfinite(a).all() and a.shape[0] else None
     if dense:
         assert out.shape == a.shape
         assert ((out == 0) | np.isnan(out) | (out == a) | soft).all()
