@@ -820,7 +820,7 @@ def main(argv=None) -> int:
         threads=args.threads,
         loadavg_before=[round(x, 2) for x in os.getloadavg()],
         versions=_versions(),
-        kernels=({k: v for k, v in iis._core.config().items()
+        kernels=({k: v for k, v in iis._config.config().items()
                   if k in ("kernels", "cpu_simd", "projection_f32", "cpu_amx", "solver_f32")}
                  if iis is not None else {}),
         l2=args.l2, tol=args.tol, max_iter=args.max_iter, repeat=args.repeat,

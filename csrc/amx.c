@@ -107,7 +107,7 @@ int iis_amx_available(void)
 
 const char *iis_solver_kernel(const iis_ctx *ctx)
 {
-    return ctx->kernels == IIS_KERNELS_AUTO && iis_amx_available() ? "amx-bf16" : "blas";
+    return iis_use_amx(ctx) ? "amx-bf16" : "blas";
 }
 
 int iis_amx_dpad(int d) { return (d + 31) / 32 * 32; }

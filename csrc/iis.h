@@ -75,20 +75,6 @@ typedef struct {
  * iis_simd_max_panel_bytes(), the BLAS sgemm otherwise; IIS_KERNELS_BLAS: always the BLAS. */
 enum iis_kernels { IIS_KERNELS_AUTO = 0, IIS_KERNELS_BLAS = 1 };
 
-/* The SIMD level the built-in kernels can use on this CPU: "avx512f" or "none". */
-const char *iis_cpu_simd(void);
-/* The largest packed concept library the kernel takes: 3/4 of the per-core L2. */
-size_t iis_simd_max_panel_bytes(void);
-/* The GEMM the float32 projection of small libraries runs under ctx: "avx512f"
- * (built-in) or "blas"; larger libraries always run the BLAS. */
-const char *iis_projection_kernel(const iis_ctx *ctx);
-/* The kernel of the float32 solver's passes over dense designs under ctx:
- * "amx-bf16" (bfloat16 AMX tiles, then precise split-bf16 ones to the stopping test; CPUs
- * with AMX-BF16 under IIS_KERNELS_AUTO) or "blas" (float32 BLAS passes only). */
-const char *iis_solver_kernel(const iis_ctx *ctx);
-/* 1 when this CPU and OS let the process use AMX-BF16 tiles (Linux x86-64 builds). */
-int iis_amx_available(void);
-
 enum iis_norm { IIS_NORM_NONE = 0, IIS_NORM_LAYERNORM = 1, IIS_NORM_STANDARDIZE = 2 };
 
 enum iis_precond { IIS_PRECOND_OFF = 0, IIS_PRECOND_BLOCKS = 1, IIS_PRECOND_GRAM = 2 };
@@ -114,9 +100,20 @@ typedef struct {
                          the first IP's train logits). Otherwise ignored. */
 } iis_solver_params;
 
+/* Why the solver stopped. Only IIS_STOP_CONVERGED means max |grad| <= tol. */
+enum iis_stop {
+    IIS_STOP_CONVERGED = 0,   /* max |grad| <= tol */
+    IIS_STOP_MAX_ITER = 1,    /* max_iter iterations taken */
+    IIS_STOP_LINE_SEARCH = 2, /* the line search found no decrease (at this precision) */
+    IIS_STOP_REL_DECREASE = 3, /* the relative decrease of f stayed below the precision's
+                                  floor (FTOL in solver.c) several iterations in a row */
+    IIS_STOP_NONFINITE = 4    /* the objective or the gradient is not finite */
+};
+
 typedef struct {
     int n_iter;
-    int converged;  /* 1 when max |grad| <= tol */
+    int converged;  /* 1 when max |grad| <= tol (stop == IIS_STOP_CONVERGED) */
+    int stop;       /* enum iis_stop */
     double loss;    /* final objective */
     double grad_max;
 } iis_solver_info;
@@ -180,28 +177,6 @@ int iis_logreg_fit_f(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
                      const iis_solver_params *prm, float *w, float *b, iis_solver_info *info);
 int iis_logreg_fit_d(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int n_classes,
                      const iis_solver_params *prm, double *w, double *b, iis_solver_info *info);
-/* The preconditioner of the solver (iis_solver_params.precondition) for a dense
- * design: P ((d+1) x (d+1), symmetric) = [X' 1]^T [X' 1] / n + l2 on the weight
- * diagonal + 0.01 * mean(diag of the Gram of X') on the whole diagonal, X' the
- * design after its implicit standardisation. Needs syrk in the BLAS table. */
-/* The objective f at (w (d x K), b (K)) and its gradient grad = [dW (d x K) | db (K)]
- * (length d K + K), from one pass over X, the pass the solver runs: the float32 or
- * float64 one, or with amx = 1 the bfloat16 AMX pass (amx.c) that iis_logreg_fit_f
- * starts dense designs with, amx = 2 the precise AMX pass (the design as bf16 hi + lo
- * parts) that takes its stopping test. IIS_EINVAL for other amx != 0, or where these
- * passes do not apply (float64, ELL designs, IIS_KERNELS_BLAS, or no AMX-BF16:
- * iis_amx_available). */
-int iis_logreg_objective_f(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int n_classes,
-                           double l2, const float *w, const float *b, int amx, double *fval,
-                           double *grad);
-int iis_logreg_objective_d(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int n_classes,
-                           double l2, const double *w, const double *b, int amx, double *fval,
-                           double *grad);
-/* amx != 0: the Gram from bfloat16 AMX products of the rounded design, as the float32
- * solver builds it where its AMX passes run (IIS_EINVAL where they cannot: float64,
- * IIS_KERNELS_BLAS, no AMX-BF16); amx = 0: in REAL with syrk. */
-int iis_logreg_precond_f(const iis_ctx *ctx, const iis_design *X, double l2, int amx, double *P);
-int iis_logreg_precond_d(const iis_ctx *ctx, const iis_design *X, double l2, int amx, double *P);
 /* logits (n x K, may be NULL) and argmax labels (ties: lower class) */
 int iis_logreg_predict_f(const iis_ctx *ctx, const iis_design *X, int n_classes, const float *w,
                          const float *b, float *logits, int32_t *pred);
@@ -226,6 +201,7 @@ typedef struct {
     int *kept;          /* n_s */
     int *n_iter;        /* n_s */
     int *converged;     /* n_s */
+    int *stop;          /* n_s, or NULL: enum iis_stop of each ratio's fit */
     void *train_logits0; /* NULL, or n_tr x K (REAL): filled with the train logits of
                             the IP at s[0] (iis.score starts the probe from them) */
 } iis_path_result;

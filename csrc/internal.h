@@ -9,6 +9,44 @@
 #include <omp.h>
 #endif
 
+/* ---- Introspection and test hooks (the binding's config() and the tests; not the C API) */
+/* The SIMD level the built-in kernels can use on this CPU: "avx512f" or "none". */
+const char *iis_cpu_simd(void);
+/* The largest packed concept library the kernel takes: 3/4 of the per-core L2. */
+size_t iis_simd_max_panel_bytes(void);
+/* The GEMM the float32 projection of small libraries runs under ctx: "avx512f"
+ * (built-in) or "blas"; larger libraries always run the BLAS. */
+const char *iis_projection_kernel(const iis_ctx *ctx);
+/* The kernel of the float32 solver's passes over dense designs under ctx:
+ * "amx-bf16" (bfloat16 AMX tiles, then precise split-bf16 ones to the stopping test; CPUs
+ * with AMX-BF16 under IIS_KERNELS_AUTO) or "blas" (float32 BLAS passes only). */
+const char *iis_solver_kernel(const iis_ctx *ctx);
+/* 1 when this CPU and OS let the process use AMX-BF16 tiles (Linux x86-64 builds). */
+int iis_amx_available(void);
+
+/* The objective f at (w (d x K), b (K)) and its gradient grad = [dW (d x K) | db (K)]
+ * (length d K + K), from one pass over X, the pass the solver runs: the float32 or
+ * float64 one, or with amx = 1 the bfloat16 AMX pass (amx.c) that iis_logreg_fit_f
+ * starts dense designs with, amx = 2 the precise AMX pass (the design as bf16 hi + lo
+ * parts) that takes its stopping test. IIS_EINVAL for other amx != 0, or where these
+ * passes do not apply (float64, ELL designs, IIS_KERNELS_BLAS, or no AMX-BF16:
+ * iis_amx_available). */
+int iis_logreg_objective_f(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int n_classes,
+                           double l2, const float *w, const float *b, int amx, double *fval,
+                           double *grad);
+int iis_logreg_objective_d(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int n_classes,
+                           double l2, const double *w, const double *b, int amx, double *fval,
+                           double *grad);
+/* The preconditioner of the solver (iis_solver_params.precondition) for a dense
+ * design: P ((d+1) x (d+1), symmetric) = [X' 1]^T [X' 1] / n + l2 on the weight
+ * diagonal + 0.01 * mean(diag of the Gram of X') on the whole diagonal, X' the
+ * design after its implicit standardisation. Needs syrk in the BLAS table. */
+/* amx != 0: the Gram from bfloat16 AMX products of the rounded design, as the float32
+ * solver builds it where its AMX passes run (IIS_EINVAL where they cannot: float64,
+ * IIS_KERNELS_BLAS, no AMX-BF16); amx = 0: in REAL with syrk. */
+int iis_logreg_precond_f(const iis_ctx *ctx, const iis_design *X, double l2, int amx, double *P);
+int iis_logreg_precond_d(const iis_ctx *ctx, const iis_design *X, double l2, int amx, double *P);
+
 /* the calling thread's number in its OpenMP team (0 outside one, or without OpenMP) */
 static inline int iis_thread_num(void)
 {
@@ -119,9 +157,32 @@ int iis_simd_topk_row(const float *r, int m, int k, uint32_t *mag, int32_t *idx,
 double iis_simd_project_tile(const float *x, int64_t rows, int d, int64_t ldx, const float *pk,
                              int m, float *out, int want_check);
 
+/* ---- Hardware-specific kernels: the dispatch points --------------------------------
+ * Every kernel written for one instruction set is reached through exactly one of the two
+ * functions below, which read the context's kernel choice (kernels="auto" | "blas", passed
+ * with each call; no global setting) and what the CPU offers (detected once):
+ *
+ *   iis_use_simd(ctx)  AVX-512F, simd.c, file-guarded (target attributes, IIS_HAVE_AVX512_BUILD):
+ *                      - the float32 projection GEMM (project_t.h, via iis_simd_project_wanted,
+ *                        which adds the L2-sized cap on the packed concepts);
+ *                      - the float32 hard top-k row (mask_t.h, TOPK_SIMD);
+ *                      - the float32 solver's softmax rows (solver_t.h).
+ *   iis_use_amx(ctx)   AMX-BF16 tiles, amx.c, Linux x86-64 builds: the float32 solver's dense
+ *                      passes, its preconditioner Gram and its start from logits (solver_t.h;
+ *                      amx_pays/amx_wanted add the size thresholds).
+ *
+ * kernels="blas" (IIS_KERNELS=blas) turns every one of them off: GEMMs go to the BLAS table,
+ * the rest runs the portable C (which IIS_HOT builds per instruction set with GCC's
+ * target_clones, picked by the loader; that is not a kernel choice and is not switched).
+ * Off x86-64 (e.g. aarch64) both functions return 0 and simd.c / amx.c compile to stubs. */
 static inline int iis_use_simd(const iis_ctx *ctx)
 {
     return ctx && ctx->kernels == IIS_KERNELS_AUTO && iis_simd_available();
+}
+
+static inline int iis_use_amx(const iis_ctx *ctx)
+{
+    return ctx && ctx->kernels == IIS_KERNELS_AUTO && iis_amx_available();
 }
 
 /* amx.c: bfloat16 AMX tiles for the float32 solver's fused pass (see there).

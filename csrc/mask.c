@@ -20,17 +20,23 @@ int iis_keep_count(int m, double s, int published)
 #define REAL float
 #define UINT uint32_t
 #define FABS fabsf
+#define INF_BITS 0x7f800000u
+#define NAN_BITS 0x7fc00000u
 #define FN(name) IIS_CAT(name, _f)
 #define TOPK_SIMD iis_simd_topk_row
 #include "mask_t.h"
 #undef REAL
 #undef UINT
 #undef FABS
+#undef INF_BITS
+#undef NAN_BITS
 #undef FN
 #undef TOPK_SIMD
 
 #define REAL double
 #define UINT uint64_t
 #define FABS fabs
+#define INF_BITS 0x7ff0000000000000ull
+#define NAN_BITS 0x7ff8000000000000ull
 #define FN(name) IIS_CAT(name, _d)
 #include "mask_t.h"

@@ -1,7 +1,10 @@
 /* mask_t.h -- per-row top-k by magnitude, instantiated for REAL by mask.c. */
 
-/* Bit patterns of nonnegative REALs order as the values do (no NaN reaches a mask:
- * every input is checked finite), so the k-th largest magnitude is the largest
+/* Bit patterns of nonnegative REALs order as the values do, and NaN magnitudes, whose
+ * patterns are mapped to one (NAN_BITS, above +Inf's), order above every number: a NaN
+ * counts as the largest magnitude, ties broken to the lower index like any other
+ * (the Python layer refuses NaN; the kernel stays defined without trusting it). The
+ * selection compares patterns only, never REALs. So the k-th largest magnitude is the largest
  * pattern t with #{j : b[j] >= t} >= k, found by bisection over the patterns: at most
  * 31 (float) or 63 (double) branch-free counting sweeps that vectorise, where a
  * quickselect spends most of its time on mispredicted compares. A sweep that counts
@@ -29,11 +32,13 @@ static IIS_ALWAYS_INLINE UINT FN(kth_largest)(const UINT *restrict b, int m, int
     return lo;
 }
 
-static inline REAL FN(from_bits)(UINT u)
+/* the pattern of |a|, every NaN mapped to NAN_BITS */
+static IIS_ALWAYS_INLINE UINT FN(mag_bits)(REAL a)
 {
-    REAL v;
-    memcpy(&v, &u, sizeof(v));
-    return v;
+    UINT u;
+    a = FABS(a);
+    memcpy(&u, &a, sizeof(u));
+    return u > INF_BITS ? NAN_BITS : u;
 }
 
 /* For one row: the kept columns in ascending order (idx), their (masked)
@@ -44,7 +49,8 @@ static inline REAL FN(from_bits)(UINT u)
 IIS_HOT static void FN(topk_row)(const REAL *r, int m, int k, int soft, int simd, UINT *mag,
                                  int32_t *idx, REAL *val, REAL *dense)
 {
-    REAL tau, tsoft = 0;
+    UINT tau;
+    REAL tsoft = 0;
     int c = 0, eq;
     if (k >= m || k == 0) {
         for (int j = 0; j < m; j++) {
@@ -57,31 +63,30 @@ IIS_HOT static void FN(topk_row)(const REAL *r, int m, int k, int soft, int simd
     if (simd && !soft && TOPK_SIMD(r, m, k, mag, idx, val, dense)) return;
 #endif
     (void)simd;
-    for (int j = 0; j < m; j++) {
-        REAL a = FABS(r[j]);
-        memcpy(mag + j, &a, sizeof(a));
+    for (int j = 0; j < m; j++) mag[j] = FN(mag_bits)(r[j]);
+    tau = FN(kth_largest)(mag, m, k);
+    if (soft) { /* the (k+1)-th largest |a| */
+        UINT u = FN(kth_largest)(mag, m, k + 1);
+        memcpy(&tsoft, &u, sizeof(u));
     }
-    tau = FN(from_bits)(FN(kth_largest)(mag, m, k));
-    if (soft) /* the (k+1)-th largest |a| */
-        tsoft = FN(from_bits)(FN(kth_largest)(mag, m, k + 1));
     eq = k;
     {
         int ties = 0;
         for (int j = 0; j < m; j++) {
-            eq -= FABS(r[j]) > tau;
-            ties += FABS(r[j]) == tau;
+            eq -= mag[j] > tau;
+            ties += mag[j] == tau;
         }
         if (!soft && ties == eq) {
             /* every entry at tau is kept (no tie to break): keep = |a| >= tau, without a
              * data-dependent branch (the general loop below mispredicts about once per
              * kept/dropped switch: 50-100 ms per W1 ratio) */
             if (dense) {
-                for (int j = 0; j < m; j++) dense[j] = FABS(r[j]) >= tau ? r[j] : 0;
+                for (int j = 0; j < m; j++) dense[j] = mag[j] >= tau ? r[j] : 0;
             } else {
                 for (int j = 0; j < m && c < k; j++) {
                     idx[c] = j;
                     val[c] = r[j];
-                    c += FABS(r[j]) >= tau;
+                    c += mag[j] >= tau;
                 }
             }
             return;
@@ -89,7 +94,7 @@ IIS_HOT static void FN(topk_row)(const REAL *r, int m, int k, int soft, int simd
     }
     for (int j = 0; j < m; j++) {
         REAL a = FABS(r[j]), v;
-        int keep = a > tau || (a == tau && eq-- > 0);
+        int keep = mag[j] > tau || (mag[j] == tau && eq-- > 0);
         if (!keep) {
             if (dense) dense[j] = 0;
             continue;

@@ -1,6 +1,8 @@
 /* module.c -- the CPython binding of the iis core (the only file that includes Python.h).
  *
- * Arguments are checked here (dtype, ndim, layout, shapes) although the Python
+ * Every function takes keyword arguments (the Python layer passes all but the leading
+ * arrays by keyword) and keeps no state between calls: the kernel choice arrives as
+ * kernels="auto" | "blas". Arguments are checked here (dtype, ndim, layout, shapes) although the Python
  * layer already validates them, so that no call can crash the interpreter.
  * Output arrays are allocated with the GIL held, then the GIL is released
  * around each kernel; Ctrl-C is honoured through the interrupt hook, which the
@@ -8,21 +10,19 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#include "iis.h"
+#include "internal.h" /* iis.h, plus the introspection and test hooks */
 
 #define IIS_BEGIN_ALLOW_THREADS Py_BEGIN_ALLOW_THREADS
 #define IIS_END_ALLOW_THREADS Py_END_ALLOW_THREADS
 
 /* set once at import from scipy.linalg.cython_blas; read-only afterwards */
 static iis_blas g_blas = {NULL, NULL, NULL, NULL, NULL, NULL};
-/* IIS_KERNELS_AUTO unless set_kernels changes it (iis/__init__.py applies the
- * IIS_KERNELS environment variable; tests run both paths) */
-static int g_kernels = IIS_KERNELS_AUTO;
 
 typedef struct {
     PyObject *progress; /* callable(done, total) or NULL */
@@ -78,11 +78,38 @@ static int resolve_threads(int n)
     return n < 1 ? 1 : n;
 }
 
-static void init_ctx(iis_ctx *ctx, hook_state *st, int n_threads)
+/* "auto" -> IIS_KERNELS_AUTO, "blas" -> IIS_KERNELS_BLAS; -1 with a ValueError otherwise.
+ * Every entry point with a context takes kernels= (the Python layer passes the
+ * IIS_KERNELS environment variable, read at each call): no global setting. */
+static int parse_kernels(const char *name)
+{
+    if (!strcmp(name, "auto")) return IIS_KERNELS_AUTO;
+    if (!strcmp(name, "blas")) return IIS_KERNELS_BLAS;
+    PyErr_Format(PyExc_ValueError, "kernels must be 'auto' or 'blas', got '%s'", name);
+    return -1;
+}
+
+/* a required argument given neither by position nor by keyword */
+static int missing(const char *fn, const char *name)
+{
+    PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fn, name);
+    return -1;
+}
+
+/* *out = float(o) for a required float argument o (NULL: not given) */
+static int req_double(PyObject *o, const char *fn, const char *name, double *out)
+{
+    if (!o) return missing(fn, name);
+    *out = PyFloat_AsDouble(o);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* kernels: a value of parse_kernels */
+static void init_ctx(iis_ctx *ctx, hook_state *st, int n_threads, int kernels)
 {
     memset(ctx, 0, sizeof(*ctx));
     ctx->blas = &g_blas;
-    ctx->kernels = g_kernels;
+    ctx->kernels = kernels;
     ctx->n_threads = resolve_threads(n_threads);
     ctx->interrupt = interrupt_hook;
     ctx->interrupt_ctx = st;
@@ -204,17 +231,24 @@ static PyObject *py_set_blas(PyObject *self, PyObject *args)
 }
 
 /* ---- project(F, unit_p, norm, mean, std, n_threads[, check]) -> A | (A, max|F|) */
-static PyObject *py_project(PyObject *self, PyObject *args)
+static PyObject *py_project(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *of, *op, *om, *os;
-    int norm, nt, t, st = 0;
+    PyObject *of, *op, *om = Py_None, *os = Py_None;
+    int norm = IIS_NORM_NONE, nt = 1, t, st = 0;
+    const char *kern = "auto";
+    int kk;
+
     PyArrayObject *f, *p, *mean = NULL, *std = NULL, *out;
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
     int check = 0;
     double absmax = 0.0;
-    if (!PyArg_ParseTuple(args, "OOiOOi|p", &of, &op, &norm, &om, &os, &nt, &check)) return NULL;
+    static char *kwl[] = {"features", "concepts", "norm", "mean", "std", "n_threads", "check", "kernels", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|iOOips", kwl, &of, &op, &norm, &om, &os, &nt, &check, &kern))
+        return NULL;
+    if ((kk = parse_kernels(kern)) < 0) return NULL;
+
     if ((t = float_type(of, "features")) < 0) return NULL;
     if (!(f = arr(of, "features", t, 2, 1)) || !(p = arr(op, "concepts", t, 2, 0))) return NULL;
     if (PyArray_DIM(f, 1) != PyArray_DIM(p, 1)) {
@@ -237,7 +271,7 @@ static PyObject *py_project(PyObject *self, PyObject *args)
         out = (PyArrayObject *)PyArray_EMPTY(2, dims, t, 0);
     }
     if (!out) return NULL;
-    init_ctx(&ctx, &hs, nt);
+    init_ctx(&ctx, &hs, nt, kk);
     IIS_BEGIN_ALLOW_THREADS
     if (t == NPY_FLOAT32)
         st = iis_project_f(&ctx, PyArray_DATA(f), PyArray_DIM(f, 0), (int)PyArray_DIM(f, 1),
@@ -259,15 +293,21 @@ static PyObject *py_project(PyObject *self, PyObject *args)
 }
 
 /* ---- colstats(A, n_threads) -> (mean, std) -------------------------------- */
-static PyObject *py_colstats(PyObject *self, PyObject *args)
+static PyObject *py_colstats(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *oa;
-    int nt, t, st = 0;
+    int nt = 1, t, st = 0;
     PyArrayObject *a, *mean, *std;
+    const char *kern = "auto";
+    int kk;
+
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
-    if (!PyArg_ParseTuple(args, "Oi", &oa, &nt)) return NULL;
+    static char *kwl[] = {"activations", "n_threads", "kernels", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|is", kwl, &oa, &nt, &kern)) return NULL;
+    if ((kk = parse_kernels(kern)) < 0) return NULL;
+
     if ((t = float_type(oa, "activations")) < 0 || !(a = arr(oa, "activations", t, 2, 1))) return NULL;
     if (PyArray_DIM(a, 0) < 1) {
         PyErr_SetString(PyExc_ValueError, "activations must have at least one row");
@@ -283,7 +323,7 @@ static PyObject *py_colstats(PyObject *self, PyObject *args)
         Py_XDECREF(std);
         return NULL;
     }
-    init_ctx(&ctx, &hs, nt);
+    init_ctx(&ctx, &hs, nt, kk);
     IIS_BEGIN_ALLOW_THREADS
     if (t == NPY_FLOAT32)
         st = iis_colstats_f(&ctx, PyArray_DATA(a), PyArray_DIM(a, 0), (int)PyArray_DIM(a, 1),
@@ -301,15 +341,22 @@ static PyObject *py_colstats(PyObject *self, PyObject *args)
 }
 
 /* ---- topk(A, k, soft, dense, n_threads) -> (idx, val) or masked A --------- */
-static PyObject *py_topk(PyObject *self, PyObject *args)
+static PyObject *py_topk(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *oa;
-    int k, soft, dense, nt, t, st = 0;
+    int k, soft = 0, dense = 0, nt = 1, t, st = 0;
+    const char *kern = "auto";
+    int kk;
+
     PyArrayObject *a, *idx = NULL, *val = NULL;
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
-    if (!PyArg_ParseTuple(args, "Oiiii", &oa, &k, &soft, &dense, &nt)) return NULL;
+    static char *kwl[] = {"activations", "k", "soft", "dense", "n_threads", "kernels", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oi|ppis", kwl, &oa, &k, &soft, &dense, &nt, &kern))
+        return NULL;
+    if ((kk = parse_kernels(kern)) < 0) return NULL;
+
     if ((t = float_type(oa, "activations")) < 0 || !(a = arr(oa, "activations", t, 2, 1))) return NULL;
     if (k < 0 || k > PyArray_DIM(a, 1)) {
         PyErr_Format(PyExc_ValueError, "k=%d must be in [0, %zd]", k, (Py_ssize_t)PyArray_DIM(a, 1));
@@ -329,7 +376,7 @@ static PyObject *py_topk(PyObject *self, PyObject *args)
             return NULL;
         }
     }
-    init_ctx(&ctx, &hs, nt);
+    init_ctx(&ctx, &hs, nt, kk);
     IIS_BEGIN_ALLOW_THREADS
     if (dense)
         st = t == NPY_FLOAT32
@@ -353,12 +400,13 @@ static PyObject *py_topk(PyObject *self, PyObject *args)
     return Py_BuildValue("NN", idx, val);
 }
 
-static PyObject *py_keep_count(PyObject *self, PyObject *args)
+static PyObject *py_keep_count(PyObject *self, PyObject *args, PyObject *kw)
 {
-    int m, published;
+    int m, published = 0;
     double s;
+    static char *kwl[] = {"m", "s", "published", NULL};
     (void)self;
-    if (!PyArg_ParseTuple(args, "idp", &m, &s, &published)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "id|p", kwl, &m, &s, &published)) return NULL;
     if (m < 0 || !(s >= 0.0 && s < 1.0)) {
         PyErr_SetString(PyExc_ValueError, "keep_count needs m >= 0 and 0 <= s < 1");
         return NULL;
@@ -462,11 +510,15 @@ static int arrays_overlap(PyArrayObject *a, PyArrayObject *b)
 /* logreg_fit(X, idx, val, d, y, n_classes, l2, tol, max_iter, W0, b0, mu, sigma, n_threads
  *            [, precondition=1, start_logits=None]) -> (W, b, n_iter, converged, loss,
  * grad_max); start_logits (n x K, X's dtype): see iis_solver_params */
-static PyObject *py_logreg_fit(PyObject *self, PyObject *args)
+static PyObject *py_logreg_fit(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *oidx, *oval, *oy, *ow, *ob, *omu, *osg, *ostart = Py_None;
-    int d, K, max_iter, nt, t, st = 0, precondition = 1;
+    PyObject *ox, *oidx = Py_None, *oval = Py_None, *oy = NULL, *ow = Py_None, *ob = Py_None,
+             *omu = Py_None, *osg = Py_None, *ostart = Py_None, *ol2 = NULL, *otol = NULL;
+    int d = 0, K = INT_MIN, max_iter = INT_MIN, nt = 1, t, st = 0, precondition = 1;
     double l2, tol;
+    const char *kern = "auto";
+    int kk;
+
     iis_design D;
     PyArrayObject *y, *w0, *b0, *w, *b;
     iis_solver_params prm;
@@ -474,9 +526,19 @@ static PyObject *py_logreg_fit(PyObject *self, PyObject *args)
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOiOiddiOOOOi|iO", &ox, &oidx, &oval, &d, &oy, &K, &l2, &tol,
-                          &max_iter, &ow, &ob, &omu, &osg, &nt, &precondition, &ostart))
+    static char *kwl[] = {"X", "idx", "val", "d", "y", "n_classes", "l2", "tol", "max_iter", "w0", "b0",
+                          "mu", "sigma", "n_threads", "precondition", "start_logits", "kernels", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOiOiOOiOOOOiiOs", kwl, &ox, &oidx, &oval, &d, &oy, &K,
+                                     &ol2, &otol, &max_iter, &ow, &ob, &omu, &osg, &nt, &precondition,
+                                     &ostart, &kern))
         return NULL;
+    if (!oy) return missing("logreg_fit", "y"), NULL;
+    if (K == INT_MIN) return missing("logreg_fit", "n_classes"), NULL;
+    if (max_iter == INT_MIN) return missing("logreg_fit", "max_iter"), NULL;
+    if (req_double(ol2, "logreg_fit", "l2", &l2) < 0 || req_double(otol, "logreg_fit", "tol", &tol) < 0)
+        return NULL;
+    if ((kk = parse_kernels(kern)) < 0) return NULL;
+
     if (precondition < 0 || precondition > 2) {
         PyErr_Format(PyExc_ValueError, "precondition must be 0 (off), 1 (Gram, then class blocks) or 2 "
                      "(Gram only), got %d", precondition);
@@ -489,13 +551,23 @@ static PyObject *py_logreg_fit(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "need l2 >= 0, tol >= 0, max_iter >= 0");
         return NULL;
     }
-    if (!(w0 = arr(ow, "W0", t, 2, 0)) || !(b0 = arr(ob, "b0", t, 1, 0))) return NULL;
-    if (PyArray_DIM(w0, 0) != D.d || PyArray_DIM(w0, 1) != K || PyArray_DIM(b0, 0) != K) {
-        PyErr_SetString(PyExc_ValueError, "W0 must be (d, n_classes) and b0 (n_classes,)");
+    if ((ow == Py_None) != (ob == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "w0 and b0 are given together (or neither: start at zero)");
         return NULL;
     }
-    w = (PyArrayObject *)PyArray_NewCopy(w0, NPY_CORDER);
-    b = (PyArrayObject *)PyArray_NewCopy(b0, NPY_CORDER);
+    if (ow == Py_None) {
+        npy_intp dw[2] = {D.d, K}, db[1] = {K};
+        w = (PyArrayObject *)PyArray_ZEROS(2, dw, t, 0);
+        b = (PyArrayObject *)PyArray_ZEROS(1, db, t, 0);
+    } else {
+        if (!(w0 = arr(ow, "w0", t, 2, 0)) || !(b0 = arr(ob, "b0", t, 1, 0))) return NULL;
+        if (PyArray_DIM(w0, 0) != D.d || PyArray_DIM(w0, 1) != K || PyArray_DIM(b0, 0) != K) {
+            PyErr_SetString(PyExc_ValueError, "w0 must be (d, n_classes) and b0 (n_classes,)");
+            return NULL;
+        }
+        w = (PyArrayObject *)PyArray_NewCopy(w0, NPY_CORDER);
+        b = (PyArrayObject *)PyArray_NewCopy(b0, NPY_CORDER);
+    }
     if (!w || !b) {
         Py_XDECREF(w);
         Py_XDECREF(b);
@@ -517,7 +589,7 @@ static PyObject *py_logreg_fit(PyObject *self, PyObject *args)
         prm.start_logits = PyArray_DATA(st0);
     }
     memset(&info, 0, sizeof(info));
-    init_ctx(&ctx, &hs, nt);
+    init_ctx(&ctx, &hs, nt, kk);
     IIS_BEGIN_ALLOW_THREADS
     st = t == NPY_FLOAT32 ? iis_logreg_fit_f(&ctx, &D, PyArray_DATA(y), K, &prm, PyArray_DATA(w),
                                              PyArray_DATA(b), &info)
@@ -529,24 +601,34 @@ static PyObject *py_logreg_fit(PyObject *self, PyObject *args)
         Py_DECREF(b);
         return raise_status(st, "logreg_fit");
     }
-    return Py_BuildValue("NNiidd", w, b, info.n_iter, info.converged, info.loss, info.grad_max);
+    return Py_BuildValue("NNiiddi", w, b, info.n_iter, info.converged, info.loss, info.grad_max, info.stop);
 }
 
 /* logreg_objective(X, idx, val, d, y, K, l2, W, b, mu, sigma, amx, n_threads) -> (f, grad)
  * with grad = [dW (d x K) | db (K)] flattened (float64): one solver pass (tests) */
-static PyObject *py_logreg_objective(PyObject *self, PyObject *args)
+static PyObject *py_logreg_objective(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *oidx, *oval, *oy, *ow, *ob, *omu, *osg;
-    int d, K, nt, t, st = 0, amx;
+    PyObject *ox, *oidx = Py_None, *oval = Py_None, *oy = NULL, *ow = NULL, *ob = NULL, *omu = Py_None,
+             *osg = Py_None, *ol2 = NULL;
+    int d = 0, K = INT_MIN, nt = 1, t, st = 0, amx = 0;
     double l2, f = 0.0;
+    const char *kern = "auto";
+    int kk;
+
     iis_design D;
     PyArrayObject *y, *w, *b, *g;
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOiOidOOOOii", &ox, &oidx, &oval, &d, &oy, &K, &l2, &ow, &ob, &omu,
-                          &osg, &amx, &nt))
+    static char *kwl[] = {"X", "idx", "val", "d", "y", "n_classes", "l2", "w", "b", "mu", "sigma", "amx",
+                          "n_threads", "kernels", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOiOiOOOOOiis", kwl, &ox, &oidx, &oval, &d, &oy, &K, &ol2,
+                                     &ow, &ob, &omu, &osg, &amx, &nt, &kern))
         return NULL;
+    if (!oy || !ow || !ob || K == INT_MIN) return missing("logreg_objective", "y, n_classes, w and b"), NULL;
+    if (req_double(ol2, "logreg_objective", "l2", &l2) < 0) return NULL;
+    if ((kk = parse_kernels(kern)) < 0) return NULL;
+
     if (amx < 0 || amx > 2) {
         PyErr_SetString(PyExc_ValueError, "logreg_objective: amx must be 0 (float passes), 1 (bf16 AMX) or "
                                           "2 (precise AMX)");
@@ -568,7 +650,7 @@ static PyObject *py_logreg_objective(PyObject *self, PyObject *args)
         npy_intp dims[1] = {(npy_intp)D.d * K + K};
         if (!(g = (PyArrayObject *)PyArray_EMPTY(1, dims, NPY_FLOAT64, 0))) return NULL;
     }
-    init_ctx(&ctx, &hs, nt);
+    init_ctx(&ctx, &hs, nt, kk);
     IIS_BEGIN_ALLOW_THREADS
     st = t == NPY_FLOAT32 ? iis_logreg_objective_f(&ctx, &D, PyArray_DATA(y), K, l2, PyArray_DATA(w),
                                                    PyArray_DATA(b), amx, &f, PyArray_DATA(g))
@@ -588,17 +670,25 @@ static PyObject *py_logreg_objective(PyObject *self, PyObject *args)
 }
 
 /* logreg_predict(X, idx, val, d, W, b, mu, sigma, n_threads) -> (logits, pred) */
-static PyObject *py_logreg_predict(PyObject *self, PyObject *args)
+static PyObject *py_logreg_predict(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *oidx, *oval, *ow, *ob, *omu, *osg;
-    int d, nt, t, st = 0, K;
+    PyObject *ox, *oidx = Py_None, *oval = Py_None, *ow = NULL, *ob = NULL, *omu = Py_None, *osg = Py_None;
+    int d = 0, nt = 1, t, st = 0, K;
+    const char *kern = "auto";
+    int kk;
+
     iis_design D;
     PyArrayObject *w, *b, *logits, *pred;
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOiOOOOi", &ox, &oidx, &oval, &d, &ow, &ob, &omu, &osg, &nt))
+    static char *kwl[] = {"X", "idx", "val", "d", "w", "b", "mu", "sigma", "n_threads", "kernels", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOiOOOOis", kwl, &ox, &oidx, &oval, &d, &ow, &ob, &omu, &osg,
+                                     &nt, &kern))
         return NULL;
+    if (!ow || !ob) return missing("logreg_predict", "w and b"), NULL;
+    if ((kk = parse_kernels(kern)) < 0) return NULL;
+
     if ((t = float_type(ox != Py_None ? ox : oval, "X")) < 0) return NULL;
     if (make_design(&D, ox, oidx, oval, d, omu, osg, t) < 0) return NULL;
     if (!(w = arr(ow, "W", t, 2, 0)) || !(b = arr(ob, "b", t, 1, 0))) return NULL;
@@ -617,7 +707,7 @@ static PyObject *py_logreg_predict(PyObject *self, PyObject *args)
         Py_XDECREF(pred);
         return NULL;
     }
-    init_ctx(&ctx, &hs, nt);
+    init_ctx(&ctx, &hs, nt, kk);
     IIS_BEGIN_ALLOW_THREADS
     st = t == NPY_FLOAT32 ? iis_logreg_predict_f(&ctx, &D, K, PyArray_DATA(w), PyArray_DATA(b),
                                                  PyArray_DATA(logits), PyArray_DATA(pred))
@@ -634,17 +724,25 @@ static PyObject *py_logreg_predict(PyObject *self, PyObject *args)
 
 /* logreg_precond(X, mu, sigma, l2, n_threads[, amx=False]) -> P, the solver's
  * preconditioner matrix ((d+1) x (d+1) float64; see iis_logreg_precond) */
-static PyObject *py_logreg_precond(PyObject *self, PyObject *args)
+static PyObject *py_logreg_precond(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *omu, *osg;
-    int nt, t, st = 0, amx = 0;
+    PyObject *ox, *omu = Py_None, *osg = Py_None, *ol2 = NULL;
+    int nt = 1, t, st = 0, amx = 0;
     double l2;
+    const char *kern = "auto";
+    int kk;
+
     iis_design D;
     PyArrayObject *P;
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOdi|p", &ox, &omu, &osg, &l2, &nt, &amx)) return NULL;
+    static char *kwl[] = {"X", "mu", "sigma", "l2", "n_threads", "amx", "kernels", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOips", kwl, &ox, &omu, &osg, &ol2, &nt, &amx, &kern))
+        return NULL;
+    if (req_double(ol2, "logreg_precond", "l2", &l2) < 0) return NULL;
+    if ((kk = parse_kernels(kern)) < 0) return NULL;
+
     if ((t = float_type(ox, "X")) < 0) return NULL;
     if (make_design(&D, ox, Py_None, Py_None, 0, omu, osg, t) < 0) return NULL;
     if (D.n < 1 || D.d < 1 || !(l2 >= 0.0)) {
@@ -655,7 +753,7 @@ static PyObject *py_logreg_precond(PyObject *self, PyObject *args)
         npy_intp dims[2] = {(npy_intp)D.d + 1, (npy_intp)D.d + 1};
         if (!(P = (PyArrayObject *)PyArray_EMPTY(2, dims, NPY_FLOAT64, 0))) return NULL;
     }
-    init_ctx(&ctx, &hs, nt);
+    init_ctx(&ctx, &hs, nt, kk);
     IIS_BEGIN_ALLOW_THREADS
     st = t == NPY_FLOAT32 ? iis_logreg_precond_f(&ctx, &D, l2, amx, PyArray_DATA(P))
                           : iis_logreg_precond_d(&ctx, &D, l2, amx, PyArray_DATA(P));
@@ -676,21 +774,35 @@ static PyObject *py_logreg_precond(PyObject *self, PyObject *args)
  *      progress[, overwrite=False, precondition=1, train_logits0=None]) -> (accuracy, kept,
  *      n_iter, converged); with overwrite, hard masks are applied in place to Atr and Aev (see
  *      iis_path_params); train_logits0 (ntr x K, writable) receives the s[0] IP's train logits */
-static PyObject *py_path(PyObject *self, PyObject *args)
+static PyObject *py_path(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *oatr, *oytr, *oaev, *oyev, *os, *oprog, *ologits = Py_None;
-    int K, soft, published, max_iter, nt, t, st = 0, m, ns, overwrite = 0, precondition = 1;
+    PyObject *oatr, *oytr, *oaev, *oyev, *os = NULL, *oprog = Py_None, *ologits = Py_None, *ol2 = NULL,
+             *otol = NULL;
+    int K = INT_MIN, soft = 0, published = 0, max_iter = INT_MIN, nt = 1, t, st = 0, m, ns, overwrite = 0,
+        precondition = 1;
     double l2, tol;
-    PyArrayObject *atr, *ytr, *aev, *yev, *s, *acc = NULL, *kept = NULL, *nit = NULL, *conv = NULL;
+    const char *kern = "auto";
+    int kk;
+
+    PyArrayObject *atr, *ytr, *aev, *yev, *s, *acc = NULL, *kept = NULL, *nit = NULL, *conv = NULL,
+                  *stopa = NULL;
     iis_path_params prm;
     iis_path_result res;
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOOiOppddiiO|piO", &oatr, &oytr, &oaev, &oyev, &K, &os, &soft,
-                          &published, &l2, &tol, &max_iter, &nt, &oprog, &overwrite, &precondition,
-                          &ologits))
+    static char *kwl[] = {"atr", "ytr", "aev", "yev", "n_classes", "sparsities", "soft", "published", "l2",
+                          "tol", "max_iter", "n_threads", "progress", "overwrite", "precondition",
+                          "train_logits0", "kernels", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|iOppOOiiOpiOs", kwl, &oatr, &oytr, &oaev, &oyev, &K, &os,
+                                     &soft, &published, &ol2, &otol, &max_iter, &nt, &oprog, &overwrite,
+                                     &precondition, &ologits, &kern))
         return NULL;
+    if (K == INT_MIN || !os || max_iter == INT_MIN)
+        return missing("path", "n_classes, sparsities and max_iter"), NULL;
+    if (req_double(ol2, "path", "l2", &l2) < 0 || req_double(otol, "path", "tol", &tol) < 0) return NULL;
+    if ((kk = parse_kernels(kern)) < 0) return NULL;
+
     if (precondition < 0 || precondition > 2) {
         PyErr_Format(PyExc_ValueError, "precondition must be 0 (off), 1 (Gram, then class blocks) or 2 "
                      "(Gram only), got %d", precondition);
@@ -745,8 +857,9 @@ static PyObject *py_path(PyObject *self, PyObject *args)
         kept = (PyArrayObject *)PyArray_EMPTY(1, dims, NPY_INT32, 0);
         nit = (PyArrayObject *)PyArray_EMPTY(1, dims, NPY_INT32, 0);
         conv = (PyArrayObject *)PyArray_EMPTY(1, dims, NPY_INT32, 0);
+        stopa = (PyArrayObject *)PyArray_EMPTY(1, dims, NPY_INT32, 0);
     }
-    if (!acc || !kept || !nit || !conv) goto fail;
+    if (!acc || !kept || !nit || !conv || !stopa) goto fail;
     prm.soft = soft;
     prm.published_keep = published;
     prm.overwrite = overwrite;
@@ -760,6 +873,7 @@ static PyObject *py_path(PyObject *self, PyObject *args)
     res.kept = PyArray_DATA(kept);
     res.n_iter = PyArray_DATA(nit);
     res.converged = PyArray_DATA(conv);
+    res.stop = PyArray_DATA(stopa);
     res.train_logits0 = NULL;
     if (ologits != Py_None) {
         PyArrayObject *lg = arr(ologits, "train_logits0", t, 2, 0);
@@ -771,7 +885,7 @@ static PyObject *py_path(PyObject *self, PyObject *args)
         res.train_logits0 = PyArray_DATA(lg);
     }
     hs.progress = oprog != Py_None ? oprog : NULL;
-    init_ctx(&ctx, &hs, nt);
+    init_ctx(&ctx, &hs, nt, kk);
     IIS_BEGIN_ALLOW_THREADS
     st = t == NPY_FLOAT32
              ? iis_path_f(&ctx, PyArray_DATA(atr), PyArray_DIM(atr, 0), PyArray_DATA(ytr),
@@ -785,27 +899,35 @@ static PyObject *py_path(PyObject *self, PyObject *args)
         raise_status(st != IIS_OK ? st : IIS_EINTR, "path");
         goto fail;
     }
-    return Py_BuildValue("NNNN", acc, kept, nit, conv);
+    return Py_BuildValue("NNNNN", acc, kept, nit, conv, stopa);
 fail:
     Py_XDECREF(acc);
     Py_XDECREF(kept);
     Py_XDECREF(nit);
     Py_XDECREF(conv);
+    Py_XDECREF(stopa);
     return NULL;
 }
 
 /* kmeans(X, k, seed, max_iter, tol, n_threads) -> (centers, labels, inertia, n_iter) */
-static PyObject *py_kmeans(PyObject *self, PyObject *args)
+static PyObject *py_kmeans(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *ox;
-    int k, max_iter, nt, t, st = 0, nit = 0;
-    unsigned long long seed;
-    double tol, inertia = 0.0;
+    int k, max_iter = 300, nt = 1, t, st = 0, nit = 0;
+    unsigned long long seed = 0;
+    double tol = 1e-4, inertia = 0.0;
+    const char *kern = "auto";
+    int kk;
+
     PyArrayObject *x, *cen, *lab;
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OiKidi", &ox, &k, &seed, &max_iter, &tol, &nt)) return NULL;
+    static char *kwl[] = {"X", "k", "seed", "max_iter", "tol", "n_threads", "kernels", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oi|Kidis", kwl, &ox, &k, &seed, &max_iter, &tol, &nt, &kern))
+        return NULL;
+    if ((kk = parse_kernels(kern)) < 0) return NULL;
+
     if ((t = float_type(ox, "elements")) < 0 || !(x = arr(ox, "elements", t, 2, 0))) return NULL;
     if (k < 1 || k > PyArray_DIM(x, 0) || PyArray_DIM(x, 1) < 1 || max_iter < 0 || !(tol >= 0)) {
         PyErr_Format(PyExc_ValueError, "kmeans needs 1 <= k <= n (k=%d, n=%zd), d >= 1", k,
@@ -822,7 +944,7 @@ static PyObject *py_kmeans(PyObject *self, PyObject *args)
         Py_XDECREF(lab);
         return NULL;
     }
-    init_ctx(&ctx, &hs, nt);
+    init_ctx(&ctx, &hs, nt, kk);
     IIS_BEGIN_ALLOW_THREADS
     st = t == NPY_FLOAT32
              ? iis_kmeans_f(&ctx, PyArray_DATA(x), PyArray_DIM(x, 0), (int)PyArray_DIM(x, 1), k,
@@ -840,12 +962,13 @@ static PyObject *py_kmeans(PyObject *self, PyObject *args)
     return Py_BuildValue("NNdi", cen, lab, inertia, nit);
 }
 
-static PyObject *py_trapezoid(PyObject *self, PyObject *args)
+static PyObject *py_trapezoid(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *os, *oa;
     PyArrayObject *s, *a;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OO", &os, &oa)) return NULL;
+    static char *kwl[] = {"s", "arr", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwl, &os, &oa)) return NULL;
     if (!(s = arr(os, "s", NPY_FLOAT64, 1, 0)) || !(a = arr(oa, "arr", NPY_FLOAT64, 1, 0))) return NULL;
     if (PyArray_DIM(s, 0) != PyArray_DIM(a, 0)) {
         PyErr_SetString(PyExc_ValueError, "s and arr must have the same length");
@@ -854,12 +977,13 @@ static PyObject *py_trapezoid(PyObject *self, PyObject *args)
     return PyFloat_FromDouble(iis_trapezoid(PyArray_DATA(s), PyArray_DATA(a), (int)PyArray_DIM(s, 0)));
 }
 
-static PyObject *py_accuracy(PyObject *self, PyObject *args)
+static PyObject *py_accuracy(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *op, *oy;
     PyArrayObject *p, *y;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OO", &op, &oy)) return NULL;
+    static char *kwl[] = {"pred", "y", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwl, &op, &oy)) return NULL;
     if (!(p = arr(op, "pred", NPY_INT32, 1, 0)) || !(y = arr(oy, "y", NPY_INT32, 1, 0))) return NULL;
     if (PyArray_DIM(p, 0) != PyArray_DIM(y, 0)) {
         PyErr_SetString(PyExc_ValueError, "pred and y must have the same length");
@@ -873,30 +997,20 @@ static const char *kernels_name(int k)
     return k == IIS_KERNELS_BLAS ? "blas" : "auto";
 }
 
-/* ---- set_kernels("auto" | "blas") -> the previous setting ---------------- */
-static PyObject *py_set_kernels(PyObject *self, PyObject *args)
-{
-    const char *name, *prev = kernels_name(g_kernels);
-    (void)self;
-    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
-    if (!strcmp(name, "auto")) g_kernels = IIS_KERNELS_AUTO;
-    else if (!strcmp(name, "blas")) g_kernels = IIS_KERNELS_BLAS;
-    else {
-        PyErr_Format(PyExc_ValueError, "kernels must be 'auto' or 'blas', got '%s'", name);
-        return NULL;
-    }
-    return PyUnicode_FromString(prev);
-}
-
-static PyObject *py_config(PyObject *self, PyObject *noargs)
+static PyObject *py_config(PyObject *self, PyObject *args, PyObject *kw)
 {
     iis_ctx ctx;
     hook_state hs = {NULL, 0};
-    (void)self;
-    (void)noargs;
+    static char *kwl[] = {"kernels", NULL};
     PyObject *omp;
     int omp_max;
-    init_ctx(&ctx, &hs, 1);
+    const char *kern = "auto";
+    int kk;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|s", kwl, &kern)) return NULL;
+    if ((kk = parse_kernels(kern)) < 0) return NULL;
+
+    init_ctx(&ctx, &hs, 1, kk);
 #ifdef _OPENMP
     if (!(omp = PyLong_FromLong(_OPENMP))) return NULL;
     omp_max = omp_get_max_threads();
@@ -910,7 +1024,7 @@ static PyObject *py_config(PyObject *self, PyObject *noargs)
                          "precondition_set",
                          (g_blas.ssyrk && g_blas.dsyrk && g_blas.dtrsm && g_blas.dpotrf) ? Py_True
                                                                                          : Py_False,
-                         "kernels", kernels_name(g_kernels), "cpu_simd", iis_cpu_simd(),
+                         "kernels", kernels_name(kk), "cpu_simd", iis_cpu_simd(),
                          "projection_f32", iis_projection_kernel(&ctx), "simd_max_panel_bytes",
                          (Py_ssize_t)iis_simd_max_panel_bytes(), "cpu_amx",
                          iis_amx_available() ? Py_True : Py_False, "solver_f32",
@@ -918,16 +1032,22 @@ static PyObject *py_config(PyObject *self, PyObject *noargs)
 }
 
 /* ---- text_objective(F, T, W, n_threads) -> (sim, J, dJ/dW) ---------------- */
-static PyObject *py_text_objective(PyObject *self, PyObject *args)
+static PyObject *py_text_objective(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *of, *ot, *ow;
-    int nt, t, st = 0, c;
+    int nt = 1, t, st = 0, c;
+    const char *kern = "auto";
+    int kk;
+
     double obj = 0.0;
     PyArrayObject *f, *tg, *w, *sim, *grad;
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOi", &of, &ot, &ow, &nt)) return NULL;
+    static char *kwl[] = {"features", "targets", "w", "n_threads", "kernels", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|is", kwl, &of, &ot, &ow, &nt, &kern)) return NULL;
+    if ((kk = parse_kernels(kern)) < 0) return NULL;
+
     if ((t = float_type(of, "features")) < 0) return NULL;
     if (!(f = arr(of, "features", t, 2, 1)) || !(tg = arr(ot, "targets", t, 2, 1)) ||
         !(w = arr(ow, "W", t, 2, 0)))
@@ -950,7 +1070,7 @@ static PyObject *py_text_objective(PyObject *self, PyObject *args)
         Py_XDECREF(grad);
         return NULL;
     }
-    init_ctx(&ctx, &hs, nt);
+    init_ctx(&ctx, &hs, nt, kk);
     IIS_BEGIN_ALLOW_THREADS
     st = t == NPY_FLOAT32
              ? iis_text_objective_f(&ctx, PyArray_DATA(f), PyArray_DIM(f, 0), (int)PyArray_DIM(f, 1),
@@ -971,12 +1091,15 @@ static PyObject *py_text_objective(PyObject *self, PyObject *args)
 /* text_fit(Ftr, Ttr, Fva, Tva, C, W0, steps, eval_every, patience, lr, beta1, beta2, eps, seed,
  *          n_threads, progress)
  * -> (W, val_sim, train_history, val_history, val_steps, n_steps, best_step, best_val, n_evals) */
-static PyObject *py_text_fit(PyObject *self, PyObject *args)
+static PyObject *py_text_fit(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *oftr, *ottr, *ofva, *otva, *ow0, *oprog;
-    int c, steps, every, patience, nt, t, st = 0, d;
-    double lr, b1, b2, eps;
-    unsigned long long seed;
+    PyObject *oftr, *ottr, *ofva, *otva, *ow0 = Py_None, *oprog = Py_None;
+    int c = INT_MIN, steps = INT_MIN, every = 1, patience = 1, nt = 1, t, st = 0, d;
+    double lr = 1e-3, b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    unsigned long long seed = 0;
+    const char *kern = "auto";
+    int kk;
+
     PyArrayObject *ftr, *ttr, *fva, *tva, *w0 = NULL, *w = NULL, *vsim = NULL, *th = NULL,
                                                      *vh = NULL, *vs = NULL;
     iis_text_params prm;
@@ -984,9 +1107,16 @@ static PyObject *py_text_fit(PyObject *self, PyObject *args)
     hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOOiOiiiddddKiO", &oftr, &ottr, &ofva, &otva, &c, &ow0, &steps,
-                          &every, &patience, &lr, &b1, &b2, &eps, &seed, &nt, &oprog))
+    static char *kwl[] = {"f_train", "t_train", "f_val", "t_val", "n_concepts", "w0", "steps", "eval_every",
+                          "patience", "lr", "beta1", "beta2", "eps", "seed", "n_threads", "progress",
+                          "kernels", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|iOiiiddddKiOs", kwl, &oftr, &ottr, &ofva, &otva, &c, &ow0,
+                                     &steps, &every, &patience, &lr, &b1, &b2, &eps, &seed, &nt, &oprog,
+                                     &kern))
         return NULL;
+    if (c == INT_MIN || steps == INT_MIN) return missing("text_fit", "n_concepts and steps"), NULL;
+    if ((kk = parse_kernels(kern)) < 0) return NULL;
+
     if ((t = float_type(oftr, "train features")) < 0) return NULL;
     if (!(ftr = arr(oftr, "train features", t, 2, 1)) || !(ttr = arr(ottr, "train targets", t, 2, 1)) ||
         !(fva = arr(ofva, "held-out features", t, 2, 1)) ||
@@ -1045,7 +1175,7 @@ static PyObject *py_text_fit(PyObject *self, PyObject *args)
     res.val_steps = PyArray_DATA(vs);
     res.val_sim = PyArray_DATA(vsim);
     hs.progress = oprog != Py_None ? oprog : NULL;
-    init_ctx(&ctx, &hs, nt);
+    init_ctx(&ctx, &hs, nt, kk);
     IIS_BEGIN_ALLOW_THREADS
     st = t == NPY_FLOAT32
              ? iis_text_fit_f(&ctx, PyArray_DATA(ftr), PyArray_DIM(ftr, 0), d, row_ld(ftr),
@@ -1075,35 +1205,36 @@ fail:
 static PyMethodDef methods[] = {
     {"_set_blas", py_set_blas, METH_VARARGS,
      "Fill the BLAS table from PyCapsules: sgemm, dgemm[, ssyrk, dsyrk, dtrsm, dpotrf]."},
-    {"project", py_project, METH_VARARGS,
-     "project(F, unit_p, norm, mean, std, n_threads[, check]) -> A, or (A, max|F|) with check"},
-    {"colstats", py_colstats, METH_VARARGS, "colstats(A, n_threads) -> (mean, std)"},
-    {"topk", py_topk, METH_VARARGS, "topk(A, k, soft, dense, n_threads) -> (idx, val) | masked"},
-    {"keep_count", py_keep_count, METH_VARARGS, "keep_count(m, s, published) -> k"},
-    {"logreg_fit", py_logreg_fit, METH_VARARGS,
-     "logreg_fit(X, idx, val, d, y, K, l2, tol, max_iter, W0, b0, mu, sigma, n_threads"
-     "[, precondition, start_logits])"},
-    {"logreg_predict", py_logreg_predict, METH_VARARGS,
-     "logreg_predict(X, idx, val, d, W, b, mu, sigma, n_threads) -> (logits, pred)"},
-    {"logreg_objective", py_logreg_objective, METH_VARARGS,
-     "logreg_objective(X, idx, val, d, y, K, l2, W, b, mu, sigma, amx, n_threads) -> (f, grad)"},
-    {"logreg_precond", py_logreg_precond, METH_VARARGS,
-     "logreg_precond(X, mu, sigma, l2, n_threads[, amx]) -> P (the solver's preconditioner matrix)"},
-    {"path", py_path, METH_VARARGS,
-     "path(Atr, ytr, Aev, yev, K, s, soft, published, l2, tol, max_iter, n_threads, progress[, "
-     "overwrite, precondition, train_logits0])"},
-    {"kmeans", py_kmeans, METH_VARARGS, "kmeans(X, k, seed, max_iter, tol, n_threads)"},
-    {"trapezoid", py_trapezoid, METH_VARARGS, "trapezoid(s, arr) -> IIS"},
-    {"accuracy", py_accuracy, METH_VARARGS, "accuracy(pred, y) -> float"},
-    {"config", py_config, METH_NOARGS, "OpenMP/BLAS/SIMD facts of this build"},
-    {"set_kernels", py_set_kernels, METH_VARARGS,
-     "set_kernels('auto' | 'blas') -> previous: built-in SIMD kernels where the CPU has them, "
-     "or the BLAS only"},
-    {"text_objective", py_text_objective, METH_VARARGS,
-     "text_objective(F, T, W, n_threads) -> (sim, J, dJ/dW)"},
-    {"text_fit", py_text_fit, METH_VARARGS,
-     "text_fit(Ftr, Ttr, Fva, Tva, C, W0, steps, eval_every, patience, lr, beta1, beta2, eps, "
-     "seed, n_threads, progress)"},
+    {"project", (PyCFunction)(void (*)(void))py_project, METH_VARARGS | METH_KEYWORDS,
+     "project(features, concepts, norm=0, mean=None, std=None, n_threads=1, check=False, kernels='auto') -> A, or (A, max|F|) with check"},
+    {"colstats", (PyCFunction)(void (*)(void))py_colstats, METH_VARARGS | METH_KEYWORDS,
+     "colstats(activations, n_threads=1, kernels='auto') -> (mean, std)"},
+    {"topk", (PyCFunction)(void (*)(void))py_topk, METH_VARARGS | METH_KEYWORDS,
+     "topk(activations, k, soft=False, dense=False, n_threads=1, kernels='auto') -> (idx, val) | masked"},
+    {"keep_count", (PyCFunction)(void (*)(void))py_keep_count, METH_VARARGS | METH_KEYWORDS,
+     "keep_count(m, s, published=False) -> k"},
+    {"logreg_fit", (PyCFunction)(void (*)(void))py_logreg_fit, METH_VARARGS | METH_KEYWORDS,
+     "logreg_fit(X, idx=None, val=None, d=0, y, n_classes, l2, tol, max_iter, w0=None, b0=None, mu=None, sigma=None, n_threads=1, precondition=1, start_logits=None, kernels='auto') -> (W, b, n_iter, converged, loss, grad_max, stop); stop: 0 converged (max|grad| <= tol), 1 max_iter, 2 line search, 3 relative decrease, 4 non-finite"},
+    {"logreg_predict", (PyCFunction)(void (*)(void))py_logreg_predict, METH_VARARGS | METH_KEYWORDS,
+     "logreg_predict(X, idx=None, val=None, d=0, w, b, mu=None, sigma=None, n_threads=1, kernels='auto') -> (logits, pred)"},
+    {"logreg_objective", (PyCFunction)(void (*)(void))py_logreg_objective, METH_VARARGS | METH_KEYWORDS,
+     "logreg_objective(X, idx=None, val=None, d=0, y, n_classes, l2, w, b, mu=None, sigma=None, amx=0, n_threads=1, kernels='auto') -> (f, grad)"},
+    {"logreg_precond", (PyCFunction)(void (*)(void))py_logreg_precond, METH_VARARGS | METH_KEYWORDS,
+     "logreg_precond(X, mu=None, sigma=None, l2, n_threads=1, amx=False, kernels='auto') -> P (the solver's preconditioner matrix)"},
+    {"path", (PyCFunction)(void (*)(void))py_path, METH_VARARGS | METH_KEYWORDS,
+     "path(atr, ytr, aev, yev, n_classes, sparsities, soft=False, published=False, l2, tol, max_iter, n_threads=1, progress=None, overwrite=False, precondition=1, train_logits0=None, kernels='auto') -> (accuracy, kept, n_iter, converged, stop)"},
+    {"kmeans", (PyCFunction)(void (*)(void))py_kmeans, METH_VARARGS | METH_KEYWORDS,
+     "kmeans(X, k, seed=0, max_iter=300, tol=1e-4, n_threads=1, kernels='auto') -> (centers, labels, inertia, n_iter)"},
+    {"trapezoid", (PyCFunction)(void (*)(void))py_trapezoid, METH_VARARGS | METH_KEYWORDS,
+     "trapezoid(s, arr) -> IIS"},
+    {"accuracy", (PyCFunction)(void (*)(void))py_accuracy, METH_VARARGS | METH_KEYWORDS,
+     "accuracy(pred, y) -> float"},
+    {"config", (PyCFunction)(void (*)(void))py_config, METH_VARARGS | METH_KEYWORDS,
+     "config(kernels='auto') -> dict: OpenMP/BLAS/SIMD facts of this build and the kernels chosen under kernels"},
+    {"text_objective", (PyCFunction)(void (*)(void))py_text_objective, METH_VARARGS | METH_KEYWORDS,
+     "text_objective(features, targets, w, n_threads=1, kernels='auto') -> (sim, J, dJ/dW)"},
+    {"text_fit", (PyCFunction)(void (*)(void))py_text_fit, METH_VARARGS | METH_KEYWORDS,
+     "text_fit(f_train, t_train, f_val, t_val, n_concepts, steps, w0=None, eval_every=1, patience=1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, seed=0, n_threads=1, progress=None, kernels='auto') -> (W, val_sim, train_history, val_history, val_steps, n_steps, best_step, best_val, n_evals)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_core",

@@ -421,16 +421,20 @@ TGT static inline uint32_t kth_avx512(const float *r, int m, int k, uint32_t *ma
 {
     const int nv = m / 16;
     const __mmask16 tail = iis_lanes16(m - 16 * nv);
-    const __m512i absm = _mm512_set1_epi32(0x7fffffff);
+    const __m512i absm = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+    const __m512i qnan = _mm512_set1_epi32(0x7fc00000);
     __m512i vmax = _mm512_setzero_si512();
     uint32_t lo = 0, hi;
+    /* |a| as patterns, every NaN mapped to 0x7fc00000 (mask_t.h's mag_bits) */
     for (int v = 0; v < nv; v++) {
         __m512i x = _mm512_and_si512(_mm512_loadu_si512(r + 16 * v), absm);
+        x = _mm512_mask_mov_epi32(x, _mm512_cmpgt_epu32_mask(x, inf), qnan);
         _mm512_storeu_si512(mag + 16 * v, x);
         vmax = _mm512_max_epu32(vmax, x);
     }
     if (tail) {
         __m512i x = _mm512_and_si512(_mm512_maskz_loadu_epi32(tail, r + 16 * nv), absm);
+        x = _mm512_mask_mov_epi32(x, _mm512_cmpgt_epu32_mask(x, inf), qnan);
         _mm512_mask_storeu_epi32(mag + 16 * nv, tail, x);
         vmax = _mm512_max_epu32(vmax, x);
     }

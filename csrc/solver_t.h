@@ -327,7 +327,7 @@ static void FN(gram_sum)(const iis_ctx *ctx, const REAL *part, size_t stride, in
  * per row: the CPU and the kernel setting allow them and the work pays */
 static int FN(amx_pays)(const iis_ctx *ctx, int64_t n, int d, int64_t work_per_row)
 {
-    return d >= 1 && ctx->kernels == IIS_KERNELS_AUTO && iis_amx_available() &&
+    return d >= 1 && iis_use_amx(ctx) &&
            n >= 2 * IIS_AMX_RB && n * work_per_row >= IIS_AMX_MIN_WORK;
 }
 
@@ -394,7 +394,7 @@ static int FN(amx_setup)(const iis_ctx *ctx, const iis_design *X, int K, FN(work
 {
     int Dp, Kp, nt;
     size_t per, xab, zb, gtb;
-    if (X->idx || X->d < 1 || ctx->kernels != IIS_KERNELS_AUTO || !iis_amx_available())
+    if (X->idx || X->d < 1 || !iis_use_amx(ctx))
         return IIS_OK;
     if (!any_size && !FN(amx_wanted)(ctx, X->n, X->d, K)) return IIS_OK;
     Dp = iis_amx_dpad(X->d);
@@ -855,7 +855,7 @@ int FN(iis_logreg_precond)(const iis_ctx *ctx, const iis_design *X, double l2, i
     if (X->ldx < X->d || !iis_fits_int(X->ldx) || !iis_fits_int(X->n)) return IIS_EINVAL;
     if (!ctx || !ctx->blas || !SYRK(ctx)) return IIS_ENOBLAS;
 #if AMX_PASSES
-    if (amx && !(ctx->kernels == IIS_KERNELS_AUTO && iis_amx_available())) return IIS_EINVAL;
+    if (amx && !iis_use_amx(ctx)) return IIS_EINVAL;
 #else
     if (amx) return IIS_EINVAL;
 #endif
@@ -1170,7 +1170,7 @@ probs_ready:
 #if AMX_PASSES
         const int Dp = iis_amx_dpad(d1);
         const size_t xab = sizeof(uint16_t) * (size_t)IIS_AMX_RB * Dp;
-        const int use_amx = ctx->kernels == IIS_KERNELS_AUTO && iis_amx_available();
+        const int use_amx = iis_use_amx(ctx);
         unsigned char *ascr = use_amx ? (unsigned char *)malloc(3 * xab + sizeof(float) * ((size_t)Dp * Dp + 2 * (size_t)Dp) + 64) : NULL;
         uint16_t *xa = NULL, *xv = NULL, *gt = NULL;
         float *pc = NULL, *mu0 = NULL, *isg1 = NULL;
@@ -1545,7 +1545,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
     const int K = n_classes, mem = prm->memory > 0 ? prm->memory : 10;
     const double ftol = FTOL;
     size_t dk, p;
-    int err = IIS_OK, it = 0, hist = 0, head = 0, converged = 0;
+    int err = IIS_OK, it = 0, hist = 0, head = 0, stop = IIS_STOP_MAX_ITER;
     double f = 0.0, fnew = 0.0, gmax = 0.0;
     double *theta = NULL, *g = NULL, *tn = NULL, *gn = NULL, *dir = NULL, *S = NULL, *Y = NULL;
     double *rho = NULL, *alpha = NULL, *Pi = NULL, *vpart = NULL, *G0 = NULL;
@@ -1603,7 +1603,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
         gmax = FN(amax)(ctx, g, p);
         if (gmax <= prm->tol) {
             if (w.amx != IIS_AMX_BF16) {
-                converged = 1;
+                stop = IIS_STOP_CONVERGED;
                 break;
             }
             /* the bf16 passes meet the tolerance: the test is taken again on a precise
@@ -1612,7 +1612,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
                 goto cleanup;
             gmax = FN(amax)(ctx, g, p);
             if (gmax <= prm->tol) {
-                converged = 1;
+                stop = IIS_STOP_CONVERGED;
                 break;
             }
         }
@@ -1634,7 +1634,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
                 FN(block_center)(theta, g, &f, X->d, K, prm->l2, tn);
                 gmax = FN(amax)(ctx, g, p);
                 if (gmax <= prm->tol && w.amx != IIS_AMX_BF16) {
-                    converged = 1;
+                    stop = IIS_STOP_CONVERGED;
                     break;
                 }
             }
@@ -1714,7 +1714,10 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
             continue;
         }
         if (!accepted) {
-            if (!w.amx) break; /* no decrease possible at this precision */
+            if (!w.amx) { /* no decrease possible at this precision */
+                stop = IIS_STOP_LINE_SEARCH;
+                break;
+            }
             /* none at the AMX passes' precision: go on in the next (precise, then
              * float32) from theta */
             if ((err = FN(leave_amx)(ctx, X, y, K, prm->l2, theta, g, &f, &w)) != IIS_OK)
@@ -1746,9 +1749,8 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
                     goto cleanup;
             } else if (rel <= ftol && ++ftol_hits >= IIS_FTOL_RUN) {
                 it++;
-                gmax = FN(amax)(ctx, g, p);
-                converged = 1; /* relative reduction of f below ftol (scipy's factr rule),
-                                  IIS_FTOL_RUN iterations in a row */
+                stop = IIS_STOP_REL_DECREASE; /* relative reduction of f below ftol (scipy's
+                                                 factr rule), IIS_FTOL_RUN iterations in a row */
                 break;
             }
         }
@@ -1758,12 +1760,18 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
         }
     }
     gmax = FN(amax)(ctx, g, p);
-    if (gmax <= prm->tol) converged = 1;
+    if (gmax <= prm->tol) stop = IIS_STOP_CONVERGED; /* (a stop for another reason may meet it) */
+    {
+        double gsum = f; /* NaN or Inf in f or any gradient entry makes the sum non-finite */
+        for (size_t e = 0; e < p; e++) gsum += 0.0 * g[e];
+        if (!isfinite(gsum)) stop = IIS_STOP_NONFINITE;
+    }
     for (size_t e = 0; e < dk; e++) wout[e] = (REAL)theta[e];
     for (int q = 0; q < K; q++) bout[q] = (REAL)theta[dk + q];
     if (info) {
         info->n_iter = it;
-        info->converged = converged;
+        info->converged = stop == IIS_STOP_CONVERGED;
+        info->stop = stop;
         info->loss = f;
         info->grad_max = gmax;
     }
@@ -1961,6 +1969,7 @@ int FN(iis_path)(const iis_ctx *ctx, const REAL *a_tr, int64_t n_tr, const int32
         res->kept[i] = k;
         res->n_iter[i] = info.n_iter;
         res->converged[i] = info.converged;
+        if (res->stop) res->stop[i] = info.stop;
         free(itr);
         free(vtr);
         free(iev);

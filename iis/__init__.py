@@ -12,9 +12,9 @@ __version__ = "0.1.0"
 from . import _blas
 
 _blas.install()
-_blas.apply_kernels_env()
 
-from ._api import DEFAULT_GRID, ConvergenceWarning, IISResult, activation_stats, project, score  # noqa: E402
+from ._api import (DEFAULT_GRID, STOP_REASONS, ConvergenceWarning, IISResult, activation_stats, project,  # noqa: E402
+                   score)
 from ._config import show_config  # noqa: E402
 from ._library import ConceptLibrary  # noqa: E402
 from ._predictor import Explanation, InterpretablePredictor  # noqa: E402
@@ -35,5 +35,6 @@ __all__ = [
     "score",
     "show_config",
     "sweep",
+    "STOP_REASONS",
     "__version__",
 ]

@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from . import _core
+from ._blas import kernels
 from ._library import NORMALIZATIONS, ConceptLibrary, warn_if_layernorm_at_chance
 from ._validation import (MAX_ABS, as_float_matrix, check_finite_rows, check_option, check_positive,
                           check_sparsities, check_threads, encode_labels, json_text, single_blas)
@@ -25,6 +26,23 @@ _WARM_START_MAX_BYTES = 64 << 20
 
 # Significance level of the chance test of the probe (see score's docstring).
 CHANCE_LEVEL = 0.01
+
+
+#: why the solver stopped (the core's enum iis_stop, in order)
+STOP_REASONS = ("converged", "max_iter", "line_search", "relative_decrease", "non_finite")
+
+
+def convergence_message(what: str, reason: str, tol: float, max_iter: int) -> str:
+    """The ConvergenceWarning text for a fit of ``what`` that stopped for ``reason``."""
+    why = {
+        "max_iter": f"it took max_iter={max_iter} iterations; raise max_iter",
+        "line_search": "the line search found no decrease at this floating-point precision; use "
+                       "float64 features or a larger tol",
+        "relative_decrease": "the objective's relative decrease stayed below this floating-point "
+                             "precision's floor; use float64 features or a larger tol",
+        "non_finite": "the objective or its gradient is not finite; check the scale of the features",
+    }[reason]
+    return f"{what} stopped before max|grad| <= tol={tol} ({reason}): {why}"
 
 
 class ConvergenceWarning(UserWarning):
@@ -53,6 +71,10 @@ class IISResult:
     chance_accuracy, probe_p_value : float
         The chance rate (eval frequency of the most frequent class) and the
         one-sided binomial p-value of the probe's eval hits against it.
+    n_iter, converged, stop_reason : per ratio; probe_n_iter, probe_converged, probe_stop_reason
+        Solver iterations; ``converged`` is True exactly when max |grad| <= tol; the stop
+        reason is one of :data:`STOP_REASONS` (``"converged"`` or why the solver stopped
+        short of tol).
     """
 
     iis: float
@@ -69,6 +91,8 @@ class IISResult:
     converged: np.ndarray
     probe_n_iter: int
     probe_converged: bool
+    stop_reason: List[str]
+    probe_stop_reason: str
     n_concepts: int
     n_classes: int
     n_train: int
@@ -194,15 +218,17 @@ def _project(f: np.ndarray, unit_p: np.ndarray, norm: str, stats: Optional[tuple
     reports max |f| over the tiles it reads (in cache), so the finiteness check of
     ``as_float_matrix`` costs no separate pass over the features."""
     if norm != "standardize":
-        return _checked(_core.project(f, unit_p, _NORM_CODE[norm], None, None, nt, True), f, name)
+        return _checked(_core.project(f, unit_p, norm=_NORM_CODE[norm], n_threads=nt, check=True,
+                                     kernels=kernels()), f, name)
     if stats is None:
-        a = _checked(_core.project(f, unit_p, 0, None, None, nt, True), f, name)
-        mean, std = _core.colstats(a, nt)
+        a = _checked(_core.project(f, unit_p, n_threads=nt, check=True, kernels=kernels()), f, name)
+        mean, std = _core.colstats(a, n_threads=nt)
         a -= mean
         a /= std
         return a
     mean, std = (np.ascontiguousarray(s, dtype=f.dtype).reshape(-1) for s in stats)
-    return _checked(_core.project(f, unit_p, 2, mean, std, nt, True), f, name)
+    return _checked(_core.project(f, unit_p, norm=2, mean=mean, std=std, n_threads=nt, check=True,
+                                 kernels=kernels()), f, name)
 
 
 def _checked(result: tuple, f: np.ndarray, name: str) -> np.ndarray:
@@ -220,8 +246,9 @@ def activation_stats(features: Any, library: Any, n_threads: Optional[int] = Non
     lib = _resolve_library(library, f.shape[1], f.dtype)
     nt = check_threads(n_threads)
     with single_blas():
-        a = _checked(_core.project(f, lib._unit(f.dtype), 0, None, None, nt, True), f, "features")
-        return _core.colstats(a, nt)
+        a = _checked(_core.project(f, lib._unit(f.dtype), n_threads=nt, check=True, kernels=kernels()), f,
+                     "features")
+        return _core.colstats(a, n_threads=nt)
 
 
 def _progress_printer(enabled: bool, sparsities: np.ndarray) -> Optional[Callable[[int, int], None]]:
@@ -349,8 +376,9 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         if norm == "layernorm":
             warn_if_layernorm_at_chance(ftr, unit_p, "train_features")
         if norm == "standardize":
-            atr = _checked(_core.project(ftr, unit_p, 0, None, None, nt, True), ftr, "train_features")
-            stats = _core.colstats(atr, nt)
+            atr = _checked(_core.project(ftr, unit_p, n_threads=nt, check=True, kernels=kernels()), ftr,
+                           "train_features")
+            stats = _core.colstats(atr, n_threads=nt)
             atr -= stats[0]
             atr /= stats[1]
             aev = _project(fev, unit_p, norm, stats, nt, "eval_features")
@@ -366,25 +394,28 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         logits0 = None
         if ftr.shape[0] * K * atr.itemsize <= max(_WARM_START_MAX_BYTES, ftr.nbytes // 4):
             logits0 = np.empty((ftr.shape[0], K), dtype=atr.dtype)
-        acc, kept, n_iter, conv = _core.path(atr, ytr, aev, yev, K, s, mask == "soft",
-                                             keep == "published", float(l2), float(tol),
-                                             max_iter, nt, _progress_printer(bool(progress), s), True,
-                                             True, logits0)
+        acc, kept, n_iter, conv, stop = _core.path(
+            atr, ytr, aev, yev, n_classes=K, sparsities=s, soft=mask == "soft", published=keep == "published",
+            l2=float(l2), tol=float(tol), max_iter=max_iter, n_threads=nt,
+            progress=_progress_printer(bool(progress), s), overwrite=True, precondition=1,
+            train_logits0=logits0, kernels=kernels())
         timings["path"] = time.perf_counter() - t0
         del atr, aev
 
         t0 = time.perf_counter()
-        probe_acc, p_iter, p_conv = _probe(ftr, ytr, fev, yev, K, float(l2), float(tol), int(max_iter), nt,
+        probe_acc, p_iter, p_conv, p_stop = _probe(ftr, ytr, fev, yev, K, float(l2), float(tol), int(max_iter), nt,
                                            None if logits0 is None else logits0.astype(ftr.dtype, copy=False))
         del logits0
         timings["probe"] = time.perf_counter() - t0
 
-    not_conv = [float(x) for x, c in zip(s, conv) if not c]
-    if not_conv:
-        warnings.warn(f"the interpretable predictor did not reach tol={tol} within max_iter={max_iter} "
-                      f"at s={not_conv}; raise max_iter or tol", ConvergenceWarning, stacklevel=2)
-    if not p_conv:
-        warnings.warn(f"the probe did not reach tol={tol} within max_iter={max_iter}",
+    reasons = [STOP_REASONS[c] for c in stop]
+    for reason in STOP_REASONS[1:]:
+        at = [float(x) for x, r in zip(s, reasons) if r == reason]
+        if at:
+            warnings.warn(convergence_message(f"the interpretable predictor at s={at}", reason, tol, max_iter),
+                          ConvergenceWarning, stacklevel=2)
+    if STOP_REASONS[p_stop] != "converged":
+        warnings.warn(convergence_message("the probe", STOP_REASONS[p_stop], tol, max_iter),
                       ConvergenceWarning, stacklevel=2)
     if probe_acc == 0.0:
         warnings.warn("the probe's accuracy is 0: ARR is undefined (NaN)", RuntimeWarning, stacklevel=2)
@@ -395,14 +426,15 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
     if yev.shape[0] < n_eval:  # the accuracies over all eval rows, unseen classes as errors
         acc, probe_acc = acc * (yev.shape[0] / n_eval), probe_acc * yev.shape[0] / n_eval
     chance, p_value = _chance_test(hits, n_eval, int(np.bincount(yev).max()))
-    total = float(_core.trapezoid(s, np.ascontiguousarray(arr)))
+    total = float(_core.trapezoid(s, arr=np.ascontiguousarray(arr)))
     timings["total"] = time.perf_counter() - t_all
     result = IISResult(
         iis=total, iis_normalized=total / float(s[-1] - s[0]), sparsities=s, arr=arr,
         ip_accuracy=acc, probe_accuracy=float(probe_acc), probe_above_chance=p_value < CHANCE_LEVEL,
         chance_accuracy=chance, probe_p_value=p_value, kept=kept.astype(np.int64),
         n_iter=n_iter.astype(np.int64), converged=conv.astype(bool), probe_n_iter=int(p_iter),
-        probe_converged=bool(p_conv), n_concepts=lib.n_concepts, n_classes=K,
+        probe_converged=bool(p_conv), stop_reason=reasons, probe_stop_reason=STOP_REASONS[p_stop],
+        n_concepts=lib.n_concepts, n_classes=K,
         n_train=int(ftr.shape[0]), n_eval=int(n_eval), normalize=norm, mask=mask, keep=keep,
         l2=float(l2), library_kind=lib.kind, timings=timings, concept_names=list(lib.names))
     if not result.probe_above_chance:
@@ -425,10 +457,10 @@ def _probe(ftr, ytr, fev, yev, K, l2, tol, max_iter, nt, start_logits=None):
     (applied implicitly inside the kernel, so the features are not copied), started
     from the least-squares fit of start_logits (n_train x K) when given: the optimum is
     unique, the start only saves iterations."""
-    mu, sigma = _core.colstats(ftr, nt)
-    w0 = np.zeros((ftr.shape[1], K), dtype=ftr.dtype)
-    b0 = np.zeros(K, dtype=ftr.dtype)
-    w, b, n_iter, conv, _, _ = _core.logreg_fit(ftr, None, None, 0, ytr, K, l2, tol, max_iter,
-                                                w0, b0, mu, sigma, nt, True, start_logits)
-    _, pred = _core.logreg_predict(fev, None, None, 0, w, b, mu, sigma, nt)
-    return float(_core.accuracy(pred, yev)), n_iter, conv
+    mu, sigma = _core.colstats(ftr, n_threads=nt)
+    k = kernels()
+    w, b, n_iter, conv, _, _, stop = _core.logreg_fit(ftr, y=ytr, n_classes=K, l2=l2, tol=tol, max_iter=max_iter,
+                                                mu=mu, sigma=sigma, n_threads=nt, precondition=1,
+                                                start_logits=start_logits, kernels=k)
+    _, pred = _core.logreg_predict(fev, w=w, b=b, mu=mu, sigma=sigma, n_threads=nt, kernels=k)
+    return float(_core.accuracy(pred, yev)), n_iter, conv, stop

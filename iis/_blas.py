@@ -1,4 +1,5 @@
-"""Fill the C core's BLAS table from SciPy's bundled OpenBLAS (scikit-learn's way)."""
+"""The C core's backend: the BLAS table (from SciPy's bundled OpenBLAS, scikit-learn's
+way) and the kernel choice passed to every ``_core`` call."""
 from __future__ import annotations
 
 import os
@@ -16,10 +17,11 @@ def install() -> None:
                     lapack["dpotrf"])
 
 
-def apply_kernels_env() -> None:
-    """``IIS_KERNELS=blas`` runs every GEMM through the BLAS (no built-in SIMD kernel);
-    ``auto`` (the default) uses the built-in AVX-512 kernel where the CPU has it."""
+def kernels() -> str:
+    """The ``kernels=`` of the core, from the environment variable ``IIS_KERNELS`` read at
+    each call: ``auto`` (the default: built-in kernels where the CPU has them) or ``blas``
+    (every GEMM through the BLAS, no hardware-specific kernel)."""
     value = os.environ.get("IIS_KERNELS", "auto").strip().lower() or "auto"
     if value not in ("auto", "blas"):
         raise ValueError(f"environment variable IIS_KERNELS must be 'auto' or 'blas', got {value!r}")
-    _core.set_kernels(value)
+    return value

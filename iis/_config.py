@@ -7,6 +7,7 @@ import sys
 from typing import Any, Dict
 
 from . import _core
+from ._blas import kernels
 
 
 def config() -> Dict[str, Any]:
@@ -17,7 +18,7 @@ def config() -> Dict[str, Any]:
 
     from . import __version__
 
-    core = _core.config()
+    core = _core.config(kernels=kernels())  # IIS_KERNELS read now; a wrong value raises here
     blas = [
         {k: info.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer",
                                   "architecture", "filepath")}

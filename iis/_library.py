@@ -9,6 +9,7 @@ from typing import Any, List, Optional, Sequence
 import numpy as np
 
 from . import _core
+from ._blas import kernels
 from ._text import text_library
 from ._validation import (read_npz, single_blas, as_float_matrix, check_option, check_threads, encode_labels,
                           stratified_choice)
@@ -151,9 +152,9 @@ class ConceptLibrary:
         e = int(np.frexp(np.abs(x).max())[1])
         x = np.ldexp(x, -e).astype(x.dtype, copy=False)
         with single_blas():
-            centers, labels, inertia, n_iter = _core.kmeans(x, int(n_concepts), int(seed) & (2**64 - 1),
-                                                            min(int(max_iter), 2**31 - 1), float(tol),
-                                                            check_threads(n_threads))
+            centers, labels, inertia, n_iter = _core.kmeans(
+                x, int(n_concepts), seed=int(seed) & (2**64 - 1), max_iter=min(int(max_iter), 2**31 - 1),
+                tol=float(tol), n_threads=check_threads(n_threads), kernels=kernels())
         inertia = float(inertia) * 4.0 ** e
         norms = np.linalg.norm(centers.astype(np.float64), axis=1, keepdims=True)
         if np.any(norms == 0):

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import _core
+from ._blas import kernels
 from ._library import NORMALIZATIONS, ConceptLibrary, warn_if_layernorm_at_chance
 from ._validation import (as_float_matrix, check_option, check_positive, check_threads, encode_labels,
                           match_labels, meant_float, printable, read_npz, single_blas)
@@ -203,8 +204,9 @@ class InterpretablePredictor:
         Concepts kept per sample.
     mean_, std_ : ndarray (M,) or None
         Train statistics of the raw activations for ``normalize="standardize"``.
-    n_iter_, converged_ : int, bool
-        Solver diagnostics.
+    n_iter_, converged_, stop_reason_ : int, bool, str
+        Solver diagnostics: ``converged_`` is True exactly when max |grad| <= tol;
+        ``stop_reason_`` is one of ``iis.STOP_REASONS`` (why the solver stopped).
 
     Examples
     --------
@@ -294,7 +296,7 @@ class InterpretablePredictor:
         -------
         self
         """
-        from ._api import ConvergenceWarning, _checked, _project
+        from ._api import STOP_REASONS, ConvergenceWarning, _checked, _project, convergence_message
 
         x = as_float_matrix(X, "X", check_finite=False)  # checked by the projection kernel
         lib, norm, nt = self._check_params(x.shape[1])
@@ -304,30 +306,27 @@ class InterpretablePredictor:
         if len(classes) < 2:
             raise ValueError(f"y holds {len(classes)} class; a classifier needs at least 2")
         M, K = lib.n_concepts, len(classes)
-        k = int(_core.keep_count(M, float(meant_float(self.sparsity)), self.keep == "published"))
+        k = int(_core.keep_count(M, float(meant_float(self.sparsity)), published=self.keep == "published"))
         with single_blas():
             unit_p = lib._unit(x.dtype)
             if norm == "layernorm":
                 warn_if_layernorm_at_chance(x, unit_p, "X")
             mean = std = None
             if norm == "standardize":
-                a = _checked(_core.project(x, unit_p, 0, None, None, nt, True), x, "X")
-                mean, std = _core.colstats(a, nt)
+                a = _checked(_core.project(x, unit_p, n_threads=nt, check=True, kernels=kernels()), x, "X")
+                mean, std = _core.colstats(a, n_threads=nt)
                 a -= mean
                 a /= std
             else:
                 a = _project(x, unit_p, norm, None, nt, "X")
-            idx, val = _core.topk(a, k, self.mask == "soft", 0, nt)
+            idx, val = _core.topk(a, k, soft=self.mask == "soft", n_threads=nt, kernels=kernels())
             del a
-            w0 = np.zeros((M, K), dtype=x.dtype)
-            b0 = np.zeros(K, dtype=x.dtype)
-            w, b, n_iter, conv, loss, _ = _core.logreg_fit(
-                None, idx, val, M, yy, K, float(self.l2), float(self.tol), min(int(self.max_iter), 2**31 - 1),
-                w0, b0, None, None, nt)
+            w, b, n_iter, conv, loss, _, stop = _core.logreg_fit(
+                None, idx=idx, val=val, d=M, y=yy, n_classes=K, l2=float(self.l2), tol=float(self.tol),
+                max_iter=min(int(self.max_iter), 2**31 - 1), n_threads=nt, kernels=kernels())
         if not conv:
-            warnings.warn(f"the interpretable predictor did not reach tol={self.tol} within "
-                          f"max_iter={self.max_iter}; raise max_iter or tol", ConvergenceWarning,
-                          stacklevel=2)
+            warnings.warn(convergence_message("the interpretable predictor", STOP_REASONS[stop], self.tol,
+                                              self.max_iter), ConvergenceWarning, stacklevel=2)
         self.library_ = lib
         self.normalize_ = norm
         self.classes_ = classes
@@ -338,6 +337,7 @@ class InterpretablePredictor:
         self.intercept_ = b
         self.n_iter_ = int(n_iter)
         self.converged_ = bool(conv)
+        self.stop_reason_ = STOP_REASONS[stop]
         self.loss_ = float(loss)
         return self
 
@@ -361,13 +361,13 @@ class InterpretablePredictor:
             unit_p = self.library_._unit(dt)
             stats = (self.mean_, self.std_) if self.normalize_ == "standardize" else None
             a = _project(x, unit_p, self.normalize_, stats, nt, "X")
-            return _core.topk(a, self.k_, self.mask == "soft", int(dense), nt)
+            return _core.topk(a, self.k_, soft=self.mask == "soft", dense=dense, n_threads=nt, kernels=kernels())
 
     def _logits(self, idx: np.ndarray, val: np.ndarray) -> np.ndarray:
         w = np.ascontiguousarray(self.coef_.T)
-        logits, _ = _core.logreg_predict(None, idx, val, self.library_.n_concepts, w,
-                                         np.ascontiguousarray(self.intercept_), None, None,
-                                         check_threads(self.n_threads))
+        logits, _ = _core.logreg_predict(None, idx=idx, val=val, d=self.library_.n_concepts, w=w,
+                                         b=np.ascontiguousarray(self.intercept_),
+                                         n_threads=check_threads(self.n_threads), kernels=kernels())
         return logits
 
     def decision_function(self, X: Any) -> np.ndarray:
@@ -513,7 +513,8 @@ class InterpretablePredictor:
                              "use integer or string labels")
         params = {n: _py(getattr(self, n)) for n in _PARAMS[1:]}
         info = {"normalize_": self.normalize_, "k_": self.k_, "n_features_in_": self.n_features_in_,
-                "n_iter_": self.n_iter_, "converged_": self.converged_, "loss_": self.loss_}
+                "n_iter_": self.n_iter_, "converged_": self.converged_, "stop_reason_": self.stop_reason_,
+                "loss_": self.loss_}
         try:
             params_text, info_text = json.dumps(params), json.dumps(info)
         except TypeError as exc:
@@ -611,6 +612,11 @@ class InterpretablePredictor:
             model.loss_ = float(info.get("loss_", np.nan))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}: member 'info' has bad diagnostics ({exc})") from None
+        # files written before stop reasons were recorded
+        model.stop_reason_ = info.get("stop_reason_", "converged" if model.converged_ else "max_iter")
+        from ._api import STOP_REASONS
+        if model.stop_reason_ not in STOP_REASONS:
+            raise ValueError(f"{where}: member 'info' has an unknown stop reason {model.stop_reason_!r}")
         return model
 
 

@@ -94,6 +94,45 @@ def logreg_gradient(w, b, x, y, l2):
     return x.T @ p / len(y) + l2 * w, p.mean(axis=0)
 
 
+def logreg_optimality(w, b, x, y, l2):
+    """What the stopping rule promises about a fit (w, b), measured in float64.
+
+    Returns ``(f, grad_max, gap, dist)``: the objective of :func:`logreg_objective`,
+    max |grad|, and the two bounds that follow from l2 > 0: the objective is l2-strongly
+    convex in W (the bias's curvature comes from the data and is not smaller on a
+    non-degenerate design), so with g the gradient, f - f* <= ||g||^2 / (2 l2) = gap and
+    ||theta - theta*|| <= ||g|| / l2 = dist. Two fits of one problem then satisfy
+    |f_a - f_b| <= max(gap_a, gap_b) and ||theta_a - theta_b|| <= dist_a + dist_b.
+    """
+    w, b = np.asarray(w, np.float64), np.asarray(b, np.float64)
+    gw, gb = logreg_gradient(w, b, x, y, l2)
+    g = np.concatenate([gw.ravel(), gb])
+    norm = float(np.linalg.norm(g))
+    return (logreg_objective(w, b, x, y, l2), float(np.abs(g).max()), norm * norm / (2 * l2),
+            norm / l2)
+
+
+def assert_same_optimum(fits, x, y, l2):
+    """Fits (w, b) of one l2-regularised problem agree as :func:`logreg_optimality`
+    bounds them: objectives within the larger gap, parameters within the summed dist."""
+    opt = [logreg_optimality(w, b, x, y, l2) for w, b in fits]
+    for i in range(len(fits)):
+        for j in range(i):
+            (fa, _, ga, da), (fb, _, gb, db) = opt[i], opt[j]
+            assert abs(fa - fb) <= max(ga, gb) + 1e-15 * abs(fa), (i, j, fa, fb, ga, gb)
+            ta = np.concatenate([np.ravel(fits[i][0]), np.ravel(fits[i][1])]).astype(np.float64)
+            tb = np.concatenate([np.ravel(fits[j][0]), np.ravel(fits[j][1])]).astype(np.float64)
+            assert np.linalg.norm(ta - tb) <= da + db, (i, j, np.linalg.norm(ta - tb), da + db)
+    return opt
+
+
+def grad_rounding(x, dtype) -> float:
+    """Rounding of a gradient entry computed in ``dtype``: eps times the largest column
+    mean of |x| (each entry is a mean of x_ij (p_ic - y_ic) with |p - y| <= 1), times 8
+    for the chunked sums."""
+    return 8 * float(np.finfo(dtype).eps) * max(1.0, float(np.abs(np.asarray(x, np.float64)).mean(0).max()))
+
+
 def logreg_fit(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float,
                tol: float = 1e-8) -> Tuple[np.ndarray, np.ndarray]:
     """Minimise :func:`logreg_objective` with SciPy's L-BFGS-B in float64."""

@@ -17,6 +17,7 @@ from typing import Any, Callable, List, Optional, Sequence
 import numpy as np
 
 from . import _core
+from ._blas import kernels
 from ._validation import as_float_matrix, blas_limit, blas_threads, check_positive, check_threads
 
 # Adam as torch.optim.Adam's defaults (LF-CBM uses lr=1e-3)
@@ -169,8 +170,9 @@ def text_library(concepts: Sequence[str], train_features: Any, clip_image_featur
         va, tr = np.sort(perm[:n_va]), np.sort(perm[n_va:])
         t0 = time.perf_counter()
         w, vsim, th, vh, vs, n_steps, best_step, best_val, n_evals = _core.text_fit(
-            f[tr], t[tr], f[va], t[va], int(cand.size), None, steps, eval_every, patience,
-            float(lr), _BETA1, _BETA2, _EPS, seed, nt, _progress_printer(bool(progress)))
+            f[tr], t[tr], f[va], t[va], n_concepts=int(cand.size), steps=steps, eval_every=eval_every,
+            patience=patience, lr=float(lr), beta1=_BETA1, beta2=_BETA2, eps=_EPS, seed=seed, n_threads=nt,
+            progress=_progress_printer(bool(progress)), kernels=kernels())
         fit_time = time.perf_counter() - t0
     # 3. keep the concepts whose held-out similarity exceeds the cut-off
     keep = np.flatnonzero(vsim > interpretability_cutoff)

@@ -30,11 +30,11 @@ def _cpu_flags():
 
 
 @pytest.fixture
-def kernels():
-    """Restores the kernel setting a test changes."""
-    prev = _core.set_kernels("auto")
-    yield
-    _core.set_kernels(prev)
+def kernels(monkeypatch):
+    """iis calls run IIS_KERNELS=auto (also in a suite run under IIS_KERNELS=blas), as the
+    core's calls do by default; a test sets it otherwise through the monkeypatch."""
+    monkeypatch.setenv("IIS_KERNELS", "auto")
+    return monkeypatch
 
 
 def bf16(a):
@@ -99,7 +99,7 @@ def problem(n, d, K, seed=0, standardize=True, offset=3.0):
     w = (rng.normal(size=(d, K)) * 0.3).astype(np.float32)
     b = rng.normal(size=K).astype(np.float32)
     if standardize:
-        mu, sg = _core.colstats(x, 1)
+        mu, sg = _core.colstats(x, n_threads=1)
     else:
         mu = sg = None
     return x, y, w, b, mu, sg
@@ -116,39 +116,37 @@ def test_config_reports_amx_as_the_cpu_has_it(kernels):
             assert cfg["cpu_amx"] is False
         # with the flags the kernel may still refuse the permission: then it reads False
     assert cfg["solver_f32"] == ("amx-bf16" if cfg["cpu_amx"] else "blas")
-    _core.set_kernels("blas")
-    assert _core.config()["solver_f32"] == "blas"
+    assert _core.config(kernels="blas")["solver_f32"] == "blas"
+    kernels.setenv("IIS_KERNELS", "blas")
     from iis._config import config
     assert config()["solver_f32"] == "blas"
 
 
 def test_amx_pass_refused_where_it_does_not_apply(kernels):
     x, y, w, b, mu, sg = problem(600, 40, 5)
-    _core.set_kernels("blas")
     with pytest.raises(ValueError, match="AMX pass does not apply"):
-        _core.logreg_objective(x, None, None, 0, y, 5, 1e-3, w, b, mu, sg, True, 1)
-    _core.set_kernels("auto")
+        _core.logreg_objective(x, y=y, n_classes=5, l2=1e-3, w=w, b=b, mu=mu, sigma=sg, amx=True, n_threads=1,
+                               kernels="blas")
     with pytest.raises(ValueError, match="AMX pass does not apply"):  # float64
-        _core.logreg_objective(x.astype(np.float64), None, None, 0, y, 5, 1e-3, w.astype(np.float64),
-                               b.astype(np.float64), mu.astype(np.float64), sg.astype(np.float64),
-                               True, 1)
+        _core.logreg_objective(x.astype(np.float64), y=y, n_classes=5, l2=1e-3, w=w.astype(np.float64), b=b.astype(np.float64), mu=mu.astype(np.float64), sigma=sg.astype(np.float64), amx=True, n_threads=1)
     # the float32 pass itself is the float64 objective to float32 accuracy
-    f, g = _core.logreg_objective(x, None, None, 0, y, 5, 1e-3, w, b, mu, sg, False, 1)
+    f, g = _core.logreg_objective(x, y=y, n_classes=5, l2=1e-3, w=w, b=b, mu=mu, sigma=sg, amx=False, n_threads=1)
     fe, ge = exact(x, y, 5, 1e-3, w, b, mu.astype(np.float64), sg.astype(np.float64))
     assert abs(f - fe) <= 1e-5 * abs(fe)
     np.testing.assert_allclose(g, ge, rtol=0, atol=1e-5 * np.abs(ge).max())
 
 
 def test_blas_setting_gives_the_float32_bits(kernels):
-    """IIS_KERNELS=blas (set_kernels) turns the AMX passes off: the fit is the float32
+    """IIS_KERNELS=blas (kernels="blas") turns the AMX passes off: the fit is the float32
     one, bit for bit, on any CPU."""
     x, y, _, _, mu, sg = problem(6000, 96, 12, seed=3)
     w0 = np.zeros((96, 12), np.float32)
     b0 = np.zeros(12, np.float32)
-    _core.set_kernels("blas")
     with single_blas():
-        r1 = _core.logreg_fit(x, None, None, 0, y, 12, 1e-4, 1e-5, 500, w0, b0, mu, sg, 2)
-        r2 = _core.logreg_fit(x, None, None, 0, y, 12, 1e-4, 1e-5, 500, w0, b0, mu, sg, 1)
+        r1 = _core.logreg_fit(x, y=y, n_classes=12, l2=1e-4, tol=1e-5, max_iter=500, w0=w0, b0=b0, mu=mu, sigma=sg,
+                              n_threads=2, kernels="blas")
+        r2 = _core.logreg_fit(x, y=y, n_classes=12, l2=1e-4, tol=1e-5, max_iter=500, w0=w0, b0=b0, mu=mu, sigma=sg,
+                              n_threads=1, kernels="blas")
     assert r1[0].tobytes() == r2[0].tobytes() and r1[2] == r2[2]
 
 
@@ -176,7 +174,7 @@ def test_amx_pass_matches_its_emulation(n, d, K, standardize, kernels):
     x, y, w, b, mu, sg = problem(n, d, K, seed=n + d + K, standardize=standardize)
     y = np.minimum(y, K - 1).astype(np.int32)
     l2 = 1e-3
-    f, g = _core.logreg_objective(x, None, None, 0, y, K, l2, w, b, mu, sg, True, 2)
+    f, g = _core.logreg_objective(x, y=y, n_classes=K, l2=l2, w=w, b=b, mu=mu, sigma=sg, amx=True, n_threads=2)
     fe, ge = emulate(x, y, K, l2, w, b, mu, sg)
     # float32 tile accumulation over d, and float32 logits/softmax
     assert abs(f - fe) <= 2e-6 * max(1.0, abs(fe))
@@ -198,7 +196,7 @@ def test_precise_pass_matches_its_emulation_and_float32(n, d, K, standardize, ke
     x, y, w, b, mu, sg = problem(n, d, K, seed=n + d + K, standardize=standardize)
     y = np.minimum(y, K - 1).astype(np.int32)
     l2 = 1e-3
-    f, g = _core.logreg_objective(x, None, None, 0, y, K, l2, w, b, mu, sg, 2, 2)
+    f, g = _core.logreg_objective(x, y=y, n_classes=K, l2=l2, w=w, b=b, mu=mu, sigma=sg, amx=2, n_threads=2)
     fe, ge = emulate(x, y, K, l2, w, b, mu, sg, precise=True)
     assert abs(f - fe) <= 2e-7 * max(1.0, abs(fe))
     np.testing.assert_allclose(g, ge, rtol=0, atol=5e-7 * max(1.0, np.abs(ge).max()))
@@ -211,12 +209,12 @@ def test_precise_pass_matches_its_emulation_and_float32(n, d, K, standardize, ke
 @needs_amx
 def test_precise_pass_same_bits_for_any_thread_count_and_checks_its_level(kernels):
     x, y, w, b, mu, sg = problem(9000, 130, 21, seed=11, standardize=False)
-    outs = [_core.logreg_objective(x, None, None, 0, y, 21, 1e-4, w, b, mu, sg, 2, t) for t in (1, 2, 3)]
+    outs = [_core.logreg_objective(x, y=y, n_classes=21, l2=1e-4, w=w, b=b, mu=mu, sigma=sg, amx=2, n_threads=t) for t in (1, 2, 3)]
     for f, g in outs[1:]:
         assert f == outs[0][0] and g.tobytes() == outs[0][1].tobytes()
     for bad in (-1, 3):
         with pytest.raises(ValueError, match="amx must be"):
-            _core.logreg_objective(x, None, None, 0, y, 21, 1e-4, w, b, mu, sg, bad, 1)
+            _core.logreg_objective(x, y=y, n_classes=21, l2=1e-4, w=w, b=b, mu=mu, sigma=sg, amx=bad, n_threads=1)
 
 
 @needs_amx
@@ -226,8 +224,8 @@ def test_amx_pass_reads_strided_rows_and_leaves_inputs_alone(kernels):
     wide[:, :70] = x
     view = wide[:, :70]
     before = (wide.copy(), w.copy(), b.copy(), mu.copy(), sg.copy())
-    f1, g1 = _core.logreg_objective(view, None, None, 0, y, 9, 1e-3, w, b, mu, sg, True, 2)
-    f2, g2 = _core.logreg_objective(x, None, None, 0, y, 9, 1e-3, w, b, mu, sg, True, 2)
+    f1, g1 = _core.logreg_objective(view, y=y, n_classes=9, l2=1e-3, w=w, b=b, mu=mu, sigma=sg, amx=True, n_threads=2)
+    f2, g2 = _core.logreg_objective(x, y=y, n_classes=9, l2=1e-3, w=w, b=b, mu=mu, sigma=sg, amx=True, n_threads=2)
     assert f1 == f2 and g1.tobytes() == g2.tobytes()
     for a, c in zip(before, (wide, w, b, mu, sg)):
         assert a.tobytes() == c.tobytes()
@@ -236,18 +234,19 @@ def test_amx_pass_reads_strided_rows_and_leaves_inputs_alone(kernels):
 @needs_amx
 def test_amx_pass_same_bits_for_any_thread_count(kernels):
     x, y, w, b, mu, sg = problem(9000, 130, 21, seed=11)
-    outs = [_core.logreg_objective(x, None, None, 0, y, 21, 1e-4, w, b, mu, sg, True, t) for t in (1, 2, 3)]
+    outs = [_core.logreg_objective(x, y=y, n_classes=21, l2=1e-4, w=w, b=b, mu=mu, sigma=sg, amx=True, n_threads=t) for t in (1, 2, 3)]
     for f, g in outs[1:]:
         assert f == outs[0][0] and g.tobytes() == outs[0][1].tobytes()
 
 
 # ---- whole fits --------------------------------------------------------------------------
 
-def _fit(x, y, K, mu, sg, tol, threads=2):
+def _fit(x, y, K, mu, sg, tol, threads=2, kernels="auto"):
     w0 = np.zeros((x.shape[1], K), np.float32)
     b0 = np.zeros(K, np.float32)
     with single_blas():
-        return _core.logreg_fit(x, None, None, 0, y, K, 1e-4, tol, 1000, w0, b0, mu, sg, threads)
+        return _core.logreg_fit(x, y=y, n_classes=K, l2=1e-4, tol=tol, max_iter=1000, w0=w0, b0=b0, mu=mu, sigma=sg, n_threads=threads,
+                                kernels=kernels)
 
 
 @needs_amx
@@ -260,18 +259,16 @@ def test_amx_fit_reaches_the_float32_optimum(standardize, kernels):
     xe, ye, _, _, _, _ = problem(4000, 96, 12, seed=7, standardize=False)
     tol = 1e-5
     wa, ba, ita, ca, fa, ga = _fit(x, y, 12, mu, sg, tol)
-    _core.set_kernels("blas")
-    wb, bb, itb, cb, fb, gb = _fit(x, y, 12, mu, sg, tol)
-    _core.set_kernels("auto")
+    wb, bb, itb, cb, fb, gb = _fit(x, y, 12, mu, sg, tol, kernels="blas")
     assert ca and cb
     # the reported gradient is a float32 one: recompute it independently
-    f32, g32 = _core.logreg_objective(x, None, None, 0, y, 12, 1e-4, wa, ba, mu, sg, False, 2)
+    f32, g32 = _core.logreg_objective(x, y=y, n_classes=12, l2=1e-4, w=wa, b=ba, mu=mu, sigma=sg, amx=False, n_threads=2)
     assert abs(np.abs(g32).max() - ga) <= 1e-6
     assert ga <= tol or abs(fa - fb) <= 1e-6 * abs(fb)
     assert abs(fa - fb) <= 1e-5 * abs(fb)
     with single_blas():
-        _, pa = _core.logreg_predict(xe, None, None, 0, wa, ba, mu, sg, 2)
-        _, pb = _core.logreg_predict(xe, None, None, 0, wb, bb, mu, sg, 2)
+        _, pa = _core.logreg_predict(xe, w=wa, b=ba, mu=mu, sigma=sg, n_threads=2)
+        _, pb = _core.logreg_predict(xe, w=wb, b=bb, mu=mu, sigma=sg, n_threads=2)
     assert np.mean(pa == pb) >= 0.995
     assert abs(_core.accuracy(pa, ye) - _core.accuracy(pb, ye)) <= 0.003
 
@@ -297,7 +294,7 @@ def test_score_with_amx_matches_the_float32_score(kernels):
     xev = (means[yev] + rng.normal(size=(3000, d))).astype(np.float32)
     lib = xtr[rng.choice(10000, 64, replace=False)]
     ra = iis.score(xtr, ytr, xev, yev, lib, n_threads=2)
-    _core.set_kernels("blas")
+    kernels.setenv("IIS_KERNELS", "blas")
     rb = iis.score(xtr, ytr, xev, yev, lib, n_threads=2)
     assert abs(ra.iis - rb.iis) <= 0.005
     assert np.abs(ra.arr - rb.arr).max() <= 0.01
@@ -334,31 +331,29 @@ def test_amx_gram_matches_its_emulation(n, d, standardize, kernels):
     the AMX Gram is the Gram of the bf16-rounded design to float32 accumulation, and
     within the rounding (2^-8 of the largest entry) of the float32 syrk one."""
     x, _, _, _, mu, sg = problem(n, d, 3, seed=n + d, standardize=standardize)
-    got = _core.logreg_precond(x, mu, sg, 1e-3, 2, True)
+    got = _core.logreg_precond(x, mu=mu, sigma=sg, l2=1e-3, n_threads=2, amx=True)
     want = emulate_precond(x, mu, sg, 1e-3)
     assert got.shape == (d + 1, d + 1)
     np.testing.assert_array_equal(got, got.T)
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max())
-    exact_p = _core.logreg_precond(x, mu, sg, 1e-3, 2)
+    exact_p = _core.logreg_precond(x, mu=mu, sigma=sg, l2=1e-3, n_threads=2)
     assert np.abs(got - exact_p).max() <= 2 ** -8 * np.abs(exact_p).max()
     # inputs untouched, the same bits for any thread count
     x0 = x.copy()
     for nt in (1, 3):
-        assert _core.logreg_precond(x, mu, sg, 1e-3, nt, True).tobytes() == got.tobytes()
+        assert _core.logreg_precond(x, mu=mu, sigma=sg, l2=1e-3, n_threads=nt, amx=True).tobytes() == got.tobytes()
     np.testing.assert_array_equal(x, x0)
 
 
 def test_amx_gram_refused_where_it_does_not_apply(kernels):
     x, _, _, _, mu, sg = problem(600, 40, 3)
     with pytest.raises(ValueError, match="AMX Gram does not apply"):  # float64
-        _core.logreg_precond(x.astype(np.float64), None, None, 1e-3, 1, True)
-    _core.set_kernels("blas")
+        _core.logreg_precond(x.astype(np.float64), l2=1e-3, n_threads=1, amx=True)
     with pytest.raises(ValueError, match="AMX Gram does not apply"):
-        _core.logreg_precond(x, mu, sg, 1e-3, 1, True)
+        _core.logreg_precond(x, mu=mu, sigma=sg, l2=1e-3, n_threads=1, amx=True, kernels="blas")
     if not AMX:
-        _core.set_kernels("auto")
         with pytest.raises(ValueError, match="AMX Gram does not apply"):
-            _core.logreg_precond(x, mu, sg, 1e-3, 1, True)
+            _core.logreg_precond(x, mu=mu, sigma=sg, l2=1e-3, n_threads=1, amx=True)
 
 
 @needs_amx
@@ -374,11 +369,11 @@ def test_start_from_logits_on_the_tiles_is_the_least_squares_fit(standardize, ke
     xs = x.astype(np.float64)
     if standardize:
         xs = (xs - mu.astype(np.float64)) / sg.astype(np.float64)
-    P = _core.logreg_precond(x, mu, sg, l2, 2)
+    P = _core.logreg_precond(x, mu=mu, sigma=sg, l2=l2, n_threads=2)
     want = np.linalg.solve(P, np.hstack([xs, np.ones((20000, 1))]).T @ t.astype(np.float64) / 20000)
     w0, b0 = np.ones((64, 8), np.float32), np.ones(8, np.float32)
     with single_blas():
-        w, b, it, *_ = _core.logreg_fit(x, None, None, 0, y, 8, l2, 1e-5, 0, w0, b0, mu, sg, 2, True, t)
+        w, b, it, *_ = _core.logreg_fit(x, y=y, n_classes=8, l2=l2, tol=1e-5, max_iter=0, w0=w0, b0=b0, mu=mu, sigma=sg, n_threads=2, precondition=True, start_logits=t)
     assert it == 0
     scale = np.abs(want).max()
     np.testing.assert_allclose(w, want[:64], rtol=0, atol=5e-3 * scale)  # measured 1.6e-3, 2.0e-3
@@ -386,6 +381,6 @@ def test_start_from_logits_on_the_tiles_is_the_least_squares_fit(standardize, ke
     assert np.abs(w - want[:64]).max() > 0  # the tiles' rounding, not the float32 GEMM
     t[7, 2] = np.inf
     with single_blas():
-        w, b, *_ = _core.logreg_fit(x, None, None, 0, y, 8, l2, 1e-5, 0, w0, b0, mu, sg, 2, True, t)
+        w, b, *_ = _core.logreg_fit(x, y=y, n_classes=8, l2=l2, tol=1e-5, max_iter=0, w0=w0, b0=b0, mu=mu, sigma=sg, n_threads=2, precondition=True, start_logits=t)
     np.testing.assert_array_equal(w, w0)
     np.testing.assert_array_equal(b, b0)

@@ -56,9 +56,8 @@ if what in ("gram", "pass"):  # one long piece of a solver call on a wide design
     # K = 2,000 classes runs for about 15 s, each of its 4 row chunks for seconds
     K = 40 if what == "gram" else 2000
     yw = (np.arange(100000) % K).astype(np.int32)
-    work = lambda: iis._core.logreg_fit(wide, None, None, 0, yw, K, 1e-8, 1e-12, 10**6,
-                                        np.zeros((2000, K), np.float32), np.zeros(K, np.float32),
-                                        mu, sd, 1, what == "gram")
+    work = lambda: iis._core.logreg_fit(wide, y=yw, n_classes=K, l2=1e-8, tol=1e-12, max_iter=10**6,
+                                        mu=mu, sigma=sd, n_threads=1, precondition=int(what == "gram"))
 print("READY", flush=True)
 try:
     work()

@@ -77,7 +77,7 @@ def test_project_float32_no_float64_copy():
                                        (200, 0.98, False, 4), (200, 0.98, True, 3), (200, 0.0, True, 199),
                                        (10, 0.7, False, 3), (3, 0.9, True, 0), (1, 0.5, False, 1)])
 def test_keep_count(m, s, pub, k):
-    assert _core.keep_count(m, s, pub) == k == ref.keep_count(m, s, pub)
+    assert _core.keep_count(m, s, published=pub) == k == ref.keep_count(m, s, pub)
 
 
 def _with_ties(n, m, dtype, seed):
@@ -89,10 +89,8 @@ def _with_ties(n, m, dtype, seed):
 @pytest.fixture(params=["auto", "blas"])
 def mask_kernels(request):
     """Both row kernels of the masks: AVX-512 where the CPU has it ("auto") and the
-    portable loop ("blas"); restores the setting."""
-    prev = _core.set_kernels(request.param)
-    yield request.param
-    _core.set_kernels(prev)
+    portable loop ("blas"), passed as kernels= to the topk calls."""
+    return request.param
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -102,8 +100,8 @@ def mask_kernels(request):
 @pytest.mark.parametrize("m", [20, 32])
 def test_topk_matches_reference(dtype, soft, k, ties, m, mask_kernels):
     a = _with_ties(64, m, dtype, k) if ties else rand((64, m), dtype, k)
-    idx, val = _core.topk(a, k, soft, 0, 2)
-    dense = _core.topk(a, k, soft, 1, 2)
+    idx, val = _core.topk(a, k, soft=soft, dense=0, n_threads=2, kernels=mask_kernels)
+    dense = _core.topk(a, k, soft=soft, dense=1, n_threads=2, kernels=mask_kernels)
     exp_idx = ref.topk_index(a, k)
     np.testing.assert_array_equal(idx, exp_idx)
     expected = ref.mask(a, k, soft)
@@ -117,20 +115,20 @@ def test_topk_matches_reference(dtype, soft, k, ties, m, mask_kernels):
 
 def test_topk_one_row_one_column_and_empty():
     a = np.array([[0.5]], np.float64)
-    idx, val = _core.topk(a, 1, False, 0, 1)
+    idx, val = _core.topk(a, 1, soft=False, dense=0, n_threads=1)
     assert idx.tolist() == [[0]] and val.tolist() == [[0.5]]
     e = np.zeros((0, 4), np.float32)
-    idx, val = _core.topk(e, 2, False, 0, 1)
+    idx, val = _core.topk(e, 2, soft=False, dense=0, n_threads=1)
     assert idx.shape == (0, 2)
     with pytest.raises(ValueError):
-        _core.topk(a, 2, False, 0, 1)
+        _core.topk(a, 2, soft=False, dense=0, n_threads=1)
 
 
 def test_topk_ties_lower_index_wins():
     a = np.array([[1.0, -1.0, 1.0, 0.5, -1.0]])
-    idx, _ = _core.topk(a, 2, False, 0, 1)
+    idx, _ = _core.topk(a, 2, soft=False, dense=0, n_threads=1)
     assert idx.tolist() == [[0, 1]]
-    idx, _ = _core.topk(a, 3, False, 0, 1)
+    idx, _ = _core.topk(a, 3, soft=False, dense=0, n_threads=1)
     assert idx.tolist() == [[0, 1, 2]]
 
 
@@ -142,10 +140,10 @@ def test_topk_wide_rows_with_many_ties(dtype, soft, mask_kernels):
     rng = np.random.default_rng(11)
     a = rng.integers(-3, 4, size=(40, 257)).astype(dtype) * dtype(0.25)
     for k in (1, 2, 37, 128, 200, 256, 257):
-        idx, val = _core.topk(a, k, soft, 0, 2)
+        idx, val = _core.topk(a, k, soft=soft, dense=0, n_threads=2, kernels=mask_kernels)
         np.testing.assert_array_equal(idx, ref.topk_index(a, k))
         expected = ref.mask(a, k, soft)
-        np.testing.assert_array_equal(_core.topk(a, k, soft, 1, 2), expected)
+        np.testing.assert_array_equal(_core.topk(a, k, soft=soft, dense=1, n_threads=2, kernels=mask_kernels), expected)
         np.testing.assert_array_equal(val, np.take_along_axis(expected, idx.astype(np.int64), axis=1))
 
 
@@ -166,10 +164,10 @@ def test_topk_across_the_whole_range_of_magnitudes(dtype, soft, mask_kernels):
     rows += [np.full(16, dtype(2.5)), np.full(16, dtype(-sub)), np.zeros(16, dtype)]
     a = np.array(rows, dtype=dtype)
     for k in range(0, 17):
-        idx, val = _core.topk(a, k, soft, 0, 2)
+        idx, val = _core.topk(a, k, soft=soft, dense=0, n_threads=2, kernels=mask_kernels)
         np.testing.assert_array_equal(idx, ref.topk_index(a, k))
         expected = ref.mask(a, k, soft)
-        got = _core.topk(a, k, soft, 1, 2)
+        got = _core.topk(a, k, soft=soft, dense=1, n_threads=2, kernels=mask_kernels)
         if soft:  # |a| - tau is formed in the input's precision
             np.testing.assert_allclose(got, expected, rtol=2 * fi.eps, atol=0)
         else:
@@ -190,10 +188,9 @@ def test_logreg_matches_scipy_reference(dtype):
     x, y = _design(400, 8, 3, dtype, 0)
     l2 = 1e-2
     tol = 1e-6 if dtype == np.float32 else 1e-10
-    w, b, it, conv, loss, gmax = _core.logreg_fit(x, None, None, 0, y, 3, l2, tol, 2000,
-                                                  np.zeros((8, 3), dtype), np.zeros(3, dtype), None, None, 1)
+    w, b, it, conv, loss, gmax, _ = _core.logreg_fit(x, y=y, n_classes=3, l2=l2, tol=tol, max_iter=2000, w0=np.zeros((8, 3), dtype), b0=np.zeros(3, dtype), n_threads=1)
     rw, rb = ref.logreg_fit(x, y, 3, l2)
-    assert conv
+    assert conv == (gmax <= tol) and (conv or dtype == np.float32)  # float32 may stop at its floor
     f_core = ref.logreg_objective(w.astype(np.float64), b.astype(np.float64), x, y, l2)
     f_ref = ref.logreg_objective(rw, rb, x, y, l2)
     assert f_core <= f_ref + (1e-6 if dtype == np.float32 else 1e-10)
@@ -213,8 +210,8 @@ def test_logreg_implicit_standardisation_equals_explicit(dtype):
     w1, b1, *_ = _core.logreg_fit(xs, None, None, 0, y, *args, None, None, 1)
     w2, b2, *_ = _core.logreg_fit(x.astype(dtype), None, None, 0, y, *args, mu.astype(dtype), sd.astype(dtype), 1)
     np.testing.assert_allclose(w1, w2, atol=2e-3 if dtype == np.float32 else 1e-6)
-    l1, p1 = _core.logreg_predict(xs, None, None, 0, w1, b1, None, None, 1)
-    l2_, p2 = _core.logreg_predict(x.astype(dtype), None, None, 0, w2, b2, mu.astype(dtype), sd.astype(dtype), 1)
+    l1, p1 = _core.logreg_predict(xs, w=w1, b=b1, n_threads=1)
+    l2_, p2 = _core.logreg_predict(x.astype(dtype), w=w2, b=b2, mu=mu.astype(dtype), sigma=sd.astype(dtype), n_threads=1)
     assert np.mean(p1 == p2) > 0.99
 
 
@@ -223,8 +220,8 @@ def test_logreg_sparse_design_equals_dense(dtype):
     a = rand((500, 30), dtype, 3)
     y = np.random.default_rng(3).integers(0, 5, 500).astype(np.int32)
     k = 4
-    idx, val = _core.topk(a, k, False, 0, 1)
-    dense = _core.topk(a, k, False, 1, 1)
+    idx, val = _core.topk(a, k, soft=False, dense=0, n_threads=1)
+    dense = _core.topk(a, k, soft=False, dense=1, n_threads=1)
     # max|grad| <= tol bounds the distance to the optimum by about tol / l2 only: float64
     # solves to 1e-10 so that the two designs' fits must agree to 1e-6
     tol = 1e-7 if dtype == np.float32 else 1e-10
@@ -232,8 +229,8 @@ def test_logreg_sparse_design_equals_dense(dtype):
     ws, bs, *_ = _core.logreg_fit(None, idx, val, 30, *args)
     wd, bd, *_ = _core.logreg_fit(dense, None, None, 0, *args)
     np.testing.assert_allclose(ws, wd, atol=2e-3 if dtype == np.float32 else 1e-6)
-    ls, ps = _core.logreg_predict(None, idx, val, 30, ws, bs, None, None, 1)
-    ld, pd = _core.logreg_predict(dense, None, None, 0, ws, bs, None, None, 1)
+    ls, ps = _core.logreg_predict(None, idx=idx, val=val, d=30, w=ws, b=bs, n_threads=1)
+    ld, pd = _core.logreg_predict(dense, w=ws, b=bs, n_threads=1)
     np.testing.assert_allclose(ls, ld, atol=1e-4)
     np.testing.assert_array_equal(ps, np.argmax(ld, axis=1))
 
@@ -248,17 +245,15 @@ def test_logreg_warm_start_converges_faster():
 
 def test_logreg_iteration_cap_reports_not_converged():
     x, y = _design(300, 10, 4, np.float64, 6)
-    *_, it, conv, loss, gmax = _core.logreg_fit(x, None, None, 0, y, 4, 0.0, 1e-12, 3, np.zeros((10, 4)),
-                                                np.zeros(4), None, None, 1)
+    *_, it, conv, loss, gmax, _ = _core.logreg_fit(x, y=y, n_classes=4, l2=0.0, tol=1e-12, max_iter=3, w0=np.zeros((10, 4)), b0=np.zeros(4), n_threads=1)
     assert it == 3 and not conv and gmax > 1e-12
 
 
 def test_logreg_one_class_and_one_sample():
     x = np.ones((1, 3))
     y = np.zeros(1, np.int32)
-    w, b, it, conv, loss, _ = _core.logreg_fit(x, None, None, 0, y, 2, 1e-2, 1e-8, 500, np.zeros((3, 2)),
-                                               np.zeros(2), None, None, 1)
-    _, pred = _core.logreg_predict(x, None, None, 0, w, b, None, None, 1)
+    w, b, it, conv, loss, _, _ = _core.logreg_fit(x, y=y, n_classes=2, l2=1e-2, tol=1e-8, max_iter=500, w0=np.zeros((3, 2)), b0=np.zeros(2), n_threads=1)
+    _, pred = _core.logreg_predict(x, w=w, b=b, n_threads=1)
     assert conv and pred.tolist() == [0]
 
 
@@ -268,7 +263,7 @@ def test_kmeans_fixed_point_and_inertia(dtype):
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(5, 6)) * 6
     x = (centers[rng.integers(0, 5, 1000)] + rng.normal(size=(1000, 6))).astype(dtype)
-    c, lab, inertia, it = _core.kmeans(x, 5, 3, 300, 1e-8, 2)
+    c, lab, inertia, it = _core.kmeans(x, 5, seed=3, max_iter=300, tol=1e-8, n_threads=2)
     rlab, rd = ref.kmeans_assign(x, c)
     np.testing.assert_array_equal(lab, rlab)
     assert inertia == pytest.approx(rd.sum(), rel=1e-4)
@@ -285,10 +280,10 @@ def test_kmeans_fixed_point_and_inertia(dtype):
 
 def test_kmeans_deterministic_and_k_equals_n():
     x = np.random.default_rng(1).normal(size=(50, 3))
-    a = _core.kmeans(x, 7, 11, 100, 1e-6, 1)
-    b = _core.kmeans(x, 7, 11, 100, 1e-6, 2)
+    a = _core.kmeans(x, 7, seed=11, max_iter=100, tol=1e-6, n_threads=1)
+    b = _core.kmeans(x, 7, seed=11, max_iter=100, tol=1e-6, n_threads=2)
     np.testing.assert_array_equal(a[0], b[0])
-    c, lab, inertia, _ = _core.kmeans(x[:6], 6, 0, 100, 1e-6, 1)
+    c, lab, inertia, _ = _core.kmeans(x[:6], 6, seed=0, max_iter=100, tol=1e-6, n_threads=1)
     assert inertia == pytest.approx(0.0, abs=1e-12) and sorted(lab.tolist()) == list(range(6))
 
 
@@ -307,7 +302,7 @@ def test_trapezoid_and_accuracy():
 # ---------------------------------------------------------------- one solver pass
 def _pass_at(x, idx, val, d, y, K, w, b, mu=None, sd=None, nt=2):
     """(loss, max |grad|) of the core at (w, b): max_iter=0 evaluates one pass."""
-    *_, it, conv, loss, gmax = _core.logreg_fit(x, idx, val, d, y, K, 1e-3, 1e-30, 0, w, b, mu, sd, nt)
+    *_, it, conv, loss, gmax, _ = _core.logreg_fit(x, idx=idx, val=val, d=d, y=y, n_classes=K, l2=1e-3, tol=1e-30, max_iter=0, w0=w, b0=b, mu=mu, sigma=sd, n_threads=nt)
     assert it == 0
     return loss, gmax
 
@@ -334,7 +329,7 @@ def test_one_pass_loss_and_gradient_float32_vs_float64_reference(scale):
     assert abs(g32 - g_ref) <= 2e-5 * max(1.0, g_ref)
     # the k-sparse (ELL) pass gives the same numbers on the masked design
     k = 5
-    i32, v32 = _core.topk(x.astype(np.float32), k, False, 0, 1)
+    i32, v32 = _core.topk(x.astype(np.float32), k, soft=False, dense=0, n_threads=1)
     xm = ref.mask(x.astype(np.float32), k).astype(np.float64)
     fe, ge = _pass_at(None, i32, v32, d, y, K, w.astype(np.float32), b.astype(np.float32))
     fm = ref.logreg_objective(w, b, xm, y, 1e-3)
@@ -359,13 +354,13 @@ def test_project_reports_max_abs_of_the_features(dtype):
     f = rand((5000, 33), dtype, 8)
     f[4321, 7] = -12.5
     p = ref.unit(rand((6, 33), dtype, 9)).astype(dtype)
-    a, mx = _core.project(f, p, 0, None, None, 2, True)
+    a, mx = _core.project(f, p, norm=0, n_threads=2, check=True)
     assert mx == 12.5
-    np.testing.assert_array_equal(a, _core.project(f, p, 0, None, None, 2))
+    np.testing.assert_array_equal(a, _core.project(f, p, norm=0, n_threads=2))
     for bad in (np.nan, np.inf, -np.inf):
         g = f.copy()
         g[3000, 32] = bad
-        _, mx = _core.project(g, p, 1, None, None, 2, True)
+        _, mx = _core.project(g, p, norm=1, n_threads=2, check=True)
         assert np.isnan(mx)
 
 
@@ -404,15 +399,15 @@ def test_path_in_place_refuses_shared_or_read_only_arrays():
     y = (np.arange(50) % 3).astype(np.int32)
     s = np.array([0.0, 0.5])
     with pytest.raises(ValueError, match="separate, writable"):
-        _core.path(a, y, a, y, 3, s, False, False, 1e-2, 1e-4, 20, 1, None, True)
+        _core.path(a, y, a, y, n_classes=3, sparsities=s, soft=False, published=False, l2=1e-2, tol=1e-4, max_iter=20, n_threads=1, overwrite=True)
     with pytest.raises(ValueError, match="separate, writable"):
-        _core.path(a, y, a[10:], y[10:], 3, s, False, False, 1e-2, 1e-4, 20, 1, None, True)
+        _core.path(a, y, a[10:], y[10:], n_classes=3, sparsities=s, soft=False, published=False, l2=1e-2, tol=1e-4, max_iter=20, n_threads=1, overwrite=True)
     ro = a.copy()
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="separate, writable"):
-        _core.path(ro, y, a.copy(), y, 3, s, False, False, 1e-2, 1e-4, 20, 1, None, True)
+        _core.path(ro, y, a.copy(), y, n_classes=3, sparsities=s, soft=False, published=False, l2=1e-2, tol=1e-4, max_iter=20, n_threads=1, overwrite=True)
     soft_in = a.copy()
-    _core.path(soft_in, y, a.copy(), y, 3, s, True, False, 1e-2, 1e-4, 20, 1, None, True)
+    _core.path(soft_in, y, a.copy(), y, n_classes=3, sparsities=s, soft=True, published=False, l2=1e-2, tol=1e-4, max_iter=20, n_threads=1, overwrite=True)
     np.testing.assert_array_equal(soft_in, a)  # soft masks are never applied in place
 
 
@@ -439,7 +434,7 @@ def test_precond_matrix_matches_numpy(dtype, standardise):
     xa = np.hstack([xs, np.ones((n, 1))])
     want = xa.T @ xa / n
     want[np.diag_indices(d + 1)] += 0.01 * np.trace(want[:d, :d]) / d + np.r_[np.full(d, l2), 0.0]
-    got = _core.logreg_precond(x, mu, sd, l2, 2)
+    got = _core.logreg_precond(x, mu=mu, sigma=sd, l2=l2, n_threads=2)
     assert got.shape == (d + 1, d + 1) and got.dtype == np.float64
     np.testing.assert_array_equal(got, got.T)
     np.testing.assert_allclose(got, want, rtol=1e-4 if dtype == np.float32 else 1e-12,
@@ -452,14 +447,15 @@ def test_preconditioned_solver_same_optimum_and_converges_where_plain_stalls():
     fraction of that to the same optimum (objective and predictions)."""
     x, y = _digits(np.float64)
     args = (10, 1e-3, 1e-8, 3000, np.zeros((64, 10)), np.zeros(10), None, None, 2)
-    wp, bp, it_p, conv_p, f_p, g_p = _core.logreg_fit(x, None, None, 0, y, *args, True)
-    wn, bn, it_n, conv_n, f_n, g_n = _core.logreg_fit(x, None, None, 0, y, *args, False)
-    assert conv_p and g_p < 1e-7 and it_p < 1000  # (the relative-decrease rule stopped it)
+    wp, bp, it_p, conv_p, f_p, g_p, stop_p = _core.logreg_fit(x, None, None, 0, y, *args, True)
+    wn, bn, it_n, conv_n, f_n, g_n, _ = _core.logreg_fit(x, None, None, 0, y, *args, False)
+    assert g_p < 1e-7 and it_p < 1000 and conv_p == (g_p <= 1e-8)
+    assert conv_p or stop_p == 3  # (or the relative-decrease rule stopped it)
     assert it_n > 2 * it_p and g_n > 100 * g_p
     f_ref = ref.logreg_objective(wp, bp, x, y, 1e-3)
     assert abs(f_p - f_ref) < 1e-12 and f_p <= f_n + 1e-12
-    np.testing.assert_array_equal(_core.logreg_predict(x, None, None, 0, wp, bp, None, None, 1)[1],
-                                  _core.logreg_predict(x, None, None, 0, wn, bn, None, None, 1)[1])
+    np.testing.assert_array_equal(_core.logreg_predict(x, w=wp, b=bp, n_threads=1)[1],
+                                  _core.logreg_predict(x, w=wn, b=bn, n_threads=1)[1])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -470,11 +466,10 @@ def test_preconditioned_probe_matches_plain_optimum(dtype):
     mu, sd = (v.astype(dtype) for v in ref.colstats(x.astype(np.float64)))
     tol = 1e-5 if dtype == np.float32 else 1e-9
     args = (10, 1e-3, tol, 3000, np.zeros((64, 10), dtype), np.zeros(10, dtype), mu, sd, 2)
-    wp, bp, it_p, conv_p, f_p, _ = _core.logreg_fit(x, None, None, 0, y, *args, True)
-    wn, bn, it_n, conv_n, f_n, _ = _core.logreg_fit(x, None, None, 0, y, *args, False)
-    assert conv_p and conv_n and it_p <= it_n
-    assert abs(f_p - f_n) < (2e-5 if dtype == np.float32 else 1e-10)
+    wp, bp, it_p, conv_p, f_p, _, _ = _core.logreg_fit(x, None, None, 0, y, *args, True)
+    wn, bn, it_n, conv_n, f_n, _, _ = _core.logreg_fit(x, None, None, 0, y, *args, False)
     xs = (x.astype(np.float64) - mu) / sd
+    ref.assert_same_optimum([(wp, bp), (wn, bn)], xs, y, 1e-3)
     np.testing.assert_allclose(wp / sd[:, None] * sd[:, None], wn, atol=3e-2 if dtype == np.float32 else 1e-4)
     pp = np.argmax(xs @ wp + bp, 1)
     pn = np.argmax(xs @ wn + bn, 1)
@@ -492,16 +487,15 @@ def test_preconditioned_path_on_layernorm_activations(dtype):
     s = np.array([0.0, 0.1, 0.3, 0.5, 0.7, 0.9])
 
     def run(dt, tol, precondition):
-        a = _core.project(x.astype(dt), lib.unit().astype(dt), 1, None, None, 2)
+        a = _core.project(x.astype(dt), lib.unit().astype(dt), norm=1, n_threads=2)
         atr, ytr, aev, yev = a[::2].copy(), y[::2].copy(), a[1::2].copy(), y[1::2].copy()
         args = (10, s, False, False, 1e-3, tol, 3000, 2, None, False)
         return _core.path(atr, ytr, aev, yev, *args, precondition), len(yev)
 
-    (acc_ref, _, _, conv_ref), n_ev = run(np.float64, 1e-10, True)
+    (acc_ref, _, _, _, _), n_ev = run(np.float64, 1e-10, True)
     tol = 1e-5 if dtype == np.float32 else 1e-8
-    (acc_p, _, it_p, conv_p), _ = run(dtype, tol, True)
-    (acc_n, _, it_n, conv_n), _ = run(dtype, tol, False)
-    assert conv_ref.all() and conv_p.all() and conv_n.all()
+    (acc_p, _, it_p, _, _), _ = run(dtype, tol, True)
+    (acc_n, _, it_n, _, _), _ = run(dtype, tol, False)
     assert np.abs(acc_p - acc_ref).max() <= 2 / n_ev
     # the plain float32 solver can stop earlier on the relative-decrease rule (4 eval
     # digits off at s = 0.5 measured); float64 is within one
@@ -521,25 +515,24 @@ def _classes(dtype, n=6000, d=40, K=20, seed=40):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_class_blocks_same_optimum_in_fewer_iterations(dtype):
+def test_class_blocks_same_optimum(dtype):
     """precondition=1 (the Gram, then from iteration 3 the per-class Hessian blocks)
-    reaches the optimum of precondition=2 (the Gram only) and of plain L-BFGS in fewer
-    iterations: same objective, same predictions, same weights."""
+    reaches the optimum of precondition=2 (the Gram only) and of plain L-BFGS: each fit's
+    gradient is what it reports, and objectives and weights agree within the bounds
+    that l2-strong convexity gives from those gradients (ref.assert_same_optimum).
+    (Iteration counts: benchmarks/, not here.)"""
     x, y = _classes(dtype)
-    K = 20
+    K, l2 = 20, 1e-3
     tol = 1e-5 if dtype == np.float32 else 1e-9
-    args = (K, 1e-3, tol, 3000, np.zeros((40, K), dtype), np.zeros(K, dtype), None, None, 2)
+    args = (K, l2, tol, 3000, np.zeros((40, K), dtype), np.zeros(K, dtype), None, None, 2)
     fits = {pc: _core.logreg_fit(x, None, None, 0, y, *args, pc) for pc in (0, 1, 2)}
-    for pc, (w, b, it, conv, f, g) in fits.items():  # (0 and 2 may stop on the relative decrease)
-        assert conv and (g <= tol or pc != 1), pc
-    (wb, bb, it_b, _, f_b, _), (wg, bg, it_g, _, f_g, _) = fits[1], fits[2]
-    assert it_b < it_g < fits[0][2]
-    f_ref = ref.logreg_objective(wb.astype(np.float64), bb.astype(np.float64), x.astype(np.float64), y, 1e-3)
-    assert abs(f_b - f_ref) < (1e-5 if dtype == np.float32 else 1e-12)
-    assert abs(f_b - f_g) < (2e-6 if dtype == np.float32 else 1e-12)
-    np.testing.assert_allclose(wb, wg, atol=5e-3 if dtype == np.float32 else 1e-5)
-    pb = _core.logreg_predict(x, None, None, 0, wb, bb, None, None, 1)[1]
-    pg = _core.logreg_predict(x, None, None, 0, wg, bg, None, None, 1)[1]
+    opt = ref.assert_same_optimum([(f[0], f[1]) for f in fits.values()], x, y, l2)
+    for (w, b, it, conv, f, g, _), (f_ref, g_ref, _, _) in zip(fits.values(), opt):
+        assert abs(g_ref - g) <= ref.grad_rounding(x, dtype)
+        assert abs(f - f_ref) <= 1e2 * np.finfo(dtype).eps * f_ref
+    assert fits[1][5] <= tol
+    pb = _core.logreg_predict(x, w=fits[1][0], b=fits[1][1], n_threads=1)[1]
+    pg = _core.logreg_predict(x, w=fits[2][0], b=fits[2][1], n_threads=1)[1]
     assert np.mean(pb == pg) >= 0.999
 
 
@@ -550,7 +543,7 @@ def test_class_blocks_keep_the_softmax_invariant_direction():
     the Gram-only fit does (without that, 2e-5 off at tol 1e-7 on this problem)."""
     a = rand((500, 30), np.float64, 3)
     y = np.random.default_rng(3).integers(0, 5, 500).astype(np.int32)
-    dense = _core.topk(a, 4, False, 1, 1)
+    dense = _core.topk(a, 4, soft=False, dense=1, n_threads=1)
     args = (y, 5, 1e-3, 1e-7, 3000, np.zeros((30, 5)), np.zeros(5), None, None, 2)
     wb = _core.logreg_fit(dense, None, None, 0, *args, 1)[0]
     wg = _core.logreg_fit(dense, None, None, 0, *args, 2)[0]
@@ -563,7 +556,7 @@ def test_class_blocks_same_bits_for_any_thread_count(dtype):
     """Dense and k-sparse designs: each class's rows, block and solve are one thread's
     work in a fixed order, so 1, 2 and 3 threads give the same bits."""
     x, y = _classes(dtype, n=5000)
-    idx, val = _core.topk(x, 8, False, 0, 1)
+    idx, val = _core.topk(x, 8, soft=False, dense=0, n_threads=1)
     for design in ((x, None, None, 0), (None, idx, val, 40)):
         outs = [_core.logreg_fit(*design, y, 20, 1e-3, 1e-6, 500, np.zeros((40, 20), dtype),
                                  np.zeros(20, dtype), None, None, nt, 1) for nt in (1, 2, 3)]
@@ -577,23 +570,20 @@ def test_class_blocks_on_ell_designs_same_optimum():
     """k-sparse rows (the path's high ratios): the blocks are built from the scattered
     rows and the ELL Gram; the fit reaches the dense design's optimum."""
     x, y = _classes(np.float64)
-    idx, val = _core.topk(x, 6, False, 0, 1)
-    dense = _core.topk(x, 6, False, 1, 1)
+    idx, val = _core.topk(x, 6, soft=False, dense=0, n_threads=1)
+    dense = _core.topk(x, 6, soft=False, dense=1, n_threads=1)
     args = (y, 20, 1e-3, 1e-10, 3000, np.zeros((40, 20)), np.zeros(20), None, None, 2)
-    ws, bs, it_s, conv_s, f_s, _ = _core.logreg_fit(None, idx, val, 40, *args, 1)
-    wd, bd, it_d, conv_d, f_d, _ = _core.logreg_fit(dense, None, None, 0, *args, 2)
+    ws, bs, it_s, conv_s, f_s, _, _ = _core.logreg_fit(None, idx, val, 40, *args, 1)
+    wd, bd, it_d, conv_d, f_d, _, _ = _core.logreg_fit(dense, None, None, 0, *args, 2)
     _, _, it_plain, *_ = _core.logreg_fit(None, idx, val, 40, *args, 0)
-    assert conv_s and conv_d and abs(f_s - f_d) < 1e-12 and it_s < it_plain
-    np.testing.assert_allclose(ws, wd, atol=1e-5)
-    np.testing.assert_allclose(bs, bd, atol=1e-5)
+    ref.assert_same_optimum([(ws, bs), (wd, bd)], dense, y, 1e-3)
 
 
 @pytest.mark.parametrize("bad", [-1, 3])
 def test_precondition_level_checked(bad):
     x, y = _classes(np.float64, n=200)
     with pytest.raises(ValueError, match="precondition"):
-        _core.logreg_fit(x, None, None, 0, y, 20, 1e-3, 1e-6, 10, np.zeros((40, 20)), np.zeros(20),
-                         None, None, 1, bad)
+        _core.logreg_fit(x, y=y, n_classes=20, l2=1e-3, tol=1e-6, max_iter=10, w0=np.zeros((40, 20)), b0=np.zeros(20), n_threads=1, precondition=bad)
 
 
 def test_solver_runs_plain_when_the_table_lacks_syrk_trsm_potrf():
@@ -610,7 +600,7 @@ def test_solver_runs_plain_when_the_table_lacks_syrk_trsm_potrf():
         assert not _core.config()["precondition_set"]
         gemm_only = _core.logreg_fit(x, None, None, 0, y, *args, True)
         with pytest.raises(RuntimeError):
-            _core.logreg_precond(x, None, None, 1e-3, 1)
+            _core.logreg_precond(x, l2=1e-3, n_threads=1)
     finally:
         _blas.install()
     assert _core.config()["precondition_set"]
@@ -625,7 +615,7 @@ def test_preconditioner_skipped_when_the_gram_overflows():
     rng = np.random.default_rng(30)
     x = (rng.normal(size=(300, 5)) * 1e20).astype(np.float32)
     y = (np.arange(300) % 3).astype(np.int32)
-    assert not np.isfinite(_core.logreg_precond(x, None, None, 1e-3, 1)).all()
+    assert not np.isfinite(_core.logreg_precond(x, l2=1e-3, n_threads=1)).all()
     args = (3, 1e-3, 1e-6, 50, np.zeros((5, 3), np.float32), np.zeros(3, np.float32), None, None, 1)
     pre = _core.logreg_fit(x, None, None, 0, y, *args, True)
     plain = _core.logreg_fit(x, None, None, 0, y, *args, False)
@@ -651,10 +641,10 @@ def test_start_logits_is_the_least_squares_fit(dtype, standardise):
         mu, sd = (v.astype(dtype) for v in ref.colstats(x.astype(np.float64)))
         xs = (xs - mu) / sd
     l2 = 1e-3
-    P = _core.logreg_precond(x, mu, sd, l2, 2)
+    P = _core.logreg_precond(x, mu=mu, sigma=sd, l2=l2, n_threads=2)
     want = np.linalg.solve(P, np.hstack([xs, np.ones((n, 1))]).T @ t.astype(np.float64) / n)
     w0, b0, t0 = np.ones((d, K), dtype), np.ones(K, dtype), t.copy()
-    w, b, it, *_ = _core.logreg_fit(x, None, None, 0, y, K, l2, 1e-5, 0, w0, b0, mu, sd, 2, True, t)
+    w, b, it, *_ = _core.logreg_fit(x, y=y, n_classes=K, l2=l2, tol=1e-5, max_iter=0, w0=w0, b0=b0, mu=mu, sigma=sd, n_threads=2, precondition=True, start_logits=t)
     assert it == 0
     tol = 2e-4 if dtype == np.float32 else 1e-9
     np.testing.assert_allclose(w, want[:d], rtol=tol, atol=tol * np.abs(want).max())
@@ -671,9 +661,8 @@ def test_start_logits_reaches_the_same_optimum_in_fewer_iterations():
     x, y = _digits(np.float64)
     mu, sd = ref.colstats(x)
     lib = iis.ConceptLibrary.prototype(x[::3], y[::3], n_concepts=40, seed=0)
-    a = _core.project(x, lib.unit(), 1, None, None, 2)
-    wa, ba, *_ = _core.logreg_fit(a, None, None, 0, y, 10, 1e-3, 1e-8, 2000, np.zeros((40, 10)),
-                                  np.zeros(10), None, None, 2)
+    a = _core.project(x, lib.unit(), norm=1, n_threads=2)
+    wa, ba, *_ = _core.logreg_fit(a, y=y, n_classes=10, l2=1e-3, tol=1e-8, max_iter=2000, w0=np.zeros((40, 10)), b0=np.zeros(10), n_threads=2)
     t = a @ wa + ba
     args = (10, 1e-3, 1e-8, 2000, np.zeros((64, 10)), np.zeros(10), mu, sd)
     cold = _core.logreg_fit(x, None, None, 0, y, *args, 2)
@@ -716,24 +705,107 @@ def test_path_returns_the_first_ratios_train_logits(dtype):
     that ratio alone and predicting on its (unmasked) train activations."""
     x, y = _digits(np.float64)
     lib = iis.ConceptLibrary.prototype(x[::2], y[::2], n_concepts=30, seed=0)
-    a = _core.project(x.astype(dtype), lib.unit().astype(dtype), 1, None, None, 2)
+    a = _core.project(x.astype(dtype), lib.unit().astype(dtype), norm=1, n_threads=2)
     atr, ytr, aev, yev = a[::2].copy(), y[::2].copy(), a[1::2].copy(), y[1::2].copy()
     s = np.array([0.0, 0.5, 0.9])
     lg = np.full((len(ytr), 10), np.nan, dtype)
-    _core.path(atr.copy(), ytr, aev.copy(), yev, 10, s, False, False, 1e-3, 1e-5, 500, 2, None, True,
-               True, lg)
-    w, b, *_ = _core.logreg_fit(atr, None, None, 0, ytr, 10, 1e-3, 1e-5, 500, np.zeros((30, 10), dtype),
-                                np.zeros(10, dtype), None, None, 2)
-    want, _ = _core.logreg_predict(atr, None, None, 0, w, b, None, None, 2)
+    _core.path(atr.copy(), ytr, aev.copy(), yev, n_classes=10, sparsities=s, soft=False, published=False, l2=1e-3, tol=1e-5, max_iter=500, n_threads=2, overwrite=True, precondition=True, train_logits0=lg)
+    w, b, *_ = _core.logreg_fit(atr, y=ytr, n_classes=10, l2=1e-3, tol=1e-5, max_iter=500, w0=np.zeros((30, 10), dtype), b0=np.zeros(10, dtype), n_threads=2)
+    want, _ = _core.logreg_predict(atr, w=w, b=b, n_threads=2)
     np.testing.assert_array_equal(lg, want)
     with pytest.raises(ValueError, match="train_logits0 must be"):
-        _core.path(atr.copy(), ytr, aev.copy(), yev, 10, s, False, False, 1e-3, 1e-5, 5, 2, None, True,
-                   True, np.zeros((len(ytr), 9), dtype))
+        _core.path(atr.copy(), ytr, aev.copy(), yev, n_classes=10, sparsities=s, soft=False, published=False, l2=1e-3, tol=1e-5, max_iter=5, n_threads=2, overwrite=True, precondition=True, train_logits0=np.zeros((len(ytr), 9), dtype))
     ro = np.zeros((len(ytr), 10), dtype)
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="writable"):
-        _core.path(atr.copy(), ytr, aev.copy(), yev, 10, s, False, False, 1e-3, 1e-5, 5, 2, None, True,
-                   True, ro)
+        _core.path(atr.copy(), ytr, aev.copy(), yev, n_classes=10, sparsities=s, soft=False, published=False, l2=1e-3, tol=1e-5, max_iter=5, n_threads=2, overwrite=True, precondition=True, train_logits0=ro)
     with pytest.raises(ValueError, match="start_logits must be"):
-        _core.logreg_fit(atr, None, None, 0, ytr, 10, 1e-3, 1e-5, 5, np.zeros((30, 10), dtype),
-                         np.zeros(10, dtype), None, None, 2, True, np.zeros((3, 10), dtype))
+        _core.logreg_fit(atr, y=ytr, n_classes=10, l2=1e-3, tol=1e-5, max_iter=5, w0=np.zeros((30, 10), dtype), b0=np.zeros(10, dtype), n_threads=2, precondition=True, start_logits=np.zeros((3, 10), dtype))
+
+
+def _topk_index_nan_largest(a, k):
+    """Reference top-k where a NaN counts as the largest magnitude (above Inf), ties to
+    the lower index; columns in ascending order."""
+    out = np.empty((a.shape[0], k), np.int32)
+    for i, r in enumerate(a):
+        nan = np.isnan(r)
+        mag = np.where(nan, 0.0, np.abs(np.where(nan, 0, r))).astype(np.float64)
+        order = np.lexsort((np.arange(len(r)), -mag, ~nan))  # last key sorts first
+        out[i] = np.sort(order[:k])
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("soft", [False, True])
+def test_topk_with_nan_and_all_zero_rows_is_defined(dtype, soft, mask_kernels):
+    """No kernel trusts that its input was checked: NaN magnitudes (any payload, either
+    sign) rank above every number, ties to the lower index, and all-zero rows keep their
+    first k columns; every index is written and in range, with either kernel."""
+    rng = np.random.default_rng(17)
+    m = 40
+    a = rng.normal(size=(24, m)).astype(dtype)
+    a[0, [3, 17, 30]] = np.nan
+    a[1, :] = np.nan
+    a[2, :] = 0.0
+    a[3, [0, 5]] = [np.inf, np.nan]
+    a[4, 7] = -np.nan
+    bits = a.view(np.uint32 if dtype == np.float32 else np.uint64)
+    bits[5, 9] = (0x7f800001 if dtype == np.float32 else 0x7ff0000000000001)  # a signalling payload
+    bits[5, 11] = (0xffc00123 if dtype == np.float32 else 0xfff8000000000123)
+    a[6, :] = -0.0
+    for k in (0, 1, 2, 3, 5, 39, 40):
+        idx, val = _core.topk(a, k, soft=soft, n_threads=2, kernels=mask_kernels)
+        want = _topk_index_nan_largest(a, k)
+        np.testing.assert_array_equal(idx, want)
+        dense = _core.topk(a, k, soft=soft, dense=True, n_threads=2, kernels=mask_kernels)
+        kept = np.zeros(a.shape, bool)
+        np.put_along_axis(kept, want.astype(np.int64), True, axis=1)
+        assert np.all(dense[~kept] == 0)
+        if not soft:
+            np.testing.assert_array_equal(val, np.take_along_axis(a, want.astype(np.int64), axis=1))
+            np.testing.assert_array_equal(dense[kept], a[kept])
+
+
+# ------------------------------------------------------------------- stop reasons
+STOP = {"converged": 0, "max_iter": 1, "line_search": 2, "relative_decrease": 3, "non_finite": 4}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_converged_means_the_gradient_meets_tol(dtype):
+    """converged is reported exactly when max |grad| <= tol (the stop code 0); a fit
+    that stopped for another reason says which: the iteration cap, the relative
+    decrease at this precision's floor (tol = 0 cannot be met), the line search (a
+    design whose objective overflows along every direction) or a non-finite objective."""
+    x, y = _classes(dtype, n=2000)
+    kw = dict(y=y, n_classes=20, l2=1e-3, n_threads=2)
+    for pc in (0, 1, 2):
+        for tol, max_iter in ((1e-4, 3000), (0.0, 3000), (1e-12, 2)):
+            w, b, it, conv, f, g, stop = _core.logreg_fit(x, tol=tol, max_iter=max_iter, precondition=pc, **kw)
+            assert conv == (stop == STOP["converged"]) == (g <= tol), (pc, tol, stop, g)
+            _, g_ref, _, _ = ref.logreg_optimality(w, b, x, y, 1e-3)
+            assert abs(g_ref - g) <= ref.grad_rounding(x, dtype)
+            if tol == 1e-4:
+                assert stop == STOP["converged"]
+            elif tol == 0.0:
+                assert stop == STOP["relative_decrease"] and it < 3000
+            else:
+                assert stop == STOP["max_iter"] and it == 2
+    nan = x.copy()
+    nan[3, 4] = np.nan
+    r = _core.logreg_fit(nan, tol=1e-6, max_iter=50, **kw)
+    assert not r[3] and r[6] == STOP["non_finite"]
+    if dtype == np.float64:
+        huge = x.copy()
+        huge[3, 4] = 1e300
+        r = _core.logreg_fit(huge, tol=1e-6, max_iter=50, **kw)
+        assert not r[3] and r[6] == STOP["line_search"]
+
+
+def test_path_reports_each_ratios_stop_reason():
+    x, y = _classes(np.float64, n=1500)
+    s = np.array([0.0, 0.5, 0.9])
+    kw = dict(n_classes=20, sparsities=s, l2=1e-3, n_threads=2)
+    acc, kept, it, conv, stop = _core.path(x.copy(), y, x.copy(), y, tol=1e-4, max_iter=3000, **kw)
+    assert conv.all() and (stop == STOP["converged"]).all()
+    acc, kept, it, conv, stop = _core.path(x.copy(), y, x.copy(), y, tol=1e-12, max_iter=2, **kw)
+    assert not conv.any() and (stop == STOP["max_iter"]).all() and (it == 2).all()

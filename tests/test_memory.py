@@ -143,17 +143,17 @@ def test_kernels_1000_calls_success_and_error_paths():
         raise AssertionError("expected an error")
 
     def call():
-        _core.project(f, u, 1, None, None, 1)
-        _core.colstats(a, 1)
-        _core.topk(a, 3, 1, 0, 1)
-        _core.topk(a, 3, 0, 1, 1)
-        idx, val = _core.topk(a, 3, 0, 0, 1)
-        _core.logreg_fit(None, idx, val, 8, y, 3, 1e-2, 1e-4, 20, w0, b0, None, None, 1)
-        _core.logreg_predict(a, None, None, 0, w0, b0, None, None, 1)
-        _core.path(a, y, a, y, 3, s, False, False, 1e-2, 1e-4, 20, 1, None)
-        _core.kmeans(a, 4, 0, 10, 1e-4, 1)
-        _core.text_objective(f, t, w, 1)
-        _core.text_fit(f, t, f[:5], t[:5], 2, w, 3, 1, 1, 1e-3, 0.9, 0.999, 1e-8, 0, 1, None)
+        _core.project(f, u, norm=1, n_threads=1)
+        _core.colstats(a, n_threads=1)
+        _core.topk(a, 3, soft=1, dense=0, n_threads=1)
+        _core.topk(a, 3, soft=0, dense=1, n_threads=1)
+        idx, val = _core.topk(a, 3, soft=0, dense=0, n_threads=1)
+        _core.logreg_fit(None, idx=idx, val=val, d=8, y=y, n_classes=3, l2=1e-2, tol=1e-4, max_iter=20, w0=w0, b0=b0, n_threads=1)
+        _core.logreg_predict(a, w=w0, b=b0, n_threads=1)
+        _core.path(a, y, a, y, n_classes=3, sparsities=s, soft=False, published=False, l2=1e-2, tol=1e-4, max_iter=20, n_threads=1)
+        _core.kmeans(a, 4, seed=0, max_iter=10, tol=1e-4, n_threads=1)
+        _core.text_objective(f, t, w, n_threads=1)
+        _core.text_fit(f, t, f[:5], t[:5], n_concepts=2, w0=w, steps=3, eval_every=1, patience=1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, seed=0, n_threads=1)
         _core.trapezoid(s, s)
         _core.accuracy(y, y)
         raises(_core.path, a, y_bad, a, y, 3, s, False, False, 1e-2, 1e-4, 20, 1, None)
@@ -181,6 +181,6 @@ def test_progress_callback_that_raises_1000_calls():
 
     def call():
         with pytest.raises(Boom):
-            _core.path(a, y, a, y, 3, s, False, False, 1e-2, 1e-4, 20, 1, progress)
+            _core.path(a, y, a, y, n_classes=3, sparsities=s, soft=False, published=False, l2=1e-2, tol=1e-4, max_iter=20, n_threads=1, progress=progress)
 
     check(call, (a, y, s, progress))

@@ -72,27 +72,27 @@ def test_project_matches_reference(data):
     p = data.draw(matrices(rows=(1, 10), cols=(f.shape[1], f.shape[1]), dtype=dt, strided=False))
     assume(_nonzero_rows(p))
     u = np.ascontiguousarray(ref.unit(p), dtype=dt)
-    raw = _core.project(f, u, 0, None, None, 1)
+    raw = _core.project(f, u, norm=0, n_threads=1)
     scale = float(np.abs(f).max()) * math.sqrt(f.shape[1]) + 1.0
     np.testing.assert_allclose(raw, ref.project(f, p, "none"), **_tol(dt, scale))
     # normalisations, checked on the kernel's own raw activations (float64 reference)
     # (an ulp of error in a row's mean is divided by sqrt(var + 1e-5) >= 0.003)
-    ln = _core.project(f, u, 1, None, None, 1)
+    ln = _core.project(f, u, norm=1, n_threads=1)
     np.testing.assert_allclose(ln, ref.project(raw.astype(np.float64), np.eye(raw.shape[1]), "layernorm"),
                                rtol=400 * EPS[dt], atol=50 * EPS[dt] * (np.abs(raw).max() / math.sqrt(1e-5) + 1))
-    mean, std = _core.colstats(raw, 1)
+    mean, std = _core.colstats(raw, n_threads=1)
     rmean, rstd = _colstats_expected(raw)
     np.testing.assert_allclose(mean, rmean, **_tol(dt, scale))
     np.testing.assert_allclose(std, rstd, rtol=1e3 * EPS[dt] * (1 + np.abs(rmean) / rstd).max(),
                                atol=1e3 * EPS[dt] * scale)
-    z = _core.project(f, u, 2, mean, std, 1)
+    z = _core.project(f, u, norm=2, mean=mean, std=std, n_threads=1)
     np.testing.assert_allclose(z, (raw - mean) / std, **_tol(dt, 10.0))
 
 
 @SETTINGS
 @given(a=matrices(rows=(1, 40)))
 def test_colstats_matches_reference(a):
-    mean, std = _core.colstats(a, 1)
+    mean, std = _core.colstats(a, n_threads=1)
     rmean, rstd = _colstats_expected(a)
     dt = a.dtype.type
     scale = float(np.abs(a).max()) + 1e-30
@@ -107,7 +107,7 @@ def test_colstats_matches_reference(a):
 @SETTINGS
 @given(m=st.integers(0, 5000), s=st.floats(0.0, 1.0, exclude_max=True), published=st.booleans())
 def test_keep_count_matches_reference(m, s, published):
-    k = _core.keep_count(m, s, published)
+    k = _core.keep_count(m, s, published=published)
     assert k == ref.keep_count(m, s, published)
     assert 0 <= k <= m
 
@@ -119,8 +119,8 @@ def test_topk_and_masks_match_reference(data):
     m = a.shape[1]
     k = data.draw(st.sampled_from(sorted({0, 1, m // 2, m - 1, m}) if m > 1 else [0, 1]))
     soft = data.draw(st.booleans())
-    idx, val = _core.topk(a, k, soft, 0, 1)
-    dense = _core.topk(a, k, soft, 1, 1)
+    idx, val = _core.topk(a, k, soft=soft, dense=0, n_threads=1)
+    dense = _core.topk(a, k, soft=soft, dense=1, n_threads=1)
     np.testing.assert_array_equal(idx, ref.topk_index(a, k))  # ties: lower index, exactly
     expected = ref.mask(a, k, soft)
     np.testing.assert_allclose(dense, expected, rtol=0, atol=0 if not soft else 4 * EPS[a.dtype.type] * (
@@ -157,8 +157,7 @@ def test_logreg_dense_matches_reference(prob):
     x = x / max(1.0, float(np.abs(x).max()))  # keep the problem well conditioned
     x = x.astype(dt)
     tol = 1e-5 if dt == np.float32 else 1e-9
-    w, b, it, conv, loss, gmax = _core.logreg_fit(x, None, None, 0, y, K, l2, tol, 3000,
-                                                  np.zeros((x.shape[1], K), dt), np.zeros(K, dt), None, None, 1)
+    w, b, it, conv, loss, gmax, _ = _core.logreg_fit(x, y=y, n_classes=K, l2=l2, tol=tol, max_iter=3000, w0=np.zeros((x.shape[1], K), dt), b0=np.zeros(K, dt), n_threads=1)
     gap, grad = _objective_gap(w, b, x, y, l2)
     # with a class absent from y the bias of that class runs to -inf: the infimum is not
     # attained and both solvers stop on a flat objective
@@ -167,9 +166,10 @@ def test_logreg_dense_matches_reference(prob):
     assert gap <= (1e-4 if dt == np.float32 else 1e-9) * (1 if all_present else 10)
     assert abs(loss - ref.logreg_objective(w.astype(np.float64), b.astype(np.float64), x, y, l2)) <= (
         1e-4 if dt == np.float32 else 1e-9)
+    assert conv == (gmax <= tol)
     if dt == np.float64 and all_present:
-        assert conv and grad <= 1e-6
-    logits, pred = _core.logreg_predict(x, None, None, 0, w, b, None, None, 1)
+        assert grad <= 1e-6
+    logits, pred = _core.logreg_predict(x, w=w, b=b, n_threads=1)
     np.testing.assert_allclose(logits, np.asarray(x, np.float64) @ w + b, **_tol(dt, 10.0))
     z = logits.astype(np.float64)
     assert np.all(z[np.arange(len(pred)), pred] == z.max(axis=1))
@@ -184,8 +184,7 @@ def test_logreg_implicit_standardisation_matches_reference(prob, data):
     x = x.astype(np.float64)
     mu, sd = _colstats_expected(x)
     mu, sd = mu.astype(dt), sd.astype(dt)
-    w, b, *_ = _core.logreg_fit(x.astype(dt), None, None, 0, y, K, l2, 1e-9, 3000,
-                                np.zeros((x.shape[1], K), dt), np.zeros(K, dt), mu, sd, 1)
+    w, b, *_ = _core.logreg_fit(x.astype(dt), y=y, n_classes=K, l2=l2, tol=1e-9, max_iter=3000, w0=np.zeros((x.shape[1], K), dt), b0=np.zeros(K, dt), mu=mu, sigma=sd, n_threads=1)
     xs = (x - mu.astype(np.float64)) / sd.astype(np.float64)
     xs = xs / 1.0
     gap, _ = _objective_gap(w, b, xs, y, l2)
@@ -201,14 +200,14 @@ def test_logreg_sparse_design_matches_reference(data):
     K = data.draw(st.integers(1, 4))
     y = np.asarray(data.draw(hnp.arrays(np.int32, n, elements=st.integers(0, K - 1))), np.int32)
     k = data.draw(st.integers(0, m))
-    idx, val = _core.topk(a, k, False, 0, 1)
-    w, b, it, conv, loss, _ = _core.logreg_fit(None, idx, val, m, y, K, 0.1, 1e-10, 3000,
-                                               np.zeros((m, K)), np.zeros(K), None, None, 1)
+    idx, val = _core.topk(a, k, soft=False, dense=0, n_threads=1)
+    w, b, it, conv, loss, gmax, _ = _core.logreg_fit(None, idx=idx, val=val, d=m, y=y, n_classes=K, l2=0.1, tol=1e-10, max_iter=3000, w0=np.zeros((m, K)), b0=np.zeros(K), n_threads=1)
     gap, grad = _objective_gap(w, b, ref.mask(a, k), y, 0.1)
     assert gap <= 1e-8
+    assert conv == (gmax <= 1e-10)
     if len(np.unique(y)) == K:
-        assert conv and grad <= 1e-6
-    logits, pred = _core.logreg_predict(None, idx, val, m, w, b, None, None, 1)
+        assert grad <= 1e-6
+    logits, pred = _core.logreg_predict(None, idx=idx, val=val, d=m, w=w, b=b, n_threads=1)
     np.testing.assert_allclose(logits, ref.mask(a, k) @ w + b, rtol=1e-12, atol=1e-12)
 
 
@@ -225,20 +224,19 @@ def test_path_equals_its_kernels(data):
     yev = np.asarray(data.draw(hnp.arrays(np.int32, aev.shape[0], elements=st.integers(0, K - 1))), np.int32)
     s = np.array(sorted(data.draw(st.sets(st.sampled_from([0.0, 0.1, 0.5, 0.8, 0.95]), min_size=1))))
     soft, published = data.draw(st.booleans()), data.draw(st.booleans())
-    acc, kept, n_iter, conv = _core.path(atr, ytr, aev, yev, K, s, soft, published, 1e-2, 1e-6, 200, 1, None)
+    acc, kept, n_iter, conv, _ = _core.path(atr, ytr, aev, yev, n_classes=K, sparsities=s, soft=soft, published=published, l2=1e-2, tol=1e-6, max_iter=200, n_threads=1)
     w, b = np.zeros((m, K), dt), np.zeros(K, dt)
     for i, si in enumerate(s):
         k = ref.keep_count(m, si, published)
         assert kept[i] == k
         if 4 * k <= m:  # the path's ELL design
-            tr, ev = _core.topk(atr, k, soft, 0, 1), _core.topk(aev, k, soft, 0, 1)
-            w, b, it, *_ = _core.logreg_fit(None, *tr, m, ytr, K, 1e-2, 1e-6, 200, w, b, None, None, 1)
+            tr, ev = _core.topk(atr, k, soft=soft, dense=0, n_threads=1), _core.topk(aev, k, soft=soft, dense=0, n_threads=1)
+            w, b, *_ = _core.logreg_fit(None, *tr, m, ytr, K, 1e-2, 1e-6, 200, w, b, None, None, 1)
             _, pred = _core.logreg_predict(None, *ev, m, w, b, None, None, 1)
         else:
-            tr, ev = _core.topk(atr, k, soft, 1, 1), _core.topk(aev, k, soft, 1, 1)
-            w, b, it, *_ = _core.logreg_fit(tr, None, None, 0, ytr, K, 1e-2, 1e-6, 200, w, b, None, None, 1)
-            _, pred = _core.logreg_predict(ev, None, None, 0, w, b, None, None, 1)
-        assert n_iter[i] == it
+            tr, ev = _core.topk(atr, k, soft=soft, dense=1, n_threads=1), _core.topk(aev, k, soft=soft, dense=1, n_threads=1)
+            w, b, *_ = _core.logreg_fit(tr, y=ytr, n_classes=K, l2=1e-2, tol=1e-6, max_iter=200, w0=w, b0=b, n_threads=1)
+            _, pred = _core.logreg_predict(ev, w=w, b=b, n_threads=1)
         assert acc[i] == ref.accuracy(pred, yev)
 
 
@@ -249,7 +247,7 @@ def test_kmeans_matches_reference_assignment(data):
     x = data.draw(matrices(rows=(1, 40), cols=(1, 6), strided=False))
     k = data.draw(st.integers(1, x.shape[0]))
     seed = data.draw(st.integers(0, 2**64 - 1))
-    c, lab, inertia, it = _core.kmeans(x, k, seed, 50, 0.0, 1)
+    c, lab, inertia, it = _core.kmeans(x, k, seed=seed, max_iter=50, tol=0.0, n_threads=1)
     assert c.shape == (k, x.shape[1]) and np.all(np.isfinite(c))
     _, rd = ref.kmeans_assign(x, c)
     d2 = ((np.asarray(x, np.float64)[:, None, :] - np.asarray(c, np.float64)[None]) ** 2).sum(-1)
@@ -259,7 +257,7 @@ def test_kmeans_matches_reference_assignment(data):
     assert inertia == pytest.approx(d2[np.arange(len(lab)), lab].sum(), rel=1e-3,
                                     abs=1e3 * EPS[x.dtype.type] * scale)
     # the same seed gives the same result, with 1 or 2 threads
-    c2, lab2, inertia2, it2 = _core.kmeans(x, k, seed, 50, 0.0, 2)
+    c2, lab2, inertia2, it2 = _core.kmeans(x, k, seed=seed, max_iter=50, tol=0.0, n_threads=2)
     np.testing.assert_array_equal(c, c2)
     assert inertia == inertia2 and it == it2
 
@@ -294,7 +292,7 @@ def test_text_objective_matches_reference(data):
     t = data.draw(matrices(rows=(f.shape[0], f.shape[0]), cols=(c, c), dtype=dt))
     w = data.draw(matrices(rows=(c, c), cols=(f.shape[1], f.shape[1]), dtype=dt, strided=False))
     w = np.ascontiguousarray(w / max(1.0, float(np.abs(w).max())), dtype=dt)
-    sim, obj, grad = _core.text_objective(f, t, w, 1)
+    sim, obj, grad = _core.text_objective(f, t, w, n_threads=1)
     # a constant target column carries no signal: the kernel gives it cub = 0 (exactly); the
     # reference's rounded mean turns it into a unit column of noise, so it gets the zero column
     const = np.all(t == t[:1], axis=0)

@@ -204,9 +204,8 @@ def test_probe_warm_start_same_probe_and_capped(digits, monkeypatch):
 
     def cold_probe(x):
         x = np.ascontiguousarray(x)
-        mu, sd = _core.colstats(x, 2)
-        w, b, it, conv, *_ = _core.logreg_fit(x, None, None, 0, ytr32, 10, 1e-3, 1e-6, 1000,
-                                              np.zeros((x.shape[1], 10)), np.zeros(10), mu, sd, 2)
+        mu, sd = _core.colstats(x, n_threads=2)
+        w, b, it, conv, *_ = _core.logreg_fit(x, y=ytr32, n_classes=10, l2=1e-3, tol=1e-6, max_iter=1000, w0=np.zeros((x.shape[1], 10)), b0=np.zeros(10), mu=mu, sigma=sd, n_threads=2)
         xe = (np.ascontiguousarray(xev[:, ::xtr.shape[1] // x.shape[1]]) - mu) / sd
         return it, np.mean(np.argmax(xe @ w + b, 1) == yev)
 
@@ -220,3 +219,33 @@ def test_probe_warm_start_same_probe_and_capped(digits, monkeypatch):
     sub = iis.ConceptLibrary.prototype(x32, ytr, n_concepts=20, seed=0)
     capped = iis.score(x32, ytr, e32, yev, sub, sparsities=GRID, l2=1e-3, tol=1e-6)
     assert capped.probe_n_iter == cold_probe(x32)[0]
+
+
+def test_stop_reasons_and_the_convergence_warning(digits):
+    """converged is True exactly for the fits whose max |grad| <= tol; a fit that stopped
+    for another reason says which, and the warning names that reason (suggesting
+    max_iter only when the cap stopped it)."""
+    import warnings
+
+    xtr, ytr, xev, yev, lib = digits
+    with pytest.warns(iis.ConvergenceWarning) as rec:
+        capped = iis.score(xtr, ytr, xev, yev, lib, sparsities=GRID, max_iter=1, tol=1e-6)
+    assert capped.stop_reason == ["max_iter"] * len(GRID) and capped.probe_stop_reason == "max_iter"
+    assert not capped.converged.any() and not capped.probe_converged
+    text = " ".join(str(w.message) for w in rec)
+    assert "(max_iter)" in text and "raise max_iter" in text
+    x32, e32 = xtr.astype(np.float32), xev.astype(np.float32)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        floor = iis.score(x32, ytr, e32, yev, lib, sparsities=GRID, tol=1e-12)  # beyond float32
+    assert set(floor.stop_reason) <= {"relative_decrease", "line_search"}
+    assert floor.probe_stop_reason in ("relative_decrease", "line_search")
+    msgs = [str(w.message) for w in rec if issubclass(w.category, iis.ConvergenceWarning)]
+    assert msgs and all("raise max_iter" not in m and "float64" in m for m in msgs)
+    ok = iis.score(xtr, ytr, xev, yev, lib, sparsities=GRID, tol=1e-4)
+    assert ok.stop_reason == ["converged"] * len(GRID) and ok.converged.all()
+    clf = iis.InterpretablePredictor(lib, sparsity=0.7, max_iter=1, tol=1e-12)
+    with pytest.warns(iis.ConvergenceWarning, match=r"\(max_iter\)"):
+        clf.fit(xtr, ytr)
+    assert clf.stop_reason_ == "max_iter" and not clf.converged_
+    assert iis.InterpretablePredictor(lib, sparsity=0.7, tol=1e-4).fit(xtr, ytr).stop_reason_ == "converged"

@@ -1,6 +1,6 @@
 """The built-in AVX-512 float32 projection kernel (csrc/simd.c) and its BLAS fallback.
 
-Every test runs under both settings of ``_core.set_kernels``; on a CPU without
+Every test runs under both settings of ``kernels=`` (IIS_KERNELS); on a CPU without
 AVX-512F both run the BLAS, and the tests still check the BLAS path."""
 import os
 import subprocess
@@ -12,21 +12,23 @@ import pytest
 import iis
 from iis import _core
 from iis import _reference as ref
+from iis._blas import kernels as env_kernels
 from iis._validation import single_blas
 
 U32 = np.finfo(np.float32).eps / 2  # unit roundoff of float32
 
 
 @pytest.fixture(params=["auto", "blas"])
-def kernels(request):
-    prev = _core.set_kernels(request.param)
-    yield request.param
-    _core.set_kernels(prev)
+def kernels(request, monkeypatch):
+    """The kernel choice for iis calls (IIS_KERNELS) and for _project below."""
+    monkeypatch.setenv("IIS_KERNELS", request.param)
+    return request.param
 
 
 def _project(x, u, nt=2, norm=0):
+    """The float32 projection under the IIS_KERNELS in effect."""
     with single_blas():
-        return _core.project(x, u, norm, None, None, nt, True)
+        return _core.project(x, u, norm=norm, n_threads=nt, check=True, kernels=env_kernels())
 
 
 def _bound(x, u):
@@ -101,18 +103,15 @@ def test_bad_entries_anywhere_are_refused(kernels, bad, where):
     assert x[where] == bad or np.isnan(bad)  # the input is not modified
 
 
-def test_auto_and_blas_agree_on_realistic_features():
+def test_auto_and_blas_agree_on_realistic_features(monkeypatch):
     """W1-like shapes: both paths within the bound, and equal up to rounding."""
     rng = np.random.default_rng(2)
     x = np.maximum(rng.standard_normal((3000, 768)), 0).astype(np.float32)
     u = rng.standard_normal((200, 768)).astype(np.float32)
     out = {}
     for k in ("auto", "blas"):
-        prev = _core.set_kernels(k)
-        try:
-            out[k] = _project(x, u)[0]
-        finally:
-            _core.set_kernels(prev)
+        monkeypatch.setenv("IIS_KERNELS", k)
+        out[k] = _project(x, u)[0]
     ref = x.astype(np.float64) @ u.astype(np.float64).T
     for a in out.values():
         assert np.all(np.abs(a - ref) <= _bound(x, u))
@@ -132,28 +131,37 @@ def test_kernel_selection_is_reported():
     has = _cpu_has_avx512f()
     if has is not None and sys.platform.startswith("linux"):
         assert info["cpu_simd"] == ("avx512f" if has else "none")
-    prev = _core.set_kernels("blas")
-    try:
-        assert _core.config()["projection_f32"] == "blas"
-        assert _core.config()["kernels"] == "blas"
-    finally:
-        _core.set_kernels(prev)
-    assert _core.config()["projection_f32"] == ("avx512f" if info["cpu_simd"] == "avx512f" else "blas")
+    assert _core.config(kernels="blas")["projection_f32"] == "blas"
+    assert _core.config(kernels="blas")["kernels"] == "blas"
+    assert info["kernels"] == "auto"
+    assert info["projection_f32"] == ("avx512f" if info["cpu_simd"] == "avx512f" else "blas")
     with pytest.raises(ValueError, match="'auto' or 'blas'"):
-        _core.set_kernels("fast")
+        _core.config(kernels="fast")
 
 
-def test_iis_kernels_environment_variable():
-    code = "import iis; from iis import _core; print(_core.config()['kernels'])"
+def test_iis_kernels_environment_variable(monkeypatch):
+    """IIS_KERNELS is read at each call: a wrong value does not stop the import; the
+    first call that uses it raises a ValueError naming the variable."""
+    code = "import iis; from iis._config import config; print(config()['kernels'])"
     env = dict(os.environ, IIS_KERNELS="blas")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "blas"
     env["IIS_KERNELS"] = "fastest"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode != 0 and "IIS_KERNELS must be 'auto' or 'blas'" in out.stderr
+    out = subprocess.run([sys.executable, "-c", "import iis; print('imported')"], env=env, capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "imported"
+    rng = np.random.default_rng(0)
+    x, lib = rng.standard_normal((20, 8)).astype(np.float32), iis.ConceptLibrary(rng.standard_normal((5, 8)))
+    monkeypatch.setenv("IIS_KERNELS", "fastest")
+    with pytest.raises(ValueError, match="IIS_KERNELS must be 'auto' or 'blas', got 'fastest'"):
+        iis.project(x, lib)
+    with pytest.raises(ValueError, match="IIS_KERNELS must be 'auto' or 'blas'"):
+        iis.score(x, np.arange(20) % 2, x, np.arange(20) % 2, lib)
+    monkeypatch.setenv("IIS_KERNELS", "BLAS ")  # case and spaces do not matter
+    assert iis.project(x, lib).shape == (20, 5)
 
 
-def test_score_is_the_same_with_either_kernel():
+def test_score_is_the_same_with_either_kernel(monkeypatch):
     """The whole pipeline on real features (digits) gives the same IIS up to rounding."""
     from sklearn.datasets import load_digits
 
@@ -162,11 +170,8 @@ def test_score_is_the_same_with_either_kernel():
     lib = iis.ConceptLibrary.prototype(x[:1200], y[:1200], n_concepts=50, seed=0)
     res = {}
     for k in ("auto", "blas"):
-        prev = _core.set_kernels(k)
-        try:
-            res[k] = iis.score(x[:1200], y[:1200], x[1200:], y[1200:], lib)
-        finally:
-            _core.set_kernels(prev)
+        monkeypatch.setenv("IIS_KERNELS", k)
+        res[k] = iis.score(x[:1200], y[:1200], x[1200:], y[1200:], lib)
     assert abs(res["auto"].iis - res["blas"].iis) < 0.01
     np.testing.assert_allclose(res["auto"].ip_accuracy, res["blas"].ip_accuracy, atol=0.01)
 
@@ -186,7 +191,7 @@ def _sysfs_l2_bytes():
     return None
 
 
-def test_large_libraries_run_the_blas():
+def test_large_libraries_run_the_blas(monkeypatch):
     """Above the L2-sized cap the BLAS runs (same bits as kernels='blas'); below it the
     result stays within the error bound (on an AVX-512 CPU: the built-in kernel, whose
     bits may equal OpenBLAS's: both sum each output in k order when d is small)."""
@@ -200,11 +205,9 @@ def test_large_libraries_run_the_blas():
     x = rng.standard_normal((600, d)).astype(np.float32)
     for m, big in [(cap // (4 * d) + 64, True), (max(1, cap // (4 * d) - 64), False)]:
         u = rng.standard_normal((m, d)).astype(np.float32)
-        prev = _core.set_kernels("blas")
-        try:
-            ref = _project(x, u)[0]
-        finally:
-            _core.set_kernels(prev)
+        monkeypatch.setenv("IIS_KERNELS", "blas")
+        ref = _project(x, u)[0]
+        monkeypatch.setenv("IIS_KERNELS", "auto")
         out = _project(x, u)[0]
         if big:
             assert np.array_equal(out, ref)
@@ -251,12 +254,14 @@ def test_solver_softmax_against_float64(kernels, K, design):
     b = rng.normal(size=K).astype(np.float32)
     x = rng.normal(size=(n, d)).astype(np.float32)
     if design == "dense":
-        f, g = _core.logreg_objective(x, None, None, 0, y, K, 1e-3, w, b, None, None, False, 2)
+        f, g = _core.logreg_objective(x, y=y, n_classes=K, l2=1e-3, w=w, b=b, amx=False, n_threads=2,
+                                      kernels=kernels)
     else:
         k = 6
         idx = np.sort(rng.permuted(np.tile(np.arange(d, dtype=np.int32), (n, 1)), axis=1)[:, :k], axis=1)
         val = np.take_along_axis(x, idx, axis=1)
-        f, g = _core.logreg_objective(None, idx, val, d, y, K, 1e-3, w, b, None, None, False, 2)
+        f, g = _core.logreg_objective(None, idx=idx, val=val, d=d, y=y, n_classes=K, l2=1e-3, w=w, b=b, amx=False, n_threads=2,
+                                      kernels=kernels)
         x = np.zeros_like(x)
         np.put_along_axis(x, idx, val, axis=1)
     w64, b64 = w.astype(np.float64), b.astype(np.float64)

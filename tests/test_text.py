@@ -43,7 +43,7 @@ def test_objective_matches_reference(dtype):
     t[:, 3] = 0.25  # constant target column: similarity 0
     w = rng.normal(size=(5, 9)).astype(dtype)
     w[4] = 0.0  # zero direction: constant prediction, similarity 0, zero gradient
-    sim, obj, grad = _core.text_objective(f, t, w, 1)
+    sim, obj, grad = _core.text_objective(f, t, w, n_threads=1)
     rsim, robj, rgrad = ref.text_objective(f, t, w)
     tol = 1e-10 if dtype == np.float64 else 2e-4
     assert grad.dtype == dtype and sim.dtype == np.float64
@@ -61,7 +61,7 @@ def test_objective_strided_rows():
     t_big = rng.normal(size=(40, 6))
     t = t_big[:, :3]
     w = rng.normal(size=(3, 7))
-    sim, obj, grad = _core.text_objective(f, t, w, 1)
+    sim, obj, grad = _core.text_objective(f, t, w, n_threads=1)
     rsim, robj, rgrad = ref.text_objective(f, t, w)
     np.testing.assert_allclose(sim, rsim, atol=1e-12)
     np.testing.assert_allclose(grad, rgrad, atol=1e-12)
@@ -72,7 +72,7 @@ def test_gradient_finite_differences():
     f = rng.normal(size=(80, 6))
     t = rng.normal(size=(80, 4)) ** 3
     w = rng.normal(size=(4, 6))
-    _, _, grad = _core.text_objective(f, t, w, 1)
+    _, _, grad = _core.text_objective(f, t, w, n_threads=1)
     h = 1e-6
     num = np.zeros_like(w)
     for i in range(w.shape[0]):
@@ -80,7 +80,7 @@ def test_gradient_finite_differences():
             wp, wm = w.copy(), w.copy()
             wp[i, j] += h
             wm[i, j] -= h
-            num[i, j] = (_core.text_objective(f, t, wp, 1)[1] - _core.text_objective(f, t, wm, 1)[1]) / (2 * h)
+            num[i, j] = (_core.text_objective(f, t, wp, n_threads=1)[1] - _core.text_objective(f, t, wm, n_threads=1)[1]) / (2 * h)
     np.testing.assert_allclose(grad, num, atol=1e-8, rtol=1e-6)
     assert np.abs(grad).max() > 1e-3
 
@@ -91,17 +91,17 @@ def test_gradient_is_the_ascent_direction():
     f = rng.normal(size=(100, 8))
     t = f @ rng.normal(size=(8, 3)) + 0.5 * rng.normal(size=(100, 3))
     w = rng.normal(size=(3, 8))
-    _, j0, g = _core.text_objective(f, t, w, 1)
-    j_up = _core.text_objective(f, t, w + 1e-2 * g / np.abs(g).max(), 1)[1]
-    j_down = _core.text_objective(f, t, w - 1e-2 * g / np.abs(g).max(), 1)[1]
+    _, j0, g = _core.text_objective(f, t, w, n_threads=1)
+    j_up = _core.text_objective(f, t, w + 1e-2 * g / np.abs(g).max(), n_threads=1)[1]
+    j_down = _core.text_objective(f, t, w - 1e-2 * g / np.abs(g).max(), n_threads=1)[1]
     assert j_up > j0 > j_down
 
 
 def test_objective_scale_invariant():
     rng = np.random.default_rng(5)
     f, t, w = rng.normal(size=(50, 5)), rng.normal(size=(50, 2)), rng.normal(size=(2, 5))
-    s1 = _core.text_objective(f, t, w, 1)[0]
-    s2 = _core.text_objective(3.0 * f + 1.0, 7.0 * t - 2.0, 0.1 * w, 1)[0]
+    s1 = _core.text_objective(f, t, w, n_threads=1)[0]
+    s2 = _core.text_objective(3.0 * f + 1.0, 7.0 * t - 2.0, 0.1 * w, n_threads=1)[0]
     np.testing.assert_allclose(s1, s2, atol=1e-10)
 
 
@@ -180,19 +180,17 @@ def test_fit_init_and_early_stopping_bookkeeping():
     w0 = rng.normal(size=(3, 5))
     w0_copy = w0.copy()
     # steps = 0: the initial W comes back, one evaluation
-    w, vsim, th, vh, vs, n_steps, best_step, best_val, n_ev = _core.text_fit(
-        f[:150], t[:150], f[150:], t[150:], 3, w0, 0, 10, 1, 1e-3, 0.9, 0.999, 1e-8, 0, 1, None)
+    w, vsim, th, vh, vs, n_steps, best_step, best_val, n_ev = _core.text_fit(f[:150], t[:150], f[150:], t[150:], n_concepts=3, w0=w0, steps=0, eval_every=10, patience=1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, seed=0, n_threads=1)
     np.testing.assert_array_equal(w, w0)
     assert (n_steps, best_step, n_ev) == (0, 0, 1)
-    assert best_val == pytest.approx(_core.text_objective(f[150:], t[150:], w0, 1)[1])
-    np.testing.assert_allclose(vsim, _core.text_objective(f[150:], t[150:], w0, 1)[0])
+    assert best_val == pytest.approx(_core.text_objective(f[150:], t[150:], w0, n_threads=1)[1])
+    np.testing.assert_allclose(vsim, _core.text_objective(f[150:], t[150:], w0, n_threads=1)[0])
     # 25 steps evaluated every 10: at 0, 10, 20 and 25
-    out = _core.text_fit(f[:150], t[:150], f[150:], t[150:], 3, w0, 25, 10, 100, 1e-2, 0.9, 0.999,
-                         1e-8, 0, 1, None)
+    out = _core.text_fit(f[:150], t[:150], f[150:], t[150:], n_concepts=3, w0=w0, steps=25, eval_every=10, patience=100, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, seed=0, n_threads=1)
     assert out[5] == 25 and out[8] == 4
     assert out[4][:4].tolist() == [0, 10, 20, 25]
     # the returned W is the best evaluated one and its held-out similarities are those reported
-    sim_best, j_best, _ = _core.text_objective(f[150:], t[150:], out[0], 1)
+    sim_best, j_best, _ = _core.text_objective(f[150:], t[150:], out[0], n_threads=1)
     assert j_best == pytest.approx(out[7]) == pytest.approx(out[3][:4].max())
     np.testing.assert_allclose(sim_best, out[1])
     np.testing.assert_array_equal(w0, w0_copy)  # the warm start is not written to
@@ -206,8 +204,7 @@ def test_progress_error_stops_learning():
         raise RuntimeError("stop here")
 
     with pytest.raises(RuntimeError, match="stop here"):
-        _core.text_fit(f[:30], t[:30], f[30:], t[30:], 2, None, 100, 10, 1, 1e-3, 0.9, 0.999, 1e-8, 0,
-                       1, boom)
+        _core.text_fit(f[:30], t[:30], f[30:], t[30:], n_concepts=2, w0=None, steps=100, eval_every=10, patience=1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, seed=0, n_threads=1, progress=boom)
 
 
 def test_standardised_activations_are_scale_invariant(planted_lib):
@@ -302,9 +299,9 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="too few"):
         T(names, F[:3], img[:3], txt)
     with pytest.raises(TypeError):
-        _core.text_objective(F, img, np.zeros((6, 16), np.float32), 1)
+        _core.text_objective(F, img, np.zeros((6, 16), np.float32), n_threads=1)
     with pytest.raises(ValueError):
-        _core.text_objective(F, img[:, :6], np.zeros((5, 16)), 1)
+        _core.text_objective(F, img[:, :6], np.zeros((5, 16)), n_threads=1)
 
 
 # ----------------------------------------------------------------------------- concept lists
@@ -349,10 +346,10 @@ def test_no_reference_or_memory_growth():
 
     def run(times):
         for _ in range(times):
-            _core.text_objective(f, t, w, 1)
-            _core.text_fit(f[:20], t[:20], f[20:], t[20:], 3, w, 3, 1, 1, 1e-3, 0.9, 0.999, 1e-8, 0, 1, None)
+            _core.text_objective(f, t, w, n_threads=1)
+            _core.text_fit(f[:20], t[:20], f[20:], t[20:], n_concepts=3, w0=w, steps=3, eval_every=1, patience=1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, seed=0, n_threads=1)
             with pytest.raises(ValueError):
-                _core.text_fit(f[:20], t[:19], f[20:], t[20:], 3, w, 3, 1, 1, 1e-3, 0.9, 0.999, 1e-8, 0, 1, None)
+                _core.text_fit(f[:20], t[:19], f[20:], t[20:], n_concepts=3, w0=w, steps=3, eval_every=1, patience=1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, seed=0, n_threads=1)
 
     run(50)
     tracemalloc.start()

@@ -126,37 +126,31 @@ def test_kernels_bitwise_identical_for_any_thread_count():
         out = {}
         rng_pre = np.random.default_rng(6)
         with threadpool_limits(1, user_api="blas"):
-            a = _core.project(x, u, 1, None, None, nt)
+            a = _core.project(x, u, norm=1, n_threads=nt)
             out["project"] = a
-            out["colstats"] = _core.colstats(a, nt)
-            out["topk"] = _core.topk(a, 12, 0, 0, nt)
-            out["mask"] = _core.topk(a, 12, 1, 1, nt)
-            mu, sd = _core.colstats(x, nt)
-            out["probe"] = _core.logreg_fit(x, None, None, 0, y, K, 1e-3, 1e-6, 60, np.zeros((d, K)),
-                                            np.zeros(K), mu, sd, nt)
+            out["colstats"] = _core.colstats(a, n_threads=nt)
+            out["topk"] = _core.topk(a, 12, soft=0, dense=0, n_threads=nt)
+            out["mask"] = _core.topk(a, 12, soft=1, dense=1, n_threads=nt)
+            mu, sd = _core.colstats(x, n_threads=nt)
+            out["probe"] = _core.logreg_fit(x, y=y, n_classes=K, l2=1e-3, tol=1e-6, max_iter=60, w0=np.zeros((d, K)), b0=np.zeros(K), mu=mu, sigma=sd, n_threads=nt)
             idx, val = out["topk"]
-            out["ell"] = _core.logreg_fit(None, idx, val, m, y, K, 1e-3, 1e-6, 60, np.zeros((m, K)),
-                                          np.zeros(K), None, None, nt)
+            out["ell"] = _core.logreg_fit(None, idx=idx, val=val, d=m, y=y, n_classes=K, l2=1e-3, tol=1e-6, max_iter=60, w0=np.zeros((m, K)), b0=np.zeros(K), n_threads=nt)
             # big enough for the preconditioner's Gram (4 chunks) and its dtrsm slabs to
             # run in parallel
             xb = np.tile(x, (4, 7))[:, :160] + rng_pre.normal(size=(4 * n, 160)) * 0.1
             yb = np.tile(y, 4)
-            out["precond"] = _core.logreg_precond(xb, None, None, 1e-3, nt)
-            out["probe_pre"] = _core.logreg_fit(xb, None, None, 0, yb, K, 1e-3, 1e-6, 15, np.zeros((160, K)),
-                                                np.zeros(K), None, None, nt)
+            out["precond"] = _core.logreg_precond(xb, l2=1e-3, n_threads=nt)
+            out["probe_pre"] = _core.logreg_fit(xb, y=yb, n_classes=K, l2=1e-3, tol=1e-6, max_iter=15, w0=np.zeros((160, K)), b0=np.zeros(K), n_threads=nt)
             # p = (d + 1) K = 40,100 parameters: the L-BFGS vector algebra runs in
             # parallel over fixed chunks (float32 also on AMX passes where the CPU has them)
             xw = rng_pre.normal(size=(3000, 400))
             yw = rng_pre.integers(0, 100, 3000).astype(np.int32)
             for dt in (np.float32, np.float64):
-                out[f"wide_{dt.__name__}"] = _core.logreg_fit(
-                    xw.astype(dt), None, None, 0, yw, 100, 1e-3, 1e-6, 12, np.zeros((400, 100), dt),
-                    np.zeros(100, dt), None, None, nt)
-            out["predict"] = _core.logreg_predict(x, None, None, 0, out["probe"][0], out["probe"][1], mu, sd, nt)
-            out["path"] = _core.path(a, y, a[:500], y[:500], K, np.array([0.0, 0.5, 0.9]), False, False, 1e-3,
-                                     1e-5, 40, nt, None)
-            out["kmeans"] = _core.kmeans(elements, 30, 7, 40, 0.0, nt)
-            out["text"] = _core.text_objective(x, t_targets, w_text, nt)
+                out[f"wide_{dt.__name__}"] = _core.logreg_fit(xw.astype(dt), y=yw, n_classes=100, l2=1e-3, tol=1e-6, max_iter=12, w0=np.zeros((400, 100), dt), b0=np.zeros(100, dt), n_threads=nt)
+            out["predict"] = _core.logreg_predict(x, w=out["probe"][0], b=out["probe"][1], mu=mu, sigma=sd, n_threads=nt)
+            out["path"] = _core.path(a, y, a[:500], y[:500], n_classes=K, sparsities=np.array([0.0, 0.5, 0.9]), soft=False, published=False, l2=1e-3, tol=1e-5, max_iter=40, n_threads=nt)
+            out["kmeans"] = _core.kmeans(elements, 30, seed=7, max_iter=40, tol=0.0, n_threads=nt)
+            out["text"] = _core.text_objective(x, t_targets, w_text, n_threads=nt)
         return out
 
     base = outputs(1)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _core
-from .._api import ConvergenceWarning
+from .._api import ConvergenceWarning, convergence_message
 from .._library import ConceptLibrary
 from .._solver import fit_logreg
 from .._validation import as_float_matrix, check_option, check_positive
@@ -312,10 +312,9 @@ def fit_linear(linear: nn.Linear, inputs: Any, labels: Any, *, l2: float = 1e-3,
         raise ValueError(f"labels must be {x.shape[0]} integer class indices, got {y.dtype} of shape {y.shape}")
     if y.min() < 0 or y.max() >= K:
         raise ValueError(f"labels must lie in [0, {K}), got [{y.min()}, {y.max()}]")
-    wk, b, _, conv = fit_logreg(x, y.astype(np.int32), K, l2, tol, min(max_iter, 2**31 - 1), n_threads)
+    wk, b, _, conv, reason = fit_logreg(x, y.astype(np.int32), K, l2, tol, min(max_iter, 2**31 - 1), n_threads)
     if not conv:
-        warnings.warn(f"fit_linear did not reach tol={tol} within max_iter={max_iter}", ConvergenceWarning,
-                      stacklevel=2)
+        warnings.warn(convergence_message("fit_linear", reason, tol, max_iter), ConvergenceWarning, stacklevel=2)
     with torch.no_grad():
         w.copy_(torch.from_numpy(wk.T))
         linear.bias.copy_(torch.from_numpy(b))
