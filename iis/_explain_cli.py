@@ -95,8 +95,7 @@ def _plot_paths(path: str, rows: np.ndarray) -> List[str]:
 def run_explain(args: argparse.Namespace) -> int:
     """Run ``iis explain`` with parsed arguments; returns the exit status."""
     from ._predictor import InterpretablePredictor
-    from ._validation import json_text, printable
-    from .cli import check_output
+    from ._validation import check_output, json_text, printable
 
     if args.top is not None and args.top < 1:
         raise ValueError(f"--top must be >= 1, got {args.top}")

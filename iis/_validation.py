@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import os
 import warnings
 import threading
 from typing import Any, Iterable, Sequence
@@ -529,3 +530,16 @@ def read_npy(path: Any, what: str) -> np.ndarray:
     finally:
         if own:
             fh.close()
+
+
+def check_output(path: "str | None", flag: str) -> None:
+    """Refuse an output path that cannot be written, before any computation."""
+    if not path:
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a directory; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path!r}: folder {folder!r} does not exist (No such file or directory)")
+    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ValueError(f"{flag} {path!r} is not writable")

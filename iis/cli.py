@@ -74,21 +74,9 @@ def _build_library(spec: str, elements: Optional[str], train: tuple, seed: int, 
     return ConceptLibrary.cluster(feats, n_concepts=m, seed=seed, element_labels=labels, n_threads=threads)
 
 
-def check_output(path: Optional[str], flag: str) -> None:
-    """Refuse an output path that cannot be written, before any computation."""
-    if not path:
-        return
-    if os.path.isdir(path):
-        raise ValueError(f"{flag} {path!r} is a directory; give a file name")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"{flag} {path!r}: folder {folder!r} does not exist (No such file or directory)")
-    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise ValueError(f"{flag} {path!r} is not writable")
-
-
 def cmd_score(args: argparse.Namespace) -> int:
     from . import score
+    from ._validation import check_output
 
     check_output(args.out, "--out")
     check_output(args.plot, "--plot")
