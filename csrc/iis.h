@@ -299,6 +299,40 @@ int iis_text_fit_d(const iis_ctx *ctx, const double *f_tr, int64_t n_tr, int d, 
                    int64_t ldf_va, const double *t_va, int64_t ldt_va, int c,
                    const iis_text_params *prm, double *w, iis_text_result *res);
 
+/* ---- end2end.c ---------------------------------------------------------- */
+/* The End2End concept library (METHOD.md section 6; the math at the top of end2end.c):
+ * logits q (n_el x M) assign elements el (n_el x d) to M concepts by a straight-through
+ * hard Gumbel-softmax; a linear head (w: K x M, b: K) reads the layer-normalised, top-k
+ * masked activations F unit(P)^T of the features f (n x d); loss = mean CE + l2/2 ||W||^2.
+ * float64, row-major, contiguous. */
+typedef struct {
+    int k;              /* activations kept per sample (1..M) */
+    double temperature; /* Gumbel-softmax temperature (> 0) */
+    double l2;          /* L2 penalty on W (>= 0) */
+    int steps;          /* iis_e2e_fit: full-batch Adam steps to take */
+    int64_t step0;      /* steps taken before this call: the noise and Adam step counter */
+    double lr, beta1, beta2, eps; /* Adam (torch semantics) */
+    uint64_t seed;      /* Gumbel noise seed */
+} iis_e2e_params;
+
+/* Gumbel noise of step `step` (n x m), from a hash of (seed, step, entry) */
+void iis_e2e_noise(const iis_ctx *ctx, uint64_t seed, int64_t step, int64_t n, int m, double *g);
+/* loss and, when gw != NULL, gradients gq (n_el x M), gw, gb, and ga = dL/dA (each may be NULL
+ * except gw, gb) at (q, w, b) with Gumbel noise `noise` (n_el x M, or NULL for none). With
+ * a_given (n_el x M), the concepts are unit(a_given^T el) instead of the hard assignment
+ * (for checking gradients). */
+int iis_e2e_objective(const iis_ctx *ctx, const double *el, int64_t n_el, int d, const double *f,
+                      int64_t n, const int32_t *y, int K, int m, const iis_e2e_params *prm,
+                      const double *q, const double *w, const double *b, const double *noise,
+                      const double *a_given, double *loss, double *gq, double *gw, double *gb,
+                      double *ga);
+/* prm->steps Adam steps on (q, w, b) in place, noise of steps step0, step0 + 1, ...;
+ * adam (2 (n_el M + K M + K)) holds the moments of q, w, b (zeros before the first call);
+ * loss_history (steps, may be NULL) the loss of each step. */
+int iis_e2e_fit(const iis_ctx *ctx, const double *el, int64_t n_el, int d, const double *f,
+                int64_t n, const int32_t *y, int K, int m, const iis_e2e_params *prm, double *q,
+                double *w, double *b, double *adam, double *loss_history);
+
 /* ---- rng (splitmix64), deterministic and state-passing ------------------ */
 static inline uint64_t iis_rng_next(uint64_t *state)
 {
