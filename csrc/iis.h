@@ -49,6 +49,12 @@ typedef void (*iis_dtrsm_fn)(const char *side, const char *uplo, const char *tra
 typedef void (*iis_dpotrf_fn)(const char *uplo, const int *n, double *a, const int *lda,
                               int *info);
 
+/* LAPACK gesv (solve A X = B by LU), for InfoDisent's Cayley map */
+typedef void (*iis_dgesv_fn)(const int *n, const int *nrhs, double *a, const int *lda, int *ipiv,
+                             double *b, const int *ldb, int *info);
+typedef void (*iis_sgesv_fn)(const int *n, const int *nrhs, float *a, const int *lda, int *ipiv,
+                             float *b, const int *ldb, int *info);
+
 typedef struct {
     iis_sgemm_fn sgemm;
     iis_dgemm_fn dgemm;
@@ -57,6 +63,9 @@ typedef struct {
     iis_dsyrk_fn dsyrk;
     iis_dtrsm_fn dtrsm;
     iis_dpotrf_fn dpotrf;
+    /* may be NULL: InfoDisent's Cayley map then refuses to run (IIS_ENOBLAS) */
+    iis_dgesv_fn dgesv;
+    iis_sgesv_fn sgesv;
 } iis_blas;
 
 /* Execution context: everything that would otherwise be global state. */
@@ -332,6 +341,34 @@ int iis_e2e_objective(const iis_ctx *ctx, const double *el, int64_t n_el, int d,
 int iis_e2e_fit(const iis_ctx *ctx, const double *el, int64_t n_el, int d, const double *f,
                 int64_t n, const int32_t *y, int K, int m, const iis_e2e_params *prm, double *q,
                 double *w, double *b, double *adam, double *loss_history);
+
+/* ---- infodisent.c -------------------------------------------------------- */
+/* InfoDisent (METHOD.md section 6; the math at the top of infodisent.c): spatial maps
+ * (n x hw x d, float32, contiguous), U (d x d) orthogonal from X by A = X - X^T
+ * (parametrization 0: Cayley (I + A)^-1 (I - A), needs dgesv; 1: expm(A)), per-channel
+ * signed max pooling, head W (K x d) >= 0 and b (K); mean cross-entropy. float64 state. */
+typedef struct {
+    int parametrization; /* 0 cayley, 1 exp */
+    int steps;           /* Adam steps of this call */
+    int64_t step0;       /* steps taken before: batch order and Adam step counter */
+    int batch;           /* images per step */
+    double lr, beta1, beta2, eps;
+    uint64_t seed;       /* the per-epoch permutation of the images */
+} iis_infodisent_params;
+
+int iis_infodisent_rotation(const iis_ctx *ctx, const double *x, int d, int param, double *u);
+/* v (n x d): pooled signed maxima of z = F_i U; pmax / pmin: their positions (-1: none) */
+int iis_infodisent_pool(const iis_ctx *ctx, const float *maps, int64_t n, int hw, int d,
+                        const double *u, double *v, int32_t *pmax, int32_t *pmin);
+/* loss and, when gx != NULL, gradients gx (d x d), gw (K x d), gb (K) over all n images */
+int iis_infodisent_objective(const iis_ctx *ctx, const float *maps, int64_t n, int hw, int d,
+                             const int32_t *y, int K, int param, const double *x, const double *w,
+                             const double *b, double *loss, double *gx, double *gw, double *gb);
+/* prm->steps minibatch Adam steps on (x, w, b) in place (w projected on w >= 0); adam
+ * (2 (d d + K d + K)) holds the moments; loss_history (steps, may be NULL) */
+int iis_infodisent_fit(const iis_ctx *ctx, const float *maps, int64_t n, int hw, int d,
+                       const int32_t *y, int K, const iis_infodisent_params *prm, double *x,
+                       double *w, double *b, double *adam, double *loss_history);
 
 /* ---- rng (splitmix64), deterministic and state-passing ------------------ */
 static inline uint64_t iis_rng_next(uint64_t *state)

@@ -17,6 +17,7 @@ _blas.apply_kernels_env()
 from ._api import DEFAULT_GRID, ConvergenceWarning, IISResult, activation_stats, project, score  # noqa: E402
 from ._config import show_config  # noqa: E402
 from ._library import ConceptLibrary  # noqa: E402
+from ._infodisent import InfoDisent, InfoDisentExplanation  # noqa: E402
 from ._predictor import Explanation, InterpretablePredictor  # noqa: E402
 from .concepts import load_concepts  # noqa: E402
 from . import demo  # noqa: E402,F401
@@ -27,6 +28,8 @@ __all__ = [
     "ConvergenceWarning",
     "Explanation",
     "IISResult",
+    "InfoDisent",
+    "InfoDisentExplanation",
     "InterpretablePredictor",
     "activation_stats",
     "load_concepts",

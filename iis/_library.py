@@ -282,6 +282,21 @@ class ConceptLibrary:
                                holdout=holdout, eval_every=eval_every, patience=patience, seed=seed,
                                element_names=element_names, n_threads=n_threads, progress=progress)
 
+    @classmethod
+    def from_infodisent(cls, model: Any) -> "ConceptLibrary":
+        """The columns of a fitted :class:`iis.InfoDisent`'s rotation U as a concept library.
+
+        ``z = F U``: channel c of InfoDisent is the projection on column c of U, a unit
+        vector in the space of the map's channels, which is also the space of the pooled
+        features (the CNN's global average of that map), so :func:`iis.score` scores it.
+        Names are ``infodisent_<c>``.
+        """
+        if not hasattr(model, "rotation_"):
+            raise TypeError("from_infodisent needs a fitted iis.InfoDisent (call fit first)")
+        u = np.asarray(model.rotation_)
+        return cls(u.T, [f"infodisent_{c}" for c in range(u.shape[1])], kind="infodisent",
+                   meta={"parametrization": model.parametrization})
+
     # --------------------------------------------------------------------- misc
     @property
     def n_concepts(self) -> int:
