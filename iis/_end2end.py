@@ -112,9 +112,9 @@ def end2end_library(elements: Any, train_features: Any, train_labels: Any, *, n_
         return _core.e2e_objective(el, f_va, y_va, n_classes, q, w, b, l2=0.0, **common)[0]
 
     t0 = time.perf_counter()
-    best = (heldout_loss(), 0, q.copy(), w.copy(), b.copy())
-    history, val_history, val_steps, bad, done = [], [best[0]], [0], 0, 0
-    with single_blas():
+    with single_blas():  # the core splits its GEMMs over its own threads
+        best = (heldout_loss(), 0, q.copy(), w.copy(), b.copy())
+        history, val_history, val_steps, bad, done = [], [best[0]], [0], 0, 0
         while done < steps and bad < patience:
             chunk = min(eval_every, steps - done)
             history.extend(_core.e2e_fit(el, f_tr, y_tr, n_classes, q, w, b, adam, l2=l2, steps=chunk,
