@@ -41,11 +41,27 @@ def _check_real(value: Any, name: str, lo: float, hi: float, lo_open: bool = Tru
 def assignment_concepts(elements: np.ndarray, assign: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     """``(concepts, used)``: unit(sum of the elements assigned to each concept) for the
     concepts that have elements (``used``, ascending)."""
-    sums = np.zeros((m, elements.shape[1]), dtype=np.float64)
-    np.add.at(sums, assign, elements)
+    order = np.argsort(assign, kind="stable")
+    used, start = np.unique(assign[order], return_index=True)
+    sums = np.add.reduceat(np.asarray(elements, dtype=np.float64)[order], start, axis=0)
     norms = np.linalg.norm(sums, axis=1)
-    used = np.flatnonzero(norms > 0)
-    return sums[used] / norms[used, None], used
+    keep = norms > 0
+    return sums[keep] / norms[keep, None], used[keep]
+
+
+def _heldout(el: np.ndarray, q: np.ndarray, w: np.ndarray, b: np.ndarray, f: np.ndarray, y: np.ndarray,
+             k: int) -> tuple[float, float]:
+    """(accuracy, cross-entropy) of the deterministic model (arg-max assignment, no noise) on (f, y)."""
+    p, used = assignment_concepts(el, np.argmax(q, axis=1), q.shape[1])
+    a = np.zeros((f.shape[0], q.shape[1]))
+    a[:, used] = f @ p.T
+    x = (a - a.mean(axis=1, keepdims=True)) / np.sqrt(a.var(axis=1, keepdims=True) + 1e-5)
+    drop = np.argpartition(-np.abs(x), k - 1, axis=1)[:, k:]
+    np.put_along_axis(x, drop, 0.0, axis=1)
+    z = x @ w.T + b
+    z -= z.max(axis=1, keepdims=True)
+    ce = float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
+    return float(np.mean(np.argmax(z, axis=1) == y)), ce
 
 
 def end2end_library(elements: Any, train_features: Any, train_labels: Any, *, n_concepts: int = 200,
@@ -107,14 +123,11 @@ def end2end_library(elements: Any, train_features: Any, train_labels: Any, *, n_
     adam = np.zeros(2 * (q.size + w.size + b.size))
     common = dict(k=k, temperature=temperature, n_threads=nt)
 
-    def heldout_loss() -> float:
-        # the deterministic model (arg-max assignment, no noise), cross-entropy only
-        return _core.e2e_objective(el, f_va, y_va, n_classes, q, w, b, l2=0.0, **common)[0]
-
     t0 = time.perf_counter()
     with single_blas():  # the core splits its GEMMs over its own threads
-        best = (heldout_loss(), 0, q.copy(), w.copy(), b.copy())
-        history, val_history, val_steps, bad, done = [], [best[0]], [0], 0, 0
+        score = _heldout(el, q, w, b, f_va, y_va, k)
+        best = (score, 0, q.copy(), w.copy(), b.copy())
+        history, val_history, val_steps, bad, done = [], [score], [0], 0, 0
         while done < steps and bad < patience:
             chunk = min(eval_every, steps - done)
             history.extend(_core.e2e_fit(el, f_tr, y_tr, n_classes, q, w, b, adam, l2=l2, steps=chunk,
@@ -124,11 +137,11 @@ def end2end_library(elements: Any, train_features: Any, train_labels: Any, *, n_
             if progress:
                 sys.stderr.write(f"\r[iis] end2end library: step {done}/{steps} {time.perf_counter() - t0:.1f}s")
                 sys.stderr.flush()
-            val = heldout_loss()
-            val_history.append(val)
+            score = _heldout(el, q, w, b, f_va, y_va, k)
+            val_history.append(score)
             val_steps.append(done)
-            if val < best[0]:
-                best, bad = (val, done, q.copy(), w.copy(), b.copy()), 0
+            if (score[0], -score[1]) > (best[0][0], -best[0][1]):  # accuracy first, then cross-entropy
+                best, bad = (score, done, q.copy(), w.copy(), b.copy()), 0
             else:
                 bad += 1
     if progress:
@@ -153,10 +166,12 @@ def end2end_library(elements: Any, train_features: Any, train_labels: Any, *, n_
         "temperature": temperature,
         "seed": seed,
         "train_loss": history,
-        "heldout_loss": val_history,
+        "heldout_accuracy": [v[0] for v in val_history],
+        "heldout_loss": [v[1] for v in val_history],
         "heldout_steps": val_steps,
         "best_step": int(best[1]),
-        "best_heldout_loss": float(best[0]),
+        "best_heldout_accuracy": best[0][0],
+        "best_heldout_loss": best[0][1],
         "n_steps": int(done),
         "classes": classes.tolist(),
         "fit_seconds": fit_time,

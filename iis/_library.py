@@ -227,9 +227,10 @@ class ConceptLibrary:
         ``k = M - floor(M * sparsity)`` largest magnitudes (as :func:`iis.score` does),
         and everything is trained by full-batch Adam on the mean cross-entropy plus
         ``l2/2 ||W||^2`` in the C core (float64). A seeded ``holdout`` fraction of
-        train is held out: its cross-entropy under the deterministic model (arg-max
-        assignment, no noise) is evaluated before the first step and every
-        ``eval_every`` steps; the best state is kept, and training stops after
+        train is held out: the accuracy of the deterministic model (arg-max
+        assignment, no noise; ties broken by its cross-entropy) is evaluated before
+        the first step and every ``eval_every`` steps; the best state is kept, and
+        training stops after
         ``patience`` evaluations without improvement or after ``steps`` steps.
         The library is the final arg-max assignment; the head is discarded
         (:func:`iis.score` fits its own predictor on the library).

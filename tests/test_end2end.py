@@ -54,6 +54,20 @@ def test_gradients_match_finite_differences():
     assert np.abs(gq).max() > 1e-4  # not a vacuous comparison
 
 
+def test_heldout_model_matches_the_core():
+    # the early-stopping evaluation (NumPy) is the core's deterministic forward pass
+    from iis._end2end import _heldout
+
+    rng = np.random.default_rng(5)
+    E, d, n, K, M, k = 50, 8, 40, 3, 6, 4
+    el, f = rng.standard_normal((E, d)), rng.standard_normal((n, d))
+    y = rng.integers(0, K, n).astype(np.int32)
+    q, w, b = rng.standard_normal((E, M)), rng.standard_normal((K, M)), rng.standard_normal(K)
+    loss = _core.e2e_objective(el, f, y, K, q, w, b, k=k, temperature=0.1)[0]
+    acc, ce = _heldout(el, q, w, b, f, y, k)
+    assert ce == pytest.approx(loss, rel=1e-12) and 0 <= acc <= 1
+
+
 def test_noise_is_gumbel_and_counter_based():
     g = _core.e2e_noise(seed=7, step=5, n=400, m=250)
     assert np.array_equal(g, _core.e2e_noise(seed=7, step=5, n=400, m=250, n_threads=2))
@@ -108,7 +122,7 @@ def test_beats_random_assignment_on_real_digits(digits):
     np.testing.assert_allclose(lib.vectors, vec)
     first = np.flatnonzero(assign == used[0])
     assert lib.names[0].startswith(f"end2end_{used[0]}: elements {first[0]}, {first[1]}")
-    assert lib.meta["heldout_loss"][0] > lib.meta["best_heldout_loss"]
+    assert lib.meta["best_heldout_accuracy"] > lib.meta["heldout_accuracy"][0] and lib.meta["best_step"] > 0
     score = iis.score(ftr, ytr, fev, yev, lib).iis
     random = [iis.score(ftr, ytr, fev, yev, assignment_concepts(
         elements, np.random.default_rng(s).integers(0, M, len(elements)), M)[0]).iis for s in range(5)]
