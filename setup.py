@@ -26,6 +26,8 @@ sources = [
     "csrc/text.c",
     "csrc/simd.c",
     "csrc/amx.c",
+    "csrc/end2end.c",
+    "csrc/infodisent.c",
 ]
 compile_args = ["-std=c11", "-O3", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 link_args = []

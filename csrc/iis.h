@@ -49,6 +49,12 @@ typedef void (*iis_dtrsm_fn)(const char *side, const char *uplo, const char *tra
 typedef void (*iis_dpotrf_fn)(const char *uplo, const int *n, double *a, const int *lda,
                               int *info);
 
+/* LAPACK gesv (solve A X = B by LU), for InfoDisent's Cayley map */
+typedef void (*iis_dgesv_fn)(const int *n, const int *nrhs, double *a, const int *lda, int *ipiv,
+                             double *b, const int *ldb, int *info);
+typedef void (*iis_sgesv_fn)(const int *n, const int *nrhs, float *a, const int *lda, int *ipiv,
+                             float *b, const int *ldb, int *info);
+
 typedef struct {
     iis_sgemm_fn sgemm;
     iis_dgemm_fn dgemm;
@@ -57,6 +63,9 @@ typedef struct {
     iis_dsyrk_fn dsyrk;
     iis_dtrsm_fn dtrsm;
     iis_dpotrf_fn dpotrf;
+    /* may be NULL: InfoDisent's Cayley map then refuses to run (IIS_ENOBLAS) */
+    iis_dgesv_fn dgesv;
+    iis_sgesv_fn sgesv;
 } iis_blas;
 
 /* Execution context: everything that would otherwise be global state. */
@@ -274,6 +283,68 @@ int iis_text_fit_d(const iis_ctx *ctx, const double *f_tr, int64_t n_tr, int d, 
                    const double *t_tr, int64_t ldt_tr, const double *f_va, int64_t n_va,
                    int64_t ldf_va, const double *t_va, int64_t ldt_va, int c,
                    const iis_text_params *prm, double *w, iis_text_result *res);
+
+/* ---- end2end.c ---------------------------------------------------------- */
+/* The End2End concept library (METHOD.md section 6; the math at the top of end2end.c):
+ * logits q (n_el x M) assign elements el (n_el x d) to M concepts by a straight-through
+ * hard Gumbel-softmax; a linear head (w: K x M, b: K) reads the layer-normalised, top-k
+ * masked activations F unit(P)^T of the features f (n x d); loss = mean CE + l2/2 ||W||^2.
+ * float64, row-major, contiguous. */
+typedef struct {
+    int k;              /* activations kept per sample (1..M) */
+    double temperature; /* Gumbel-softmax temperature (> 0) */
+    double l2;          /* L2 penalty on W (>= 0) */
+    int steps;          /* iis_e2e_fit: full-batch Adam steps to take */
+    int64_t step0;      /* steps taken before this call: the noise and Adam step counter */
+    double lr, beta1, beta2, eps; /* Adam (torch semantics) */
+    uint64_t seed;      /* Gumbel noise seed */
+} iis_e2e_params;
+
+/* Gumbel noise of step `step` (n x m), from a hash of (seed, step, entry) */
+void iis_e2e_noise(const iis_ctx *ctx, uint64_t seed, int64_t step, int64_t n, int m, double *g);
+/* loss and, when gw != NULL, gradients gq (n_el x M), gw, gb, and ga = dL/dA (each may be NULL
+ * except gw, gb) at (q, w, b) with Gumbel noise `noise` (n_el x M, or NULL for none). With
+ * a_given (n_el x M), the concepts are unit(a_given^T el) instead of the hard assignment
+ * (for checking gradients). */
+int iis_e2e_objective(const iis_ctx *ctx, const double *el, int64_t n_el, int d, const double *f,
+                      int64_t n, const int32_t *y, int K, int m, const iis_e2e_params *prm,
+                      const double *q, const double *w, const double *b, const double *noise,
+                      const double *a_given, double *loss, double *gq, double *gw, double *gb,
+                      double *ga);
+/* prm->steps Adam steps on (q, w, b) in place, noise of steps step0, step0 + 1, ...;
+ * adam (2 (n_el M + K M + K)) holds the moments of q, w, b (zeros before the first call);
+ * loss_history (steps, may be NULL) the loss of each step. */
+int iis_e2e_fit(const iis_ctx *ctx, const double *el, int64_t n_el, int d, const double *f,
+                int64_t n, const int32_t *y, int K, int m, const iis_e2e_params *prm, double *q,
+                double *w, double *b, double *adam, double *loss_history);
+
+/* ---- infodisent.c -------------------------------------------------------- */
+/* InfoDisent (METHOD.md section 6; the math at the top of infodisent.c): spatial maps
+ * (n x hw x d, float32, contiguous), U (d x d) orthogonal from X by A = X - X^T
+ * (parametrization 0: Cayley (I + A)^-1 (I - A), needs dgesv; 1: expm(A)), per-channel
+ * signed max pooling, head W (K x d) >= 0 and b (K); mean cross-entropy. float64 state. */
+typedef struct {
+    int parametrization; /* 0 cayley, 1 exp */
+    int steps;           /* Adam steps of this call */
+    int64_t step0;       /* steps taken before: batch order and Adam step counter */
+    int batch;           /* images per step */
+    double lr, beta1, beta2, eps;
+    uint64_t seed;       /* the per-epoch permutation of the images */
+} iis_infodisent_params;
+
+int iis_infodisent_rotation(const iis_ctx *ctx, const double *x, int d, int param, double *u);
+/* v (n x d): pooled signed maxima of z = F_i U; pmax / pmin: their positions (-1: none) */
+int iis_infodisent_pool(const iis_ctx *ctx, const float *maps, int64_t n, int hw, int d,
+                        const double *u, double *v, int32_t *pmax, int32_t *pmin);
+/* loss and, when gx != NULL, gradients gx (d x d), gw (K x d), gb (K) over all n images */
+int iis_infodisent_objective(const iis_ctx *ctx, const float *maps, int64_t n, int hw, int d,
+                             const int32_t *y, int K, int param, const double *x, const double *w,
+                             const double *b, double *loss, double *gx, double *gw, double *gb);
+/* prm->steps minibatch Adam steps on (x, w, b) in place (w projected on w >= 0); adam
+ * (2 (d d + K d + K)) holds the moments; loss_history (steps, may be NULL) */
+int iis_infodisent_fit(const iis_ctx *ctx, const float *maps, int64_t n, int hw, int d,
+                       const int32_t *y, int K, const iis_infodisent_params *prm, double *x,
+                       double *w, double *b, double *adam, double *loss_history);
 
 /* ---- rng (splitmix64), deterministic and state-passing ------------------ */
 static inline uint64_t iis_rng_next(uint64_t *state)

@@ -22,7 +22,7 @@
 #define IIS_END_ALLOW_THREADS Py_END_ALLOW_THREADS
 
 /* set once at import from scipy.linalg.cython_blas; read-only afterwards */
-static iis_blas g_blas = {NULL, NULL, NULL, NULL, NULL, NULL};
+static iis_blas g_blas = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
 
 typedef struct {
     PyObject *progress; /* callable(done, total) or NULL */
@@ -1202,6 +1202,422 @@ fail:
     return NULL;
 }
 
+/* ==== End2End (end2end.c) ================================================== */
+/* checked float64 inputs of the End2End calls: el (ne, d), f (n, d), y (n), q (ne, m),
+ * w (K, m), b (K); -1 with an exception otherwise */
+static int e2e_args(PyObject *oel, PyObject *of, PyObject *oy, int K, PyObject *oq, PyObject *ow,
+                    PyObject *ob, PyArrayObject **el, PyArrayObject **f, PyArrayObject **y,
+                    PyArrayObject **q, PyArrayObject **w, PyArrayObject **b)
+{
+    if (!(*el = arr(oel, "elements", NPY_FLOAT64, 2, 0)) || !(*f = arr(of, "features", NPY_FLOAT64, 2, 0)) ||
+        !(*y = arr(oy, "labels", NPY_INT32, 1, 0)) || !(*q = arr(oq, "q", NPY_FLOAT64, 2, 0)) ||
+        !(*w = arr(ow, "W", NPY_FLOAT64, 2, 0)) || !(*b = arr(ob, "b", NPY_FLOAT64, 1, 0)))
+        return -1;
+    if (PyArray_DIM(*el, 0) < 1 || PyArray_DIM(*el, 1) < 1 || PyArray_DIM(*f, 1) != PyArray_DIM(*el, 1) ||
+        PyArray_DIM(*q, 0) != PyArray_DIM(*el, 0) || PyArray_DIM(*q, 1) < 1 || K < 2 ||
+        PyArray_DIM(*w, 0) != K || PyArray_DIM(*w, 1) != PyArray_DIM(*q, 1) || PyArray_DIM(*b, 0) != K) {
+        PyErr_SetString(PyExc_ValueError, "End2End needs elements (E, d), features (n, d), q (E, M), "
+                                          "W (K, M), b (K) with E, d, M >= 1 and K >= 2");
+        return -1;
+    }
+    return check_labels(*y, PyArray_DIM(*f, 0), K);
+}
+
+static int e2e_prm(iis_e2e_params *prm, int k, int m, double tau, double l2)
+{
+    memset(prm, 0, sizeof(*prm));
+    if (k < 1 || k > m || !(tau > 0.0) || !(l2 >= 0.0)) {
+        PyErr_SetString(PyExc_ValueError, "End2End needs 1 <= k <= M, temperature > 0, l2 >= 0");
+        return -1;
+    }
+    prm->k = k;
+    prm->temperature = tau;
+    prm->l2 = l2;
+    return 0;
+}
+
+/* e2e_objective(elements, features, labels, n_classes, q, w, b, *, k, temperature, l2=0,
+ *               noise=None, a_given=None, n_threads=1) -> (loss, dq, dW, db, dA) */
+static PyObject *py_e2e_objective(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"elements", "features", "labels", "n_classes", "q", "w", "b", "k",
+                             "temperature", "l2", "noise", "a_given", "n_threads", NULL};
+    PyObject *oel, *of, *oy, *oq, *ow, *ob, *onoise = Py_None, *oa = Py_None;
+    PyArrayObject *el, *f, *y, *q, *w, *b, *noise = NULL, *ag = NULL, *out[4] = {NULL, NULL, NULL, NULL};
+    int K, k = -1, nt = 1, st, m;
+    double tau = NAN, l2 = 0.0, loss = 0.0; /* k and temperature are required */
+    iis_e2e_params prm;
+    hook_state hs = {NULL, 0};
+    iis_ctx ctx;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOiOOO|$iddOOi", kwlist, &oel, &of, &oy, &K, &oq, &ow,
+                                     &ob, &k, &tau, &l2, &onoise, &oa, &nt))
+        return NULL;
+    if (e2e_args(oel, of, oy, K, oq, ow, ob, &el, &f, &y, &q, &w, &b) < 0) return NULL;
+    m = (int)PyArray_DIM(q, 1);
+    if (e2e_prm(&prm, k, m, tau, l2) < 0) return NULL;
+    if (onoise != Py_None && !(noise = arr(onoise, "noise", NPY_FLOAT64, 2, 0))) return NULL;
+    if (oa != Py_None && !(ag = arr(oa, "a_given", NPY_FLOAT64, 2, 0))) return NULL;
+    if ((noise && PyArray_SIZE(noise) != PyArray_SIZE(q)) || (ag && PyArray_SIZE(ag) != PyArray_SIZE(q))) {
+        PyErr_SetString(PyExc_ValueError, "noise and a_given must have the shape of q");
+        return NULL;
+    }
+    {
+        npy_intp dq[2] = {PyArray_DIM(q, 0), m}, dw[2] = {K, m}, db[1] = {K};
+        out[0] = (PyArrayObject *)PyArray_EMPTY(2, dq, NPY_FLOAT64, 0);
+        out[1] = (PyArrayObject *)PyArray_EMPTY(2, dw, NPY_FLOAT64, 0);
+        out[2] = (PyArrayObject *)PyArray_EMPTY(1, db, NPY_FLOAT64, 0);
+        out[3] = (PyArrayObject *)PyArray_EMPTY(2, dq, NPY_FLOAT64, 0);
+    }
+    if (!out[0] || !out[1] || !out[2] || !out[3]) goto fail;
+    init_ctx(&ctx, &hs, nt, IIS_KERNELS_AUTO); /* BLAS only: no hardware-specific kernel */
+    IIS_BEGIN_ALLOW_THREADS
+    st = iis_e2e_objective(&ctx, PyArray_DATA(el), PyArray_DIM(el, 0), (int)PyArray_DIM(el, 1),
+                           PyArray_DATA(f), PyArray_DIM(f, 0), PyArray_DATA(y), K, m, &prm,
+                           PyArray_DATA(q), PyArray_DATA(w), PyArray_DATA(b),
+                           noise ? PyArray_DATA(noise) : NULL, ag ? PyArray_DATA(ag) : NULL, &loss,
+                           PyArray_DATA(out[0]), PyArray_DATA(out[1]), PyArray_DATA(out[2]),
+                           PyArray_DATA(out[3]));
+    IIS_END_ALLOW_THREADS
+    if (st != IIS_OK) {
+        raise_status(st, "e2e_objective");
+        goto fail;
+    }
+    return Py_BuildValue("dNNNN", loss, out[0], out[1], out[2], out[3]);
+fail:
+    for (int i = 0; i < 4; i++) Py_XDECREF(out[i]);
+    return NULL;
+}
+
+/* e2e_fit(elements, features, labels, n_classes, q, w, b, adam, *, k, temperature, l2, steps,
+ *         step0, lr, beta1, beta2, eps, seed, n_threads=1, progress=None) -> loss history;
+ * q, w, b and adam (the Adam moments) are updated in place */
+static PyObject *py_e2e_fit(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"elements", "features", "labels", "n_classes", "q", "w", "b", "adam",
+                             "k", "temperature", "l2", "steps", "step0", "lr", "beta1", "beta2",
+                             "eps", "seed", "n_threads", "progress", NULL};
+    PyObject *oel, *of, *oy, *oq, *ow, *ob, *oad, *oprog = Py_None;
+    PyArrayObject *el, *f, *y, *q, *w, *b, *ad, *hist;
+    int K, k = -1, steps = 0, nt = 1, st, m;
+    long long step0 = 0;
+    unsigned long long seed = 0;
+    double tau = NAN, l2 = 0.0;
+    iis_e2e_params prm = {0};
+    hook_state hs = {NULL, 0};
+    iis_ctx ctx;
+    (void)self;
+    prm.lr = NAN; /* required */
+    prm.beta1 = 0.9;
+    prm.beta2 = 0.999;
+    prm.eps = 1e-8;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOiOOOO|$iddiLddddKiO", kwlist, &oel, &of, &oy, &K,
+                                     &oq, &ow, &ob, &oad, &k, &tau, &l2, &steps, &step0, &prm.lr,
+                                     &prm.beta1, &prm.beta2, &prm.eps, &seed, &nt, &oprog))
+        return NULL;
+    {
+        double lr = prm.lr, b1 = prm.beta1, b2 = prm.beta2, eps = prm.eps;
+        if (e2e_args(oel, of, oy, K, oq, ow, ob, &el, &f, &y, &q, &w, &b) < 0) return NULL;
+        m = (int)PyArray_DIM(q, 1);
+        if (e2e_prm(&prm, k, m, tau, l2) < 0) return NULL;
+        prm.lr = lr;
+        prm.beta1 = b1;
+        prm.beta2 = b2;
+        prm.eps = eps;
+    }
+    if (!(ad = arr(oad, "adam", NPY_FLOAT64, 1, 0))) return NULL;
+    if (PyArray_DIM(ad, 0) != 2 * (PyArray_SIZE(q) + PyArray_SIZE(w) + K)) {
+        PyErr_SetString(PyExc_ValueError, "adam must hold 2 (E M + K M + K) moments");
+        return NULL;
+    }
+    if (!PyArray_ISWRITEABLE(q) || !PyArray_ISWRITEABLE(w) || !PyArray_ISWRITEABLE(b) ||
+        !PyArray_ISWRITEABLE(ad)) {
+        PyErr_SetString(PyExc_ValueError, "q, W, b and adam are updated in place: they must be writeable");
+        return NULL;
+    }
+    if (steps < 0 || step0 < 0 || !(prm.lr > 0.0) || !(prm.beta1 >= 0.0 && prm.beta1 < 1.0) ||
+        !(prm.beta2 >= 0.0 && prm.beta2 < 1.0) || !(prm.eps >= 0.0)) {
+        PyErr_SetString(PyExc_ValueError, "e2e_fit needs steps >= 0, step0 >= 0, lr > 0, 0 <= beta < 1, eps >= 0");
+        return NULL;
+    }
+    if (oprog != Py_None && !PyCallable_Check(oprog)) {
+        PyErr_SetString(PyExc_TypeError, "progress must be callable or None");
+        return NULL;
+    }
+    prm.steps = steps;
+    prm.step0 = (int64_t)step0;
+    prm.seed = (uint64_t)seed;
+    {
+        npy_intp dh[1] = {steps};
+        if (!(hist = (PyArrayObject *)PyArray_EMPTY(1, dh, NPY_FLOAT64, 0))) return NULL;
+    }
+    hs.progress = oprog != Py_None ? oprog : NULL;
+    init_ctx(&ctx, &hs, nt, IIS_KERNELS_AUTO); /* BLAS only: no hardware-specific kernel */
+    IIS_BEGIN_ALLOW_THREADS
+    st = iis_e2e_fit(&ctx, PyArray_DATA(el), PyArray_DIM(el, 0), (int)PyArray_DIM(el, 1), PyArray_DATA(f),
+                     PyArray_DIM(f, 0), PyArray_DATA(y), K, m, &prm, PyArray_DATA(q), PyArray_DATA(w),
+                     PyArray_DATA(b), PyArray_DATA(ad), PyArray_DATA(hist));
+    IIS_END_ALLOW_THREADS
+    if (st != IIS_OK || hs.failed) {
+        Py_DECREF(hist);
+        return raise_status(st != IIS_OK ? st : IIS_EINTR, "e2e_fit");
+    }
+    return (PyObject *)hist;
+}
+
+/* e2e_noise(seed, step, n, m, n_threads=1) -> the Gumbel noise e2e_fit draws at that step */
+static PyObject *py_e2e_noise(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"seed", "step", "n", "m", "n_threads", NULL};
+    unsigned long long seed;
+    long long step;
+    Py_ssize_t n;
+    int m, nt = 1;
+    PyArrayObject *g;
+    iis_ctx ctx;
+    hook_state hs = {NULL, 0};
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KLni|i", kwlist, &seed, &step, &n, &m, &nt)) return NULL;
+    if (n < 0 || m < 0 || step < 0) {
+        PyErr_SetString(PyExc_ValueError, "e2e_noise needs n, m, step >= 0");
+        return NULL;
+    }
+    {
+        npy_intp dg[2] = {n, m};
+        if (!(g = (PyArrayObject *)PyArray_EMPTY(2, dg, NPY_FLOAT64, 0))) return NULL;
+    }
+    init_ctx(&ctx, &hs, nt, IIS_KERNELS_AUTO); /* BLAS only: no hardware-specific kernel */
+    iis_e2e_noise(&ctx, (uint64_t)seed, (int64_t)step, (int64_t)n, m, PyArray_DATA(g));
+    return (PyObject *)g;
+}
+/* ==== end of End2End ======================================================= */
+
+/* ==== InfoDisent (infodisent.c) ============================================ */
+/* _set_lapack(dgesv, sgesv): the LAPACK solves of the BLAS table (InfoDisent's Cayley map) */
+static PyObject *py_set_lapack(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"dgesv", "sgesv", NULL};
+    PyObject *cd, *cs;
+    void *pd, *ps;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &cd, &cs)) return NULL;
+    if (!(pd = capsule_ptr(cd)) || !(ps = capsule_ptr(cs))) return NULL;
+    g_blas.dgesv = (iis_dgesv_fn)pd;
+    g_blas.sgesv = (iis_sgesv_fn)ps;
+    Py_RETURN_NONE;
+}
+
+/* parametrization name -> 0 (cayley) / 1 (exp), -1 with a ValueError */
+static int id_param(const char *p)
+{
+    if (strcmp(p, "cayley") == 0) return 0;
+    if (strcmp(p, "exp") == 0) return 1;
+    PyErr_Format(PyExc_ValueError, "parametrization must be 'cayley' or 'exp', got '%s'", p);
+    return -1;
+}
+
+/* maps (n, hw, d) float32 with n, hw, d >= 1; x (d, d); -1 with an exception otherwise */
+static int id_maps(PyObject *om, PyObject *ox, PyArrayObject **m, PyArrayObject **x)
+{
+    if (!(*m = arr(om, "maps", NPY_FLOAT32, 3, 0)) || !(*x = arr(ox, "X", NPY_FLOAT64, 2, 0))) return -1;
+    if (PyArray_DIM(*m, 0) < 1 || PyArray_DIM(*m, 1) < 1 || PyArray_DIM(*m, 2) < 1 ||
+        PyArray_DIM(*x, 0) != PyArray_DIM(*m, 2) || PyArray_DIM(*x, 1) != PyArray_DIM(*m, 2) ||
+        PyArray_DIM(*m, 1) * PyArray_DIM(*m, 2) > 2147483647) {
+        PyErr_SetString(PyExc_ValueError, "InfoDisent needs maps (n, hw, d) with n, hw, d >= 1 and X (d, d)");
+        return -1;
+    }
+    return 0;
+}
+
+/* infodisent_rotation(X, *, parametrization, n_threads=1) -> U */
+static PyObject *py_id_rotation(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"X", "parametrization", "n_threads", NULL};
+    PyObject *ox;
+    const char *ps = "cayley";
+    int nt = 1, st, param, d;
+    PyArrayObject *x, *u;
+    hook_state hs = {NULL, 0};
+    iis_ctx ctx;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$si", kwlist, &ox, &ps, &nt)) return NULL;
+    if ((param = id_param(ps)) < 0 || !(x = arr(ox, "X", NPY_FLOAT64, 2, 0))) return NULL;
+    d = (int)PyArray_DIM(x, 0);
+    if (d < 1 || PyArray_DIM(x, 1) != d) {
+        PyErr_SetString(PyExc_ValueError, "X must be square (d, d) with d >= 1");
+        return NULL;
+    }
+    {
+        npy_intp du[2] = {d, d};
+        if (!(u = (PyArrayObject *)PyArray_EMPTY(2, du, NPY_FLOAT64, 0))) return NULL;
+    }
+    init_ctx(&ctx, &hs, nt, IIS_KERNELS_AUTO); /* BLAS only: no hardware-specific kernel */
+    IIS_BEGIN_ALLOW_THREADS
+    st = iis_infodisent_rotation(&ctx, PyArray_DATA(x), d, param, PyArray_DATA(u));
+    IIS_END_ALLOW_THREADS
+    if (st != IIS_OK) {
+        Py_DECREF(u);
+        return raise_status(st, "infodisent_rotation");
+    }
+    return (PyObject *)u;
+}
+
+/* infodisent_pool(maps, U, *, n_threads=1) -> (v, pmax, pmin) */
+static PyObject *py_id_pool(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"maps", "U", "n_threads", NULL};
+    PyObject *om, *ou;
+    int nt = 1, st;
+    PyArrayObject *m, *u, *out[3] = {NULL, NULL, NULL};
+    hook_state hs = {NULL, 0};
+    iis_ctx ctx;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$i", kwlist, &om, &ou, &nt)) return NULL;
+    if (id_maps(om, ou, &m, &u) < 0) return NULL;
+    {
+        npy_intp dv[2] = {PyArray_DIM(m, 0), PyArray_DIM(m, 2)};
+        out[0] = (PyArrayObject *)PyArray_EMPTY(2, dv, NPY_FLOAT64, 0);
+        out[1] = (PyArrayObject *)PyArray_EMPTY(2, dv, NPY_INT32, 0);
+        out[2] = (PyArrayObject *)PyArray_EMPTY(2, dv, NPY_INT32, 0);
+    }
+    if (!out[0] || !out[1] || !out[2]) goto fail;
+    init_ctx(&ctx, &hs, nt, IIS_KERNELS_AUTO); /* BLAS only: no hardware-specific kernel */
+    IIS_BEGIN_ALLOW_THREADS
+    st = iis_infodisent_pool(&ctx, PyArray_DATA(m), PyArray_DIM(m, 0), (int)PyArray_DIM(m, 1),
+                             (int)PyArray_DIM(m, 2), PyArray_DATA(u), PyArray_DATA(out[0]),
+                             PyArray_DATA(out[1]), PyArray_DATA(out[2]));
+    IIS_END_ALLOW_THREADS
+    if (st != IIS_OK) {
+        raise_status(st, "infodisent_pool");
+        goto fail;
+    }
+    return Py_BuildValue("NNN", out[0], out[1], out[2]);
+fail:
+    for (int i = 0; i < 3; i++) Py_XDECREF(out[i]);
+    return NULL;
+}
+
+/* checked y (n), W (K, d), b (K) */
+static int id_head(PyObject *oy, PyObject *ow, PyObject *ob, int64_t n, int d, int K, PyArrayObject **y,
+                   PyArrayObject **w, PyArrayObject **b)
+{
+    if (!(*y = arr(oy, "labels", NPY_INT32, 1, 0)) || !(*w = arr(ow, "W", NPY_FLOAT64, 2, 0)) ||
+        !(*b = arr(ob, "b", NPY_FLOAT64, 1, 0)))
+        return -1;
+    if (K < 2 || PyArray_DIM(*w, 0) != K || PyArray_DIM(*w, 1) != d || PyArray_DIM(*b, 0) != K) {
+        PyErr_SetString(PyExc_ValueError, "InfoDisent needs W (K, d) and b (K) with K >= 2");
+        return -1;
+    }
+    return check_labels(*y, n, K);
+}
+
+/* infodisent_objective(maps, labels, n_classes, X, W, b, *, parametrization, n_threads=1)
+ * -> (loss, dX, dW, db) */
+static PyObject *py_id_objective(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"maps", "labels", "n_classes", "X", "W", "b", "parametrization", "n_threads", NULL};
+    PyObject *om, *oy, *ox, *ow, *ob;
+    const char *ps = "cayley";
+    int K, nt = 1, st, param, d;
+    double loss = 0.0;
+    PyArrayObject *m, *y, *x, *w, *b, *out[3] = {NULL, NULL, NULL};
+    hook_state hs = {NULL, 0};
+    iis_ctx ctx;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiOOO|$si", kwlist, &om, &oy, &K, &ox, &ow, &ob, &ps, &nt))
+        return NULL;
+    if ((param = id_param(ps)) < 0 || id_maps(om, ox, &m, &x) < 0) return NULL;
+    d = (int)PyArray_DIM(m, 2);
+    if (id_head(oy, ow, ob, PyArray_DIM(m, 0), d, K, &y, &w, &b) < 0) return NULL;
+    {
+        npy_intp dx[2] = {d, d}, dw[2] = {K, d}, db[1] = {K};
+        out[0] = (PyArrayObject *)PyArray_EMPTY(2, dx, NPY_FLOAT64, 0);
+        out[1] = (PyArrayObject *)PyArray_EMPTY(2, dw, NPY_FLOAT64, 0);
+        out[2] = (PyArrayObject *)PyArray_EMPTY(1, db, NPY_FLOAT64, 0);
+    }
+    if (!out[0] || !out[1] || !out[2]) goto fail;
+    init_ctx(&ctx, &hs, nt, IIS_KERNELS_AUTO); /* BLAS only: no hardware-specific kernel */
+    IIS_BEGIN_ALLOW_THREADS
+    st = iis_infodisent_objective(&ctx, PyArray_DATA(m), PyArray_DIM(m, 0), (int)PyArray_DIM(m, 1), d,
+                                  PyArray_DATA(y), K, param, PyArray_DATA(x), PyArray_DATA(w),
+                                  PyArray_DATA(b), &loss, PyArray_DATA(out[0]), PyArray_DATA(out[1]),
+                                  PyArray_DATA(out[2]));
+    IIS_END_ALLOW_THREADS
+    if (st != IIS_OK) {
+        raise_status(st, "infodisent_objective");
+        goto fail;
+    }
+    return Py_BuildValue("dNNN", loss, out[0], out[1], out[2]);
+fail:
+    for (int i = 0; i < 3; i++) Py_XDECREF(out[i]);
+    return NULL;
+}
+
+/* infodisent_fit(maps, labels, n_classes, X, W, b, adam, *, parametrization, steps, step0, batch,
+ *                lr, beta1, beta2, eps, seed, n_threads=1) -> loss history; X, W, b, adam in place */
+static PyObject *py_id_fit(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"maps", "labels", "n_classes", "X", "W", "b", "adam", "parametrization",
+                             "steps", "step0", "batch", "lr", "beta1", "beta2", "eps", "seed",
+                             "n_threads", NULL};
+    PyObject *om, *oy, *ox, *ow, *ob, *oad;
+    const char *ps = "cayley";
+    int K, nt = 1, st, d;
+    long long step0 = 0;
+    unsigned long long seed = 0;
+    PyArrayObject *m, *y, *x, *w, *b, *ad, *hist;
+    iis_infodisent_params prm = {0};
+    hook_state hs = {NULL, 0};
+    iis_ctx ctx;
+    (void)self;
+    prm.lr = NAN; /* required */
+    prm.beta1 = 0.9;
+    prm.beta2 = 0.999;
+    prm.eps = 1e-8;
+    prm.batch = 64;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiOOOO|$siLiddddKi", kwlist, &om, &oy, &K, &ox, &ow, &ob,
+                                     &oad, &ps, &prm.steps, &step0, &prm.batch, &prm.lr, &prm.beta1,
+                                     &prm.beta2, &prm.eps, &seed, &nt))
+        return NULL;
+    if ((prm.parametrization = id_param(ps)) < 0 || id_maps(om, ox, &m, &x) < 0) return NULL;
+    d = (int)PyArray_DIM(m, 2);
+    if (id_head(oy, ow, ob, PyArray_DIM(m, 0), d, K, &y, &w, &b) < 0) return NULL;
+    if (!(ad = arr(oad, "adam", NPY_FLOAT64, 1, 0))) return NULL;
+    if (PyArray_DIM(ad, 0) != 2 * ((npy_intp)d * d + (npy_intp)K * d + K)) {
+        PyErr_SetString(PyExc_ValueError, "adam must hold 2 (d d + K d + K) moments");
+        return NULL;
+    }
+    if (!PyArray_ISWRITEABLE(x) || !PyArray_ISWRITEABLE(w) || !PyArray_ISWRITEABLE(b) ||
+        !PyArray_ISWRITEABLE(ad)) {
+        PyErr_SetString(PyExc_ValueError, "X, W, b and adam are updated in place: they must be writeable");
+        return NULL;
+    }
+    if (prm.steps < 0 || step0 < 0 || prm.batch < 1 || !(prm.lr > 0.0) || !(prm.beta1 >= 0.0 && prm.beta1 < 1.0) ||
+        !(prm.beta2 >= 0.0 && prm.beta2 < 1.0) || !(prm.eps >= 0.0)) {
+        PyErr_SetString(PyExc_ValueError, "infodisent_fit needs steps >= 0, step0 >= 0, batch >= 1, lr > 0, "
+                                          "0 <= beta < 1, eps >= 0");
+        return NULL;
+    }
+    prm.step0 = (int64_t)step0;
+    prm.seed = (uint64_t)seed;
+    {
+        npy_intp dh[1] = {prm.steps};
+        if (!(hist = (PyArrayObject *)PyArray_EMPTY(1, dh, NPY_FLOAT64, 0))) return NULL;
+    }
+    init_ctx(&ctx, &hs, nt, IIS_KERNELS_AUTO); /* BLAS only: no hardware-specific kernel */
+    IIS_BEGIN_ALLOW_THREADS
+    st = iis_infodisent_fit(&ctx, PyArray_DATA(m), PyArray_DIM(m, 0), (int)PyArray_DIM(m, 1), d,
+                            PyArray_DATA(y), K, &prm, PyArray_DATA(x), PyArray_DATA(w), PyArray_DATA(b),
+                            PyArray_DATA(ad), PyArray_DATA(hist));
+    IIS_END_ALLOW_THREADS
+    if (st != IIS_OK || hs.failed) {
+        Py_DECREF(hist);
+        return raise_status(st != IIS_OK ? st : IIS_EINTR, "infodisent_fit");
+    }
+    return (PyObject *)hist;
+}
+/* ==== end of InfoDisent ==================================================== */
+
 static PyMethodDef methods[] = {
     {"_set_blas", py_set_blas, METH_VARARGS,
      "Fill the BLAS table from PyCapsules: sgemm, dgemm[, ssyrk, dsyrk, dtrsm, dpotrf]."},
@@ -1235,6 +1651,28 @@ static PyMethodDef methods[] = {
      "text_objective(features, targets, w, n_threads=1, kernels='auto') -> (sim, J, dJ/dW)"},
     {"text_fit", (PyCFunction)(void (*)(void))py_text_fit, METH_VARARGS | METH_KEYWORDS,
      "text_fit(f_train, t_train, f_val, t_val, n_concepts, steps, w0=None, eval_every=1, patience=1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, seed=0, n_threads=1, progress=None, kernels='auto') -> (W, val_sim, train_history, val_history, val_steps, n_steps, best_step, best_val, n_evals)"},
+    /* ---- End2End (end2end.c) ---- */
+    {"e2e_objective", (PyCFunction)(void (*)(void))py_e2e_objective, METH_VARARGS | METH_KEYWORDS,
+     "e2e_objective(elements, features, labels, n_classes, q, w, b, *, k, temperature, l2=0, "
+     "noise=None, a_given=None, n_threads=1) -> (loss, dq, dW, db, dA)"},
+    {"e2e_fit", (PyCFunction)(void (*)(void))py_e2e_fit, METH_VARARGS | METH_KEYWORDS,
+     "e2e_fit(elements, features, labels, n_classes, q, w, b, adam, *, k, temperature, l2, steps, "
+     "step0, lr, beta1, beta2, eps, seed, n_threads=1, progress=None) -> loss history"},
+    {"e2e_noise", (PyCFunction)(void (*)(void))py_e2e_noise, METH_VARARGS | METH_KEYWORDS,
+     "e2e_noise(seed, step, n, m, n_threads=1) -> Gumbel noise (n, m)"},
+    /* ---- InfoDisent (infodisent.c) ---- */
+    {"_set_lapack", (PyCFunction)(void (*)(void))py_set_lapack, METH_VARARGS | METH_KEYWORDS,
+     "_set_lapack(dgesv, sgesv): the LAPACK gesv capsules of the BLAS table"},
+    {"infodisent_rotation", (PyCFunction)(void (*)(void))py_id_rotation, METH_VARARGS | METH_KEYWORDS,
+     "infodisent_rotation(X, *, parametrization='cayley', n_threads=1) -> U"},
+    {"infodisent_pool", (PyCFunction)(void (*)(void))py_id_pool, METH_VARARGS | METH_KEYWORDS,
+     "infodisent_pool(maps, U, *, n_threads=1) -> (v, pmax, pmin)"},
+    {"infodisent_objective", (PyCFunction)(void (*)(void))py_id_objective, METH_VARARGS | METH_KEYWORDS,
+     "infodisent_objective(maps, labels, n_classes, X, W, b, *, parametrization='cayley', n_threads=1) "
+     "-> (loss, dX, dW, db)"},
+    {"infodisent_fit", (PyCFunction)(void (*)(void))py_id_fit, METH_VARARGS | METH_KEYWORDS,
+     "infodisent_fit(maps, labels, n_classes, X, W, b, adam, *, parametrization, steps, step0, batch, lr, "
+     "beta1, beta2, eps, seed, n_threads=1) -> loss history"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_core",

@@ -17,6 +17,7 @@ from ._api import (DEFAULT_GRID, STOP_REASONS, ConvergenceWarning, IISResult, ac
                    score)
 from ._config import show_config  # noqa: E402
 from ._library import ConceptLibrary  # noqa: E402
+from ._infodisent import InfoDisent, InfoDisentExplanation  # noqa: E402
 from ._predictor import Explanation, InterpretablePredictor  # noqa: E402
 from .concepts import load_concepts  # noqa: E402
 from ._sweep import sweep  # noqa: E402
@@ -28,6 +29,8 @@ __all__ = [
     "ConvergenceWarning",
     "Explanation",
     "IISResult",
+    "InfoDisent",
+    "InfoDisentExplanation",
     "InterpretablePredictor",
     "activation_stats",
     "load_concepts",

@@ -15,6 +15,8 @@ def install() -> None:
     # gemm for every pass; syrk, trsm and potrf for the solver's preconditioner
     _core._set_blas(blas["sgemm"], blas["dgemm"], blas["ssyrk"], blas["dsyrk"], blas["dtrsm"],
                     lapack["dpotrf"])
+    # gesv for InfoDisent's Cayley map
+    _core._set_lapack(lapack["dgesv"], lapack["sgesv"])
 
 
 def kernels() -> str:

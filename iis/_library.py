@@ -290,6 +290,94 @@ class ConceptLibrary:
         self.__init__(state["vectors"], state.get("names", state.get("_names")), state.get("kind", "custom"),
                       state.get("default_normalize", "layernorm"), state.get("meta"))
 
+    @classmethod
+    def end2end(cls, elements: Any, train_features: Any, train_labels: Any, n_concepts: int = 200,
+                temperature: float = 0.1, sparsity: float = 0.5, *, steps: int = 2000, lr: float = 0.05,
+                l2: float = 1e-4, holdout: float = 0.1, eval_every: int = 50, patience: int = 10,
+                seed: int = 0, element_names: Optional[Sequence[str]] = None,
+                n_threads: Optional[int] = None, progress: bool = False) -> "ConceptLibrary":
+        """End2End library: concepts learned jointly with a linear head (METHOD.md section 6).
+
+        Element ``j`` is assigned to one of ``n_concepts`` concepts by learned logits
+        ``q_j``: the arg-max of ``(LN(q_j) + g) / temperature`` with Gumbel noise ``g``
+        in the forward pass, the gradient of its softmax in the backward pass
+        (straight-through hard Gumbel-softmax, LN over the concepts without affine).
+        Concept ``m`` is ``unit(sum of its elements)``. A linear head reads the
+        activations ``F unit(P)^T``, layer-normalised per sample and masked to their
+        ``k = M - floor(M * sparsity)`` largest magnitudes (as :func:`iis.score` does),
+        and everything is trained by full-batch Adam on the mean cross-entropy plus
+        ``l2/2 ||W||^2`` in the C core (float64). A seeded ``holdout`` fraction of
+        train is held out: the accuracy of the deterministic model (arg-max
+        assignment, no noise; ties broken by its cross-entropy) is evaluated before
+        the first step and every ``eval_every`` steps; the best state is kept, and
+        training stops after
+        ``patience`` evaluations without improvement or after ``steps`` steps.
+        The library is the final arg-max assignment; the head is discarded
+        (:func:`iis.score` fits its own predictor on the library).
+
+        Parameters
+        ----------
+        elements : array-like (n_elements, d)
+            Embeddings of visual elements (``iis.elements.patches(...).embed(...)``)
+            by the same model and layer as the features; at least ``n_concepts``.
+        train_features : array-like (n, d)
+            Features of the train images (never the evaluation split).
+        train_labels : array-like (n,)
+            Their labels (at least two classes).
+        n_concepts : int, default 200
+            M. Concepts left without elements are dropped (``meta["n_empty"]``).
+        temperature : float, default 0.1
+            Gumbel-softmax temperature (the published class uses 0.1).
+        sparsity : float in [0, 1), default 0.5
+            The mask's ratio s while training.
+        steps, lr, l2, holdout, eval_every, patience
+            Adam steps at most, learning rate, L2 penalty of the head, held-out
+            fraction, evaluation period and patience of the early stopping.
+        seed : int
+            Seeds the split, the initialisation (``q ~ N(0, 1)``, ``W`` as
+            ``nn.Linear``) and the noise; same seed, same library, whatever ``n_threads``.
+        element_names : sequence of str, optional
+            Used in the concept names instead of element indices.
+        n_threads : int or None
+            Threads of the C core.
+        progress : bool
+            Print the step count to stderr.
+
+        Returns
+        -------
+        ConceptLibrary
+            ``kind="end2end"``; names ``"end2end_<m>: elements i, j, ..."``;
+            ``meta`` holds the assignment, the concept sizes, the train and
+            held-out losses and the best step.
+
+        Raises
+        ------
+        ValueError
+            Wrong shapes, NaN/Inf, a single class, ``n_concepts`` above the
+            number of elements, or parameters out of range.
+        """
+        from ._end2end import end2end_library
+
+        return end2end_library(elements, train_features, train_labels, n_concepts=n_concepts,
+                               temperature=temperature, sparsity=sparsity, steps=steps, lr=lr, l2=l2,
+                               holdout=holdout, eval_every=eval_every, patience=patience, seed=seed,
+                               element_names=element_names, n_threads=n_threads, progress=progress)
+
+    @classmethod
+    def from_infodisent(cls, model: Any) -> "ConceptLibrary":
+        """The columns of a fitted :class:`iis.InfoDisent`'s rotation U as a concept library.
+
+        ``z = F U``: channel c of InfoDisent is the projection on column c of U, a unit
+        vector in the space of the map's channels, which is also the space of the pooled
+        features (the CNN's global average of that map), so :func:`iis.score` scores it.
+        Names are ``infodisent_<c>``.
+        """
+        if not hasattr(model, "rotation_"):
+            raise TypeError("from_infodisent needs a fitted iis.InfoDisent (call fit first)")
+        u = np.asarray(model.rotation_)
+        return cls(u.T, [f"infodisent_{c}" for c in range(u.shape[1])], kind="infodisent",
+                   meta={"parametrization": model.parametrization})
+
     # --------------------------------------------------------------------- misc
     @property
     def n_concepts(self) -> int:

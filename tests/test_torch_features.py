@@ -399,3 +399,55 @@ def test_import_iis_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert 'ImportError: iis.torch needs PyTorch: pip install "iis[torch]"' in out.stdout
+
+
+# ------------------------------------------------------------------------------- spatial
+def test_spatial_maps_match_manual_forward(tmp_path, resnet):
+    torch.manual_seed(6)
+    x = _images(5, 64)
+    r = timm.create_model("resnet18", pretrained=False, num_classes=3).eval()
+    with torch.no_grad():
+        h = r.maxpool(r.act1(r.bn1(r.conv1(x))))
+        h = r.layer4(r.layer3(r.layer2(r.layer1(h))))  # (N, 512, 2, 2)
+    ref = h.permute(0, 2, 3, 1).reshape(5, 4, 512)
+    sp = it.extract_features(r, x, spatial=True, batch_size=2, progress=False)
+    assert sp.shape == (5, 4, 512) and sp.dtype == np.float32
+    _close(sp, ref)
+    # pooling the map gives the pooled features
+    _close(sp.mean(axis=1), torch.from_numpy(it.extract_features(r, x, progress=False)))
+    # ViT: patch tokens after the final norm, class token dropped
+    v = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=64).eval()
+    with torch.no_grad():
+        t = v.norm(v.blocks(v.norm_pre(v._pos_embed(v.patch_embed(x)))))
+    sv = it.extract_features(v, x, spatial=True, progress=False)
+    assert sv.shape == (5, 16, 192)
+    _close(sv, t[:, 1:])
+    # torchvision: the input of avgpool
+    with torch.no_grad():
+        g = resnet.layer4(resnet.layer3(resnet.layer2(resnet.layer1(
+            resnet.maxpool(resnet.relu(resnet.bn1(resnet.conv1(x))))))))
+    _close(it.extract_features(resnet, x, spatial=True, progress=False), g.flatten(2).transpose(1, 2))
+    # float16 into a .npy memmap
+    path = tmp_path / "maps.npy"
+    mm = it.extract_features(r, torch.utils.data.TensorDataset(x), spatial=True, dtype=np.float16,
+                             batch_size=2, out=path, progress=False)
+    assert isinstance(mm, np.memmap) and mm.dtype == np.float16 and mm.shape == (5, 4, 512)
+    np.testing.assert_allclose(np.load(path).astype(np.float32), ref.numpy(), rtol=2e-3, atol=2e-3)
+    # a named layer's map
+    with torch.no_grad():
+        l3 = r.layer3(r.layer2(r.layer1(r.maxpool(r.act1(r.bn1(r.conv1(x)))))))
+    _close(it.extract_features(r, x, layer="layer3", spatial=True, progress=False), l3.flatten(2).transpose(1, 2))
+
+
+def test_spatial_bad_input():
+    r = timm.create_model("resnet18", pretrained=False, num_classes=3).eval()
+    x = _images(2, 32)
+    with pytest.raises(ValueError, match="pool"):
+        it.extract_features(r, x, spatial=True, pool="max", progress=False)
+    with pytest.raises(ValueError, match="dtype"):
+        it.extract_features(r, x, spatial=True, dtype=np.int8, progress=False)
+    with pytest.raises(ValueError, match="spatial=True needs"):
+        it.extract_features(r, x, layer="fc", spatial=True, progress=False)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4))
+    with pytest.raises(ValueError, match="layer="):
+        it.extract_features(mlp, x, spatial=True, progress=False)

@@ -116,10 +116,46 @@ def _pool(x: Any, pool: str, model: nn.Module, layout: str = "auto") -> torch.Te
     return x.amax(dim=dims)
 
 
+def _prefix_tokens(model: nn.Module) -> int:
+    """Class/register tokens at the front of a ViT's token sequence (timm's ``num_prefix_tokens``)."""
+    n = getattr(model, "num_prefix_tokens", None)
+    if isinstance(n, int) and n >= 0:
+        return n
+    return 1 if _has_class_token(model) else 0
+
+
+def _spatial(x: Any, model: nn.Module, layout: str) -> torch.Tensor:
+    """A captured map as (N, H*W, d): (N, C, H, W) or (N, H, W, C) maps flattened over
+    space, (N, T, d) token sequences without their prefix (class/register) tokens."""
+    if isinstance(x, (tuple, list)):
+        x = next((t for t in x if isinstance(t, torch.Tensor)), None)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"the chosen layer produced a {type(x).__name__}, not a tensor")
+    if x.ndim == 3:
+        return x[:, _prefix_tokens(model):]
+    if x.ndim != 4:
+        raise ValueError(f"spatial=True needs a (N, C, H, W) map or (N, tokens, d) sequence, got shape "
+                         f"{tuple(x.shape)}; choose another layer=")
+    nhwc = str(getattr(model, "output_fmt", "NCHW")).endswith("NHWC") if layout == "auto" else layout == "NHWC"
+    if not nhwc:
+        x = x.permute(0, 2, 3, 1)
+    return x.reshape(x.shape[0], x.shape[1] * x.shape[2], x.shape[3])
+
+
 def _make_forward(
-    model: nn.Module, layer: str | None, layer_io: str, pool: str, layout: str
+    model: nn.Module, layer: str | None, layer_io: str, pool: str, layout: str, spatial: bool = False
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[], None]]:
-    """A function images -> (N, d) features, and a cleanup that removes the hook."""
+    """A function images -> (N, d) features (or (N, H*W, d) maps), and a cleanup that removes the hook."""
+    if spatial and layer is None and _is_timm_model(model):
+        return (lambda x: _spatial(model.forward_features(x), model, layout)), lambda: None
+    if spatial and layer is None:
+        pool_mod = getattr(model, "avgpool", None)
+        if not isinstance(pool_mod, nn.Module):
+            raise ValueError(
+                f"spatial=True: cannot tell where the final feature map of {type(model).__name__} is "
+                "(not a timm model and no avgpool module); pass layer='<module name>'"
+            )
+        layer, layer_io = next(n for n, m in model.named_modules() if m is pool_mod), "input"
     if layer is None and _is_timm_model(model):
 
         def forward_timm(x: torch.Tensor) -> torch.Tensor:
@@ -157,7 +193,8 @@ def _make_forward(
         if "x" not in store:
             where = "the final classifier" if layer is None else f"layer {layer!r}"
             raise RuntimeError(f"{where} was not called during the forward pass of {type(model).__name__}")
-        return _pool(store.pop("x"), pool, model, layout)
+        x = store.pop("x")
+        return _spatial(x, model, layout) if spatial else _pool(x, pool, model, layout)
 
     return forward_hooked, handle.remove
 
@@ -281,6 +318,8 @@ def extract_features(
     layer_io: str = "output",
     return_labels: bool = False,
     num_workers: int = 0,
+    spatial: bool = False,
+    dtype: Any = np.float32,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Features of ``data`` under ``model``: by default the input of its final classifier.
 
@@ -330,11 +369,21 @@ def extract_features(
         Also return the labels carried by the Dataset/DataLoader, in the same order.
     num_workers : int, default 0
         DataLoader workers when a Dataset is given.
+    spatial : bool, default False
+        Return the final feature map before global pooling, ``(N, H*W, d)``: for a timm
+        CNN the ``forward_features`` map flattened over space (row-major over H, W), for
+        a timm ViT its patch tokens (class and register tokens dropped), for a
+        torchvision-style CNN the input of its ``avgpool``; with ``layer`` that layer's
+        map or tokens. ``pool`` must stay ``"auto"``. This is the input of
+        :class:`iis.InfoDisent`; use ``out=`` when ``N * H*W * d`` does not fit in memory.
+    dtype : {numpy.float32, numpy.float16}, default float32
+        dtype of the returned features (float16 halves the size of spatial maps).
 
     Returns
     -------
     numpy.ndarray
-        ``(N, d)`` float32 features (a read-only memmap when ``out`` is given).
+        ``(N, d)`` features, or ``(N, H*W, d)`` with ``spatial=True``, of ``dtype`` (a
+        read-only memmap when ``out`` is given).
     labels : numpy.ndarray
         Only with ``return_labels=True``.
 
@@ -355,6 +404,16 @@ def extract_features(
         raise ValueError(f"layout must be 'auto', 'NCHW' or 'NHWC', got {layout!r}")
     if layer_io not in ("output", "input"):
         raise ValueError(f"layer_io must be 'output' or 'input', got {layer_io!r}")
+    if not isinstance(spatial, (bool, np.bool_)):
+        raise TypeError(f"spatial must be True or False, got {spatial!r}")
+    if spatial and pool != "auto":
+        raise ValueError(f"spatial=True returns the map before pooling; pool={pool!r} does not apply")
+    try:
+        out_dtype = np.dtype(dtype)
+    except TypeError:
+        out_dtype = None
+    if out_dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
+        raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
     if layer is not None:
         resolve_layer(model, layer)  # fail before touching the data
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
@@ -374,7 +433,7 @@ def extract_features(
     modes = [(m, m.training) for m in model.modules()]
     if return_labels and isinstance(data, (torch.Tensor, np.ndarray)):
         raise ValueError("return_labels=True but the data carries no labels (a bare tensor/array of images)")
-    forward, cleanup = _make_forward(model, layer, layer_io, pool, layout)
+    forward, cleanup = _make_forward(model, layer, layer_io, pool, layout, bool(spatial))
     chunks: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     mm: np.memmap | None = None
@@ -409,19 +468,24 @@ def extract_features(
                         f"the model returned {f.shape[0]} feature rows for a batch of {x.shape[0]} images"
                     )
                 f_np = f.detach().to("cpu", torch.float32).numpy()
+                if spatial and f_np.shape[1] == 0:
+                    raise ValueError(f"the feature map has no positions (shape {f_np.shape})")
                 if not np.all(np.isfinite(f_np)):
                     warnings.warn("some features are NaN or infinite", RuntimeWarning, stacklevel=2)
                 if out is not None:
                     if mm is None:
                         assert n_expected is not None
                         mm = np.lib.format.open_memmap(
-                            os.fspath(out), mode="w+", dtype=np.float32, shape=(n_expected, f_np.shape[1])
+                            os.fspath(out), mode="w+", dtype=out_dtype, shape=(n_expected,) + f_np.shape[1:]
                         )
+                    if mm.shape[1:] != f_np.shape[1:]:
+                        raise RuntimeError(f"a batch gave features of shape {f_np.shape[1:]}, earlier ones "
+                                           f"{mm.shape[1:]} (images of different sizes?)")
                     if written + f_np.shape[0] > n_expected:
                         raise RuntimeError(f"data yielded more than the {n_expected} samples announced")
                     mm[written : written + f_np.shape[0]] = f_np
                 else:
-                    chunks.append(f_np)
+                    chunks.append(f_np.astype(out_dtype, copy=False))
                 written += f_np.shape[0]
                 if return_labels:
                     if y is None:
@@ -455,7 +519,7 @@ def extract_features(
         feats: np.ndarray = np.load(os.fspath(out), mmap_mode="r", allow_pickle=False)
     else:
         feats = np.concatenate(chunks, axis=0) if len(chunks) > 1 else chunks[0]
-        feats = np.ascontiguousarray(feats, dtype=np.float32)
+        feats = np.ascontiguousarray(feats, dtype=out_dtype)
     if return_labels:
         return feats, np.concatenate(labels)
     return feats
