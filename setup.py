@@ -26,6 +26,7 @@ sources = [
     "csrc/text.c",
     "csrc/simd.c",
     "csrc/amx.c",
+    "csrc/sparse.c",
 ]
 compile_args = ["-std=c11", "-O3", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 link_args = []

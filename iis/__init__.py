@@ -18,6 +18,7 @@ from ._api import DEFAULT_GRID, ConvergenceWarning, IISResult, activation_stats,
 from ._config import show_config  # noqa: E402
 from ._library import ConceptLibrary  # noqa: E402
 from ._predictor import Explanation, InterpretablePredictor  # noqa: E402
+from ._sparse import SparsePath, sparse_path  # noqa: E402
 from .concepts import load_concepts  # noqa: E402
 from . import demo  # noqa: E402,F401
 
@@ -33,5 +34,7 @@ __all__ = [
     "project",
     "score",
     "show_config",
+    "SparsePath",
+    "sparse_path",
     "__version__",
 ]
