@@ -24,6 +24,9 @@
 #include "gemm_t.h"
 
 #define SP_CHECK 5 /* iterations between KKT checks on S */
+/* GEMMs below this many multiply-adds run on one thread: waking a team costs more,
+ * and far more on a loaded machine (W1 quick, 3000 x 40 x 20: 8x slower on 2 threads) */
+#define SP_PAR_GEMM ((int64_t)64 << 20)
 
 typedef struct {
     const double *x; /* n x d, leading dimension ldx */
@@ -41,7 +44,7 @@ static void sp_add_bias(int nt, double *Z, int64_t n, int K, const double *b)
         for (int k = 0; k < K; k++) Z[i * K + k] += b[k];
 }
 
-/* mean_i CE(Z_i, y_i); when G != NULL also G = (softmax(Z) - e_y) / n (G may be Z) */
+/* mean_i CE(Z_i, y_i), and G = (softmax(Z) - e_y) / n (G may be Z) */
 static double sp_softmax(int nt, const double *Z, int64_t n, int K, const int32_t *y, double *G)
 {
     double part[IIS_NCHUNK], s = 0;
@@ -52,15 +55,14 @@ static double sp_softmax(int nt, const double *Z, int64_t n, int K, const int32_
         double acc = 0;
         for (int64_t i = lo; i < hi; i++) {
             const double *z = Z + i * K;
-            double m = z[0], se = 0;
+            double *g = G + i * K, m = z[0], se = 0, zy = z[y[i]], inv;
             for (int k = 1; k < K; k++) m = z[k] > m ? z[k] : m;
-            for (int k = 0; k < K; k++) se += exp(z[k] - m);
-            acc += m + log(se) - z[y[i]];
-            if (G) {
-                double *g = G + i * K, inv = 1.0 / (se * (double)n);
-                for (int k = 0; k < K; k++) g[k] = exp(z[k] - m) * inv;
-                g[y[i]] -= 1.0 / (double)n;
-            }
+            for (int k = 0; k < K; k++) g[k] = iis_exp_neg(z[k] - m); /* vectorised */
+            for (int k = 0; k < K; k++) se += g[k];
+            inv = 1.0 / (se * (double)n);
+            for (int k = 0; k < K; k++) g[k] *= inv;
+            g[y[i]] -= 1.0 / (double)n;
+            acc += m + log(se) - zy;
         }
         part[c] = acc;
     }
@@ -75,7 +77,7 @@ static int sp_xtg(const iis_ctx *ctx, int nt, const double *X, int64_t n, int s,
 {
     size_t blk = (size_t)s * K + K;
     int c;
-#pragma omp parallel for num_threads(nt) schedule(static) if (n * (s + 1) * K > IIS_PAR_MIN)
+#pragma omp parallel for num_threads(nt) schedule(static) if (n * (s + 1) * K > SP_PAR_GEMM)
     for (c = 0; c < nch; c++) {
         int64_t lo = n * c / nch, hi = n * (c + 1) / nch;
         double *out = scratch + (size_t)c * blk, *ob = out + (size_t)s * K;
@@ -106,7 +108,7 @@ static int sp_xtg(const iis_ctx *ctx, int nt, const double *X, int64_t n, int s,
 static int sp_forward(const iis_ctx *ctx, int nt, const double *X, int64_t n, int s, int64_t ldx,
                       const double *W, const double *b, int K, double *Z)
 {
-    int st = par_gemm_ab_d(ctx, nt, n, s, K, X, ldx, W, Z);
+    int st = par_gemm_ab_d(ctx, n * (s + 1) * K > SP_PAR_GEMM ? nt : 1, n, s, K, X, ldx, W, Z);
     if (st == IIS_OK) sp_add_bias(nt, Z, n, K, b);
     return st;
 }
@@ -267,7 +269,7 @@ static int sp_fista(const iis_ctx *ctx, const sp_data *D, sp_work *k, const iis_
             sp_prox(V, s, K, h, p, k->Wn);
             for (int c = 0; c < K; c++) k->bn[c] = k->by[c] - h * k->gb[c];
             if ((st = sp_forward(ctx, nt, k->XS, D->n, s, s, k->Wn, k->bn, K, k->Zn))) return st;
-            fn = sp_softmax(nt, k->Zn, D->n, K, D->y, NULL);
+            fn = sp_softmax(nt, k->Zn, D->n, K, D->y, k->G); /* G: scratch here */
             q = fy, dd = 0;
             for (u = 0; u < sk; u++) {
                 double e = k->Wn[u] - k->Wy[u];

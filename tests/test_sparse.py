@@ -1,0 +1,186 @@
+"""iis.sparse_path: the multinomial elastic-net path of csrc/sparse.c (issue 21).
+
+The solver stops when the largest KKT violation over all weights and intercepts is <= tol;
+the tests recompute that violation in float64 NumPy from the returned (W, b), so their
+bound is tol plus the rounding of two different summation orders of the same gradient
+(1e-12 here, where gradients are O(1))."""
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+import iis
+from iis._api import ConvergenceWarning
+
+ROUND = 1e-12
+
+
+def problem(n=240, m=14, k=4, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, m))
+    x[:, 1] += 0.8 * x[:, 0]  # correlated concepts, as concept activations are
+    logits = x[:, :k] * 1.5 + rng.normal(size=(n, k))
+    return x.astype(dtype), np.argmax(logits, axis=1)
+
+
+def ce_grad(x, y, w, b):
+    """mean CE and its gradient in float64 (the reference)."""
+    z = x @ w + b
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    n = len(y)
+    ce = float(np.mean(-np.log(p[np.arange(n), y])))
+    p[np.arange(n), y] -= 1
+    return ce, x.T @ p / n, p.sum(axis=0) / n
+
+
+def kkt(x, y, w, b, lam, alpha, grouped):
+    """largest KKT violation of (w, b) (the solver's stopping rule, written independently)"""
+    _, g, gb = ce_grad(x.astype(np.float64), y, w, b)
+    g = g + lam * (1 - alpha) * w
+    l1 = lam * alpha
+    if grouped:
+        wn = np.linalg.norm(w, axis=1)
+        nz = wn > 0
+        r = np.zeros(len(wn))
+        r[nz] = np.linalg.norm(g[nz] + l1 * w[nz] / wn[nz, None], axis=1)
+        r[~nz] = np.maximum(np.linalg.norm(g[~nz], axis=1) - l1, 0)
+    else:
+        r = np.where(w != 0, np.abs(g + l1 * np.sign(w)), np.maximum(np.abs(g) - l1, 0))
+    return max(float(r.max()), float(np.abs(gb).max()))
+
+
+def penalised(x, y, w, b, lam, alpha):
+    ce, _, _ = ce_grad(x, y, w, b)
+    return ce + lam * (alpha * np.abs(w).sum() + 0.5 * (1 - alpha) * (w * w).sum())
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kkt_holds_along_the_path(grouped, dtype):
+    x, y = problem(dtype=dtype)
+    tol = 1e-7
+    p = iis.sparse_path(x, y, n_lambdas=12, tol=tol, grouped=grouped, alpha=0.9)
+    assert p.converged.all()
+    for i in range(len(p)):
+        v = kkt(x, y, p.coef(i), p.intercepts[i], p.lambdas[i], 0.9, grouped)
+        assert v <= tol + ROUND, (i, v)
+        assert p.kkt[i] <= tol
+    # W = 0 exactly at lambda_max, nonzeros appear below it and the path ends much denser
+    assert p.nonzeros[0] == 0 and p.nonzeros[1] > 0
+    assert p.nonzeros[-1] > p.nonzeros[1]
+    assert p.concepts_used[-1] == x.shape[1]
+
+
+def test_lambda_max_is_the_first_zero_solution():
+    x, y = problem()
+    p = iis.sparse_path(x, y, n_lambdas=3, tol=1e-9)
+    below = iis.sparse_path(x, y, lambdas=[p.lambda_max * 0.999], tol=1e-9)
+    assert below.nonzeros[0] > 0
+    # at lambda_max the intercepts are the log class frequencies (up to a constant)
+    b = p.intercepts[0]
+    logf = np.log(np.bincount(y) / len(y))
+    np.testing.assert_allclose(b - b.mean(), logf - logf.mean(), atol=1e-9)
+
+
+def test_grouped_drops_whole_concepts():
+    x, y = problem(k=5)
+    p = iis.sparse_path(x, y, n_lambdas=15, grouped=True, tol=1e-7)
+    for i in range(len(p)):
+        per_row = (p.coef(i) != 0).sum(axis=1)
+        assert set(per_row.tolist()) <= {0, 5}
+    assert 0 < p.concepts_used[3] < x.shape[1]
+
+
+@pytest.mark.parametrize("at", [2, 6, 11])
+def test_same_objective_as_sklearn_saga(at):
+    """sklearn's LogisticRegression(saga, elastic net) minimises
+    C sum CE + l1_ratio ||W||_1 + (1 - l1_ratio)/2 ||W||^2, i.e. our objective times C n with
+    C = 1 / (n lambda). At our point, F - F* <= ||r|| ||W - W*|| for the minimal subgradient r
+    (||r|| <= sqrt(number of parameters) tol); with tol = 1e-10 that is far below 1e-8."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = problem(n=150, m=6, k=3, seed=3)
+    alpha = 0.9
+    p = iis.sparse_path(x, y, n_lambdas=12, alpha=alpha, tol=1e-10, max_iter=100_000)
+    lam = p.lambdas[at]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = LogisticRegression(solver="saga", l1_ratio=alpha, C=1 / (len(y) * lam), tol=1e-12,
+                                 max_iter=200_000).fit(x, y)
+    ours = penalised(x, y, p.coef(at), p.intercepts[at], lam, alpha)
+    theirs = penalised(x, y, clf.coef_.T, clf.intercept_, lam, alpha)
+    assert abs(ours - p.objective[at]) <= 1e-12
+    assert ours <= theirs + 1e-8
+    assert theirs - ours <= 1e-6  # saga converged to the same optimum
+    np.testing.assert_array_equal(p.coef(at) != 0, np.abs(clf.coef_.T) > 1e-6)
+
+
+def test_same_bits_for_any_thread_count_and_input_not_modified():
+    x, y = problem(n=3000, m=40, k=10, seed=1)
+    x0 = x.copy()
+    p1 = iis.sparse_path(x, y, n_lambdas=6, tol=1e-6, n_threads=1)
+    p2 = iis.sparse_path(x, y, n_lambdas=6, tol=1e-6, n_threads=2)
+    np.testing.assert_array_equal(x, x0)
+    for i in range(6):
+        np.testing.assert_array_equal(p1.coef(i), p2.coef(i))
+        np.testing.assert_array_equal(p1.intercepts[i], p2.intercepts[i])
+
+
+def test_result_object():
+    x, y = problem()
+    labels = np.array(["cat", "dog", "eel", "fox"])[y]
+    p = iis.sparse_path(x[:200], labels[:200], n_lambdas=5, eval=(x[200:], labels[200:]), tol=1e-6)
+    d = json.loads(json.dumps(p.to_dict()))
+    assert d["classes"] == ["cat", "dog", "eel", "fox"] and len(d["path"]) == 5
+    pt = d["path"][3]
+    w = np.zeros((x.shape[1], 4))
+    w[pt["weights"]["concept"], pt["weights"]["class"]] = pt["weights"]["value"]
+    np.testing.assert_array_equal(w, p.coef(3))
+    assert pt["nonzeros"] == int((w != 0).sum()) and sum(pt["nonzeros_per_class"]) == pt["nonzeros"]
+    acc = np.mean(p.predict(x[200:], 3) == labels[200:])
+    assert acc == p.eval_accuracy[3]
+    text = repr(p)
+    assert "eval acc" in text and len(text.splitlines()) == 1 + 1 + 5
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = p.plot()
+    np.testing.assert_array_equal(ax.lines[0].get_xdata(), p.nonzeros)
+
+
+def test_not_converged_warns():
+    x, y = problem()
+    with pytest.warns(ConvergenceWarning, match="did not reach tol"):
+        p = iis.sparse_path(x, y, n_lambdas=8, tol=1e-12, max_iter=3)
+    assert not p.converged.all()
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(alpha=0.0), ValueError, "alpha"),
+    (dict(alpha=1.5), ValueError, "alpha"),
+    (dict(tol=0.0), ValueError, "tol"),
+    (dict(n_lambdas=0), ValueError, "n_lambdas"),
+    (dict(lambda_min_ratio=2.0), ValueError, "lambda_min_ratio"),
+    (dict(lambdas=[0.1, 0.2]), ValueError, "non-increasing"),
+    (dict(eval=np.zeros((3, 14))), TypeError, "eval"),
+    (dict(eval=(np.zeros((3, 5)), [0, 1, 2])), ValueError, "eval activations"),
+])
+def test_bad_input(kwargs, exc, match):
+    x, y = problem()
+    with pytest.raises(exc, match=match):
+        iis.sparse_path(x, y, **kwargs)
+
+
+def test_bad_data():
+    x, y = problem()
+    bad = x.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        iis.sparse_path(bad, y)
+    with pytest.raises(ValueError, match="labels has 239 entries"):
+        iis.sparse_path(x, y[:-1])
+    with pytest.raises(ValueError, match="at least 2"):
+        iis.sparse_path(x, np.zeros(len(y), dtype=int))
