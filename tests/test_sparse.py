@@ -184,3 +184,71 @@ def test_bad_data():
         iis.sparse_path(x, y[:-1])
     with pytest.raises(ValueError, match="at least 2"):
         iis.sparse_path(x, np.zeros(len(y), dtype=int))
+
+
+# ------------------------------------------------------ InterpretablePredictor(penalty="elasticnet")
+def concept_data(n=600, d=12, K=4, M=20, seed=0):
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(K, d)) * 1.2
+    y = rng.integers(0, K, n)
+    x = means[y] + rng.normal(size=(n, d))
+    lib = iis.ConceptLibrary(rng.normal(size=(M, d)), [f"c{i}" for i in range(M)])
+    return x, y, lib
+
+
+@pytest.mark.parametrize("budget", [2, 5, None])
+def test_predictor_elasticnet_budget_and_optimality(budget):
+    x, y, lib = concept_data()
+    clf = iis.InterpretablePredictor(lib, sparsity=0.5, penalty="elasticnet", nonzeros_per_class=budget,
+                                     tol=1e-7).fit(x, y)
+    nz = (clf.coef_ != 0).sum(axis=1)
+    if budget is not None:
+        assert nz.max() <= budget
+    assert nz.sum() > 0 and clf.lambda_ > 0
+    # the head is the elastic-net solution at lambda_ on all train rows' masked activations
+    a = clf._masked(x, dense=True).astype(np.float64)
+    v = kkt(a, y, clf.coef_.T.astype(np.float64), clf.intercept_, clf.lambda_, 0.99, False)
+    assert v <= 1e-7 + ROUND
+
+
+def test_predictor_elasticnet_selects_on_train_only():
+    """fit sees only train rows: the same fit whatever evaluation data exists, and the chosen
+    point is the best on the stratified 20% hold-out among the feasible ones."""
+    x, y, lib = concept_data(seed=2)
+    a = iis.InterpretablePredictor(lib, penalty="elasticnet", nonzeros_per_class=4, tol=1e-6).fit(x, y)
+    b = iis.InterpretablePredictor(lib, penalty="elasticnet", nonzeros_per_class=4, tol=1e-6).fit(x, y)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    dense = a._masked(x, dense=True)
+    rng = np.random.default_rng(0)
+    hold = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:int(0.2 * np.sum(y == c))] for c in range(4)])
+    fit = np.setdiff1d(np.arange(len(y)), hold)
+    p = iis.sparse_path(dense[fit], y[fit], eval=(dense[hold], y[hold]), tol=1e-6)
+    ok = p.nonzeros_per_class.max(axis=1) <= 4
+    assert a.lambda_ <= p.lambdas[np.flatnonzero(ok)[np.argmax(p.eval_accuracy[ok])]] * (1 + 1e-12)
+
+
+def test_predictor_elasticnet_explanations_list_nonzero_concepts(tmp_path):
+    x, y, lib = concept_data(seed=1)
+    clf = iis.InterpretablePredictor(lib, penalty="elasticnet", nonzeros_per_class=3, tol=1e-6).fit(x, y)
+    for e in clf.explain(x[:20], top=None):
+        c = int(np.flatnonzero(clf.classes_ == e.predicted)[0])
+        assert len(e.concepts) == e.n_kept <= 3
+        assert set(e.concept_index.tolist()) <= set(np.flatnonzero(clf.coef_[c]).tolist())
+        assert e.bias + e.contribution.sum() == pytest.approx(e.logit, abs=1e-9)
+    g = clf.global_explanation(top=None)
+    assert all(len(v) == (clf.coef_[i] != 0).sum() for i, v in enumerate(g.values()))
+    clf.save(tmp_path / "m.npz")
+    back = iis.InterpretablePredictor.load(tmp_path / "m.npz")
+    assert back.penalty == "elasticnet" and back.lambda_ == clf.lambda_
+    np.testing.assert_array_equal(back.predict(x), clf.predict(x))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(penalty="l1"), "penalty"),
+    (dict(penalty="elasticnet", alpha=0), "alpha"),
+    (dict(penalty="elasticnet", nonzeros_per_class=0), "nonzeros_per_class"),
+])
+def test_predictor_elasticnet_bad_params(kwargs, match):
+    x, y, lib = concept_data()
+    with pytest.raises(ValueError, match=match):
+        iis.InterpretablePredictor(lib, **kwargs).fit(x, y)
