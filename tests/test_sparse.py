@@ -252,3 +252,27 @@ def test_predictor_elasticnet_bad_params(kwargs, match):
     x, y, lib = concept_data()
     with pytest.raises(ValueError, match=match):
         iis.InterpretablePredictor(lib, **kwargs).fit(x, y)
+
+
+def test_text_library_ends_in_a_sparse_head():
+    """The Label-free CBM recipe: a text library (standardised activations, all concepts kept)
+    ending in a sparse elastic-net head; iis.score on the same library is untouched."""
+    from test_text import planted
+
+    names, F, img, txt, A, Z = planted()
+    lib = iis.ConceptLibrary.text(names, F, img, txt, interpretability_cutoff=0.3, seed=0)
+    y = np.argmax(Z + 0.01 * np.arange(Z.shape[1]), axis=1)
+    labels = np.array(["cat", "dog", "car", "tree"])[y]
+    before = iis.score(F[:1000], labels[:1000], F[1000:], labels[1000:], lib, sparsities=(0.0, 0.5))
+    clf = iis.InterpretablePredictor(lib, penalty="elasticnet", nonzeros_per_class=1, tol=1e-6)
+    clf.fit(F[:1000], labels[:1000])
+    assert clf.normalize_ == "standardize" and (clf.coef_ != 0).sum(axis=1).max() <= 1
+    assert clf.score(F[1000:], labels[1000:]) > 0.5
+    # each class's one concept is its own planted concept
+    for c, label in enumerate(clf.classes_):
+        j = np.flatnonzero(clf.coef_[c])
+        if j.size:
+            assert lib.names[j[0]] == f"planted_{['cat', 'dog', 'car', 'tree'].index(label)}"
+    after = iis.score(F[:1000], labels[:1000], F[1000:], labels[1000:], lib, sparsities=(0.0, 0.5))
+    strip = lambda r: {k: v for k, v in r.to_dict().items() if k != "timings"}  # noqa: E731
+    assert strip(after) == strip(before)
