@@ -30,6 +30,7 @@ import io
 import json
 import os
 import resource
+import signal
 import sys
 import time
 import warnings
@@ -88,20 +89,35 @@ def run_glm_saga(a, y, aev, yev, lams, alpha, threads, epochs, budget):
     lin.weight.data.zero_()
     lin.bias.data.zero_()
     state, pts, t_all = None, [], 0.0
-    for lam in lams:
-        meta = {"max_reg": {"nongrouped": float(lam) * alpha}}
-        t0 = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out = glm_saga(lin, loader, 0.1, epochs, alpha, epsilon=1, k=1, do_zero=False, metadata=meta,
-                           n_ex=n, n_classes=K, state=state)
-        t_all += time.perf_counter() - t0
-        state = out["state"]
-        w = lin.weight.detach().numpy().astype(np.float64).T.copy()
-        b = lin.bias.detach().numpy().astype(np.float64).copy()
-        pts.append(point(a.astype(np.float64), y, aev, yev, w, b, lam, alpha, t_all))
-        if t_all > budget:
-            break
+
+    def stop(signum, frame):
+        raise TimeoutError
+
+    old = signal.signal(signal.SIGALRM, stop)
+    try:
+        for lam in lams:
+            meta = {"max_reg": {"nongrouped": float(lam) * alpha}}
+            t0 = time.perf_counter()
+            signal.setitimer(signal.ITIMER_REAL, max(budget - t_all, 1.0))  # a lambda can run 1000 epochs
+            try:
+                with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    out = glm_saga(lin, loader, 0.1, epochs, alpha, epsilon=1, k=1, do_zero=False, metadata=meta,
+                                   n_ex=n, n_classes=K, state=state)
+            except TimeoutError:
+                t_all += time.perf_counter() - t0  # the unfinished lambda is not reported
+                break
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            t_all += time.perf_counter() - t0
+            state = out["state"]
+            w = lin.weight.detach().numpy().astype(np.float64).T.copy()
+            b = lin.bias.detach().numpy().astype(np.float64).copy()
+            pts.append(point(a.astype(np.float64), y, aev, yev, w, b, lam, alpha, t_all))
+            if t_all > budget:
+                break
+    finally:
+        signal.signal(signal.SIGALRM, old)
     return {"total_seconds": t_all, "points": pts, "completed": len(pts) == len(lams)}
 
 
@@ -144,7 +160,7 @@ def table(res, budgets):
         cells, t = [], {}
         for k in names:
             p = at_budget(res[k]["points"], B)
-            top = max(q["nonzeros"] for q in res[k]["points"])
+            top = max((q["nonzeros"] for q in res[k]["points"]), default=-1)
             if p is not None and top <= B and not res[k].get("completed", True):
                 p = None  # the path stopped before reaching this budget
             cells.append("not reached" if p is None else f"{p['eval_accuracy']:.4f} ({p['nonzeros']})")
@@ -200,13 +216,22 @@ def main(argv=None):
                     "glm_epochs": args.glm_epochs, "budget_s": args.budget, "cpu": os.cpu_count(),
                     "load_average": os.getloadavg()}}
     print(f"W1{' quick' if args.quick else ''}: activations {a.shape}, {args.n_lambdas} lambdas", flush=True)
+    suffix = "-quick" if args.quick else ""
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+
+    def save():  # after each solver, so that a stopped run keeps what it measured
+        with open(args.out + suffix + ".json", "w") as fh:
+            json.dump(res, fh, indent=1)
+
     with single_blas():
         res["iis"] = run_iis(a, y, aev, yev, lams, args.alpha, args.tol, args.threads)
     res["iis"]["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"iis: {res['iis']['total_seconds']:.1f} s, peak RSS so far {res['iis']['peak_rss_mib']:.0f} MiB", flush=True)
+    save()
     if "glm_saga" not in args.skip:
         res["glm_saga"] = run_glm_saga(a, y, aev, yev, lams, args.alpha, args.threads, args.glm_epochs, args.budget)
         print(f"glm-saga: {res['glm_saga']['total_seconds']:.1f} s, {len(res['glm_saga']['points'])} points", flush=True)
+        save()
     if "sklearn" not in args.skip:
         res["sklearn"] = run_sklearn(a, y, aev, yev, lams, args.alpha, args.budget)
         print(f"sklearn: {res['sklearn']['total_seconds']:.1f} s, {len(res['sklearn']['points'])} points", flush=True)
@@ -218,10 +243,7 @@ def main(argv=None):
             f"Accuracy at equal nonzeros (eval accuracy (nonzeros) and the path's seconds to reach it):\n\n"
             + table(res, budgets) + "\n\nAt the same lambdas:\n\n" + same_lambda(res) + "\n")
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    suffix = "-quick" if args.quick else ""
-    with open(args.out + suffix + ".json", "w") as fh:
-        json.dump(res, fh, indent=1)
+    save()
     with open(args.out + suffix + ".md", "w") as fh:
         fh.write(text)
 
