@@ -362,12 +362,11 @@ int iis_enet_fit_d(const iis_ctx *ctx, const double *x, int64_t n, int d, int64_
         for (int c = 0; c < K; c++) nz |= w[(size_t)j * K + c] != 0;
         in[j] = nz || sp_row_score(grad + (size_t)j * K, K, p->grouped) >= thr;
     }
-    info->n_screened = 0;
+    for (int j = 0; j < d; j++) info->n_screened += in[j];
     for (;;) {
         int s = 0, added = 0;
         for (int j = 0; j < d; j++)
             if (in[j]) k.S[s++] = j;
-        if (info->n_screened == 0) info->n_screened = s;
         if ((st = sp_alloc_s(&D, &k, s))) goto cleanup;
         sp_gather(nt, &D, &k, w);
         memcpy(k.b, b, sizeof(double) * K);

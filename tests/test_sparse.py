@@ -276,3 +276,31 @@ def test_text_library_ends_in_a_sparse_head():
     after = iis.score(F[:1000], labels[:1000], F[1000:], labels[1000:], lib, sparsities=(0.0, 0.5))
     strip = lambda r: {k: v for k, v in r.to_dict().items() if k != "timings"}  # noqa: E731
     assert strip(after) == strip(before)
+
+
+def test_screening_and_kkt_check_readd_concepts():
+    """The strong rule keeps row j when its gradient at the previous point reaches
+    alpha (2 lambda - lambda_prev); a cold start at a small lambda with lambda_prev = lambda
+    screens out concepts that the solution needs, and the KKT check must add them back."""
+    from iis import _core
+
+    x, y = problem(n=300, m=30, k=3, seed=4)
+    y = y.astype(np.int32)
+    b0 = np.log(np.bincount(y) / len(y))
+
+    def cold(lam, lam_prev):
+        w, b = np.zeros((30, 3)), b0.copy()
+        _, g, gb = _core.enet_objective(x, y, 3, w, b)
+        info = _core.enet_fit(x, y, 3, w, b, g, gb, lam=lam, lam_prev=lam_prev, alpha=0.99, grouped=False,
+                              tol=1e-9, max_iter=100_000, lipschitz=1.0)
+        return w, b, info
+
+    _, g0, _ = _core.enet_objective(x, y, 3, np.zeros((30, 3)), b0)
+    lam = 0.1 * np.abs(g0).max() / 0.99
+    w1, b1, screened = cold(lam, lam)
+    w2, b2, full = cold(lam, 1e3 * lam)  # threshold below 0: every concept kept
+    assert full["n_screened"] == 30 and full["n_added"] == 0
+    assert screened["n_screened"] < 30 and screened["n_added"] > 0
+    assert kkt(x, y, w1, b1, lam, 0.99, False) <= 1e-9 + ROUND
+    assert penalised(x, y, w1, b1, lam, 0.99) == pytest.approx(penalised(x, y, w2, b2, lam, 0.99), abs=1e-12)
+    np.testing.assert_array_equal(w1 != 0, w2 != 0)
