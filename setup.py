@@ -28,6 +28,7 @@ sources = [
     "csrc/amx.c",
     "csrc/end2end.c",
     "csrc/infodisent.c",
+    "csrc/sparse.c",
 ]
 compile_args = ["-std=c11", "-O3", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 link_args = []

@@ -345,6 +345,37 @@ int iis_infodisent_objective(const iis_ctx *ctx, const float *maps, int64_t n, i
 int iis_infodisent_fit(const iis_ctx *ctx, const float *maps, int64_t n, int hw, int d,
                        const int32_t *y, int K, const iis_infodisent_params *prm, double *x,
                        double *w, double *b, double *adam, double *loss_history);
+/* ---- sparse.c: multinomial elastic net ---------------------- */
+/* F(W, b) = mean CE(X W + b, y) + lambda (alpha R(W) + (1 - alpha)/2 ||W||_F^2),
+ * R = ||W||_1, or sum_j ||W_j||_2 over the rows (concepts) when grouped; b unpenalised. */
+typedef struct {
+    double lambda, alpha; /* lambda >= 0, 0 < alpha <= 1 */
+    double lambda_prev;   /* the path's previous lambda (strong rule); lambda for the first */
+    int grouped;
+    double tol;           /* stop when the max KKT violation (sparse.c) is <= tol (> 0) */
+    int max_iter;         /* proximal-gradient iterations at most */
+    double lipschitz;     /* first estimate of the CE gradient's Lipschitz constant (> 0) */
+} iis_enet_params;
+
+typedef struct {
+    int n_iter, converged;
+    double kkt;        /* max KKT violation over all weights and intercepts */
+    double loss;       /* mean CE at the solution */
+    double lipschitz;  /* the last backtracking estimate (the next lambda's start) */
+    int n_screened;    /* rows kept by the strong rule */
+    int n_added;       /* rows the KKT check added back */
+} iis_enet_info;
+
+/* mean CE at (w (d x K), b) and its gradient (gw d x K, gb K) over x (n x d, ld ldx) */
+int iis_enet_objective_d(const iis_ctx *ctx, const double *x, int64_t n, int d, int64_t ldx,
+                         const int32_t *y, int K, const double *w, const double *b, double *loss,
+                         double *gw, double *gb);
+/* One point of the path: w, b hold the warm start on entry and the solution on exit;
+ * grad (d x K) holds the CE gradient at the entry point (the strong rule reads it) and
+ * receives the CE gradient at the solution, grad_b (K) the intercepts' part. */
+int iis_enet_fit_d(const iis_ctx *ctx, const double *x, int64_t n, int d, int64_t ldx,
+                   const int32_t *y, int K, const iis_enet_params *p, double *w, double *b,
+                   double *grad, double *grad_b, iis_enet_info *info);
 
 /* ---- rng (splitmix64), deterministic and state-passing ------------------ */
 static inline uint64_t iis_rng_next(uint64_t *state)

@@ -1617,6 +1617,131 @@ static PyObject *py_id_fit(PyObject *self, PyObject *args, PyObject *kw)
     return (PyObject *)hist;
 }
 /* ==== end of InfoDisent ==================================================== */
+/* ==== sparse heads: multinomial elastic net, sparse.c ==================== */
+
+/* a writable C-contiguous float64 array of shape (r, c) (c < 0: 1-D of r); NULL with an error */
+static PyArrayObject *enet_out(PyObject *o, const char *name, npy_intp r, npy_intp c)
+{
+    PyArrayObject *a = arr(o, name, NPY_FLOAT64, c < 0 ? 1 : 2, 0);
+    if (!a) return NULL;
+    if (PyArray_DIM(a, 0) != r || (c >= 0 && PyArray_DIM(a, 1) != c)) {
+        PyErr_Format(PyExc_ValueError, "%s has the wrong shape", name);
+        return NULL;
+    }
+    if (!PyArray_ISWRITEABLE(a)) {
+        PyErr_Format(PyExc_ValueError, "%s must be writeable", name);
+        return NULL;
+    }
+    return a;
+}
+
+/* X (n x d, float64, contiguous rows) and y (n, int32 in [0, K)); -1 with an error */
+static int enet_inputs(PyObject *ox, PyObject *oy, int K, PyArrayObject **x, PyArrayObject **y)
+{
+    if (!(*x = arr(ox, "X", NPY_FLOAT64, 2, 1))) return -1;
+    if (PyArray_DIM(*x, 1) > INT_MAX - 1) {
+        PyErr_SetString(PyExc_ValueError, "X has too many columns");
+        return -1;
+    }
+    if (!(*y = arr(oy, "y", NPY_INT32, 1, 0)) || check_labels(*y, PyArray_DIM(*x, 0), K) < 0)
+        return -1;
+    return 0;
+}
+
+static const char *enet_objective_kw[] = {"X", "y", "n_classes", "W", "b", "n_threads", NULL};
+
+/* enet_objective(X, y, n_classes, W, b, n_threads=0) -> (mean CE, dW, db) */
+static PyObject *py_enet_objective(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox, *oy, *ow, *ob;
+    PyArrayObject *x, *y, *w, *b, *gw = NULL, *gb = NULL;
+    int K, nt = 0, st;
+    double loss = 0;
+    hook_state hs = {NULL, 0};
+    iis_ctx ctx;
+    npy_intp dims[2];
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiOO|i", (char **)enet_objective_kw, &ox, &oy, &K,
+                                     &ow, &ob, &nt))
+        return NULL;
+    if (enet_inputs(ox, oy, K, &x, &y) < 0) return NULL;
+    if (!(w = arr(ow, "W", NPY_FLOAT64, 2, 0)) || !(b = arr(ob, "b", NPY_FLOAT64, 1, 0))) return NULL;
+    if (PyArray_DIM(w, 0) != PyArray_DIM(x, 1) || PyArray_DIM(w, 1) != K || PyArray_DIM(b, 0) != K) {
+        PyErr_SetString(PyExc_ValueError, "W must be (d, n_classes) and b (n_classes,)");
+        return NULL;
+    }
+    dims[0] = PyArray_DIM(x, 1), dims[1] = K;
+    gw = (PyArrayObject *)PyArray_ZEROS(2, dims, NPY_FLOAT64, 0);
+    gb = (PyArrayObject *)PyArray_ZEROS(1, dims + 1, NPY_FLOAT64, 0);
+    if (!gw || !gb) goto fail;
+    init_ctx(&ctx, &hs, nt, IIS_KERNELS_AUTO); /* BLAS only: no hardware-specific kernel */
+    IIS_BEGIN_ALLOW_THREADS
+    st = iis_enet_objective_d(&ctx, PyArray_DATA(x), PyArray_DIM(x, 0), (int)PyArray_DIM(x, 1),
+                              row_ld(x), PyArray_DATA(y), K, PyArray_DATA(w), PyArray_DATA(b), &loss,
+                              PyArray_DATA(gw), PyArray_DATA(gb));
+    IIS_END_ALLOW_THREADS
+    if (st != IIS_OK) {
+        raise_status(st, "enet_objective");
+        goto fail;
+    }
+    return Py_BuildValue("dNN", loss, gw, gb);
+fail:
+    Py_XDECREF(gw);
+    Py_XDECREF(gb);
+    return NULL;
+}
+
+static const char *enet_fit_kw[] = {"X", "y", "n_classes", "W", "b", "grad", "grad_b", "lam",
+                                    "lam_prev", "alpha", "grouped", "tol", "max_iter", "lipschitz",
+                                    "n_threads", NULL};
+
+/* enet_fit(X, y, n_classes, W, b, grad, grad_b, lam, lam_prev, alpha, grouped, tol, max_iter,
+ *          lipschitz, n_threads=0) -> dict: one point of the path, W, b, grad, grad_b updated
+ * in place (see iis_enet_fit_d) */
+static PyObject *py_enet_fit(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox, *oy, *ow, *ob, *og, *ogb;
+    PyArrayObject *x, *y, *w, *b, *g, *gb;
+    iis_enet_params p;
+    iis_enet_info info;
+    int K, nt = 0, st;
+    hook_state hs = {NULL, 0};
+    iis_ctx ctx;
+    (void)self;
+    memset(&p, 0, sizeof(p));
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiOOOOdddpdid|i", (char **)enet_fit_kw, &ox, &oy,
+                                     &K, &ow, &ob, &og, &ogb, &p.lambda, &p.lambda_prev, &p.alpha,
+                                     &p.grouped, &p.tol, &p.max_iter, &p.lipschitz, &nt))
+        return NULL;
+    if (enet_inputs(ox, oy, K, &x, &y) < 0) return NULL;
+    if (!(w = enet_out(ow, "W", PyArray_DIM(x, 1), K)) || !(b = enet_out(ob, "b", K, -1)) ||
+        !(g = enet_out(og, "grad", PyArray_DIM(x, 1), K)) || !(gb = enet_out(ogb, "grad_b", K, -1)))
+        return NULL;
+    if (!(p.lambda >= 0) || !(p.lambda_prev >= p.lambda) || !(p.alpha > 0 && p.alpha <= 1) ||
+        !(p.tol > 0) || p.max_iter < 0 || !(p.lipschitz > 0) || !isfinite(p.lambda_prev) ||
+        !isfinite(p.lipschitz)) {
+        PyErr_SetString(PyExc_ValueError, "need lam >= 0, lam_prev >= lam, 0 < alpha <= 1, tol > 0, "
+                        "max_iter >= 0 and lipschitz > 0, all finite");
+        return NULL;
+    }
+    if (arrays_overlap(w, x) || arrays_overlap(b, x) || arrays_overlap(g, x) || arrays_overlap(w, g) ||
+        arrays_overlap(gb, b)) {
+        PyErr_SetString(PyExc_ValueError, "W, b, grad and grad_b must not share memory with X or each other");
+        return NULL;
+    }
+    init_ctx(&ctx, &hs, nt, IIS_KERNELS_AUTO); /* BLAS only: no hardware-specific kernel */
+    IIS_BEGIN_ALLOW_THREADS
+    st = iis_enet_fit_d(&ctx, PyArray_DATA(x), PyArray_DIM(x, 0), (int)PyArray_DIM(x, 1), row_ld(x),
+                        PyArray_DATA(y), K, &p, PyArray_DATA(w), PyArray_DATA(b), PyArray_DATA(g),
+                        PyArray_DATA(gb), &info);
+    IIS_END_ALLOW_THREADS
+    if (st != IIS_OK) return raise_status(st, "enet_fit");
+    return Py_BuildValue("{s:i,s:i,s:d,s:d,s:d,s:i,s:i}", "n_iter", info.n_iter, "converged",
+                         info.converged, "kkt", info.kkt, "loss", info.loss, "lipschitz",
+                         info.lipschitz, "n_screened", info.n_screened, "n_added", info.n_added);
+}
+
+/* ==== end of the sparse heads' block ================================================== */
 
 static PyMethodDef methods[] = {
     {"_set_blas", py_set_blas, METH_VARARGS,
@@ -1673,6 +1798,13 @@ static PyMethodDef methods[] = {
     {"infodisent_fit", (PyCFunction)(void (*)(void))py_id_fit, METH_VARARGS | METH_KEYWORDS,
      "infodisent_fit(maps, labels, n_classes, X, W, b, adam, *, parametrization, steps, step0, batch, lr, "
      "beta1, beta2, eps, seed, n_threads=1) -> loss history"},
+    /* ---- sparse heads (sparse.c) ---- */
+    {"enet_objective", (PyCFunction)(void (*)(void))py_enet_objective, METH_VARARGS | METH_KEYWORDS,
+     "enet_objective(X, y, n_classes, W, b, n_threads=0) -> (mean CE, dW, db)"},
+    {"enet_fit", (PyCFunction)(void (*)(void))py_enet_fit, METH_VARARGS | METH_KEYWORDS,
+     "enet_fit(X, y, n_classes, W, b, grad, grad_b, lam, lam_prev, alpha, grouped, tol, max_iter, "
+     "lipschitz, n_threads=0) -> info dict; one point of the elastic-net path (W, b, grad, grad_b "
+     "updated in place)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_core",

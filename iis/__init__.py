@@ -19,6 +19,7 @@ from ._config import show_config  # noqa: E402
 from ._library import ConceptLibrary  # noqa: E402
 from ._infodisent import InfoDisent, InfoDisentExplanation  # noqa: E402
 from ._predictor import Explanation, InterpretablePredictor  # noqa: E402
+from ._sparse import SparsePath, sparse_path  # noqa: E402
 from .concepts import load_concepts  # noqa: E402
 from ._sweep import sweep  # noqa: E402
 from . import demo  # noqa: E402,F401
@@ -39,5 +40,7 @@ __all__ = [
     "show_config",
     "sweep",
     "STOP_REASONS",
+    "SparsePath",
+    "sparse_path",
     "__version__",
 ]

@@ -27,7 +27,9 @@ _FORMAT = "iis.InterpretablePredictor/1"
 # what load() reads (mean and std only for normalize="standardize")
 _SAVED_ARRAYS = ("library_vectors", "library_names", "library_kind", "library_default_normalize",
                  "params", "info", "coef", "intercept", "classes")
-_PARAMS = ("library", "sparsity", "normalize", "mask", "keep", "l2", "tol", "max_iter", "n_threads")
+_PARAMS = ("library", "sparsity", "normalize", "mask", "keep", "l2", "tol", "max_iter", "n_threads",
+           "penalty", "alpha", "nonzeros_per_class")
+_HOLDOUT = 0.2  # share of each class's train rows that picks the elastic-net point
 _ORDERS = ("signed", "magnitude")
 
 
@@ -69,7 +71,8 @@ class Explanation:
     rest : float
         Sum of the contributions of the kept concepts not listed.
     n_kept : int
-        Concepts kept by the sparsity mask for this sample (k).
+        Concepts kept by the sparsity mask for this sample (k; for an elastic-net head, those
+        of them with a nonzero weight for the predicted class).
     order : {"signed", "magnitude"}
         How the concepts were ranked.
     """
@@ -188,9 +191,24 @@ class InterpretablePredictor:
         train class priors, predicting the most frequent train class, as
         :func:`iis.score` fits at such a ratio.
     l2, tol, max_iter
-        Penalty ``mean CE + l2/2 ||W||^2`` and L-BFGS stopping rule, as :func:`iis.score`.
+        Penalty ``mean CE + l2/2 ||W||^2`` and L-BFGS stopping rule, as :func:`iis.score`
+        (``penalty="l2"``); with ``penalty="elasticnet"``, ``tol`` and ``max_iter`` are the
+        stopping rule of :func:`iis.sparse_path` at each lambda.
     n_threads : int or None
         Threads for the C core and BLAS (None = all cores).
+    penalty : {"l2", "elasticnet"}
+        ``"elasticnet"``: a sparse head (few concepts per class) from the multinomial
+        elastic-net path of :func:`iis.sparse_path` (L1 share ``alpha``) on the masked
+        activations. The point of the path is chosen on a stratified hold-out of 20% of
+        the train rows (never on an evaluation split): the best hold-out accuracy among
+        the points with at most ``nonzeros_per_class`` nonzero weights in every class
+        (all points when None); the path is then run again on all train rows down to that
+        lambda (the last point within the budget is kept). Explanations list only the
+        class's concepts with a nonzero weight.
+    alpha : float in (0, 1]
+        L1 share of the elastic net (``penalty="elasticnet"`` only).
+    nonzeros_per_class : int or None
+        Budget of nonzero weights per class (``penalty="elasticnet"`` only).
 
     Attributes
     ----------
@@ -228,7 +246,8 @@ class InterpretablePredictor:
 
     def __init__(self, library: Any = None, sparsity: float = 0.0, normalize: Optional[str] = None,
                  mask: str = "hard", keep: str = "default", l2: float = 1e-4, tol: float = 1e-5,
-                 max_iter: int = 1000, n_threads: Optional[int] = None) -> None:
+                 max_iter: int = 1000, n_threads: Optional[int] = None, penalty: str = "l2",
+                 alpha: float = 0.99, nonzeros_per_class: Optional[int] = None) -> None:
         self.library = library
         self.sparsity = sparsity
         self.normalize = normalize
@@ -238,6 +257,9 @@ class InterpretablePredictor:
         self.tol = tol
         self.max_iter = max_iter
         self.n_threads = n_threads
+        self.penalty = penalty
+        self.alpha = alpha
+        self.nonzeros_per_class = nonzeros_per_class
 
     # ------------------------------------------------------------ scikit-learn protocol
     def get_params(self, deep: bool = True) -> Dict[str, Any]:
@@ -279,6 +301,12 @@ class InterpretablePredictor:
         check_positive(self.tol, "tol")
         check_positive(self.max_iter, "max_iter", integer=True)
         nt = check_threads(self.n_threads)
+        check_option(self.penalty, "penalty", ("l2", "elasticnet"))
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, numbers.Real) or not (0 < a <= 1):
+            raise ValueError(f"alpha must be a number in (0, 1], got {a!r}")
+        if self.nonzeros_per_class is not None:
+            check_positive(self.nonzeros_per_class, "nonzeros_per_class", integer=True)
         return lib, norm, nt
 
     def fit(self, X: Any, y: Any) -> "InterpretablePredictor":
@@ -319,11 +347,19 @@ class InterpretablePredictor:
                 a /= std
             else:
                 a = _project(x, unit_p, norm, None, nt, "X")
-            idx, val = _core.topk(a, k, soft=self.mask == "soft", n_threads=nt, kernels=kernels())
-            del a
-            w, b, n_iter, conv, loss, _, stop = _core.logreg_fit(
-                None, idx=idx, val=val, d=M, y=yy, n_classes=K, l2=float(self.l2), tol=float(self.tol),
-                max_iter=min(int(self.max_iter), 2**31 - 1), n_threads=nt, kernels=kernels())
+            self.lambda_ = None
+            if self.penalty == "elasticnet":
+                dense = _core.topk(a, k, soft=self.mask == "soft", dense=True, n_threads=nt, kernels=kernels())
+                del a
+                w, b, n_iter, conv, loss = self._fit_sparse(dense, yy, nt)
+                w, b = w.astype(x.dtype), b.astype(x.dtype)
+                stop = 0 if conv else 1  # the path stops at max KKT violation <= tol or at max_iter
+            else:
+                idx, val = _core.topk(a, k, soft=self.mask == "soft", n_threads=nt, kernels=kernels())
+                del a
+                w, b, n_iter, conv, loss, _, stop = _core.logreg_fit(
+                    None, idx=idx, val=val, d=M, y=yy, n_classes=K, l2=float(self.l2), tol=float(self.tol),
+                    max_iter=min(int(self.max_iter), 2**31 - 1), n_threads=nt, kernels=kernels())
         if not conv:
             warnings.warn(convergence_message("the interpretable predictor", STOP_REASONS[stop], self.tol,
                                               self.max_iter), ConvergenceWarning, stacklevel=2)
@@ -340,6 +376,29 @@ class InterpretablePredictor:
         self.stop_reason_ = STOP_REASONS[stop]
         self.loss_ = float(loss)
         return self
+
+    def _fit_sparse(self, a: np.ndarray, y: np.ndarray, nt: int) -> tuple:
+        """The elastic-net head: the path's point chosen on a stratified train hold-out,
+        refitted on all rows. Returns (W (M, K) float64, b, iterations, converged, loss)."""
+        from ._sparse import sparse_path
+
+        rng = np.random.default_rng(0)
+        hold = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:int(_HOLDOUT * np.sum(y == c))]
+                               for c in range(int(y.max()) + 1)]).astype(np.int64)
+        fit = np.setdiff1d(np.arange(len(y)), hold)
+        opts = dict(alpha=float(self.alpha), tol=float(self.tol), max_iter=int(self.max_iter), n_threads=nt or None)
+        budget = np.inf if self.nonzeros_per_class is None else int(self.nonzeros_per_class)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the refit below warns if its own points fail
+            p = sparse_path(a[fit], y[fit], eval=(a[hold], y[hold]) if hold.size else None, **opts)
+        ok = np.flatnonzero(p.nonzeros_per_class.max(axis=1) <= budget)  # never empty: W = 0 first
+        score = p.eval_accuracy[ok] if hold.size else p.nonzeros[ok]
+        best = int(ok[np.argmax(score)])  # ties: the sparser (earlier) point
+        full = sparse_path(a, y, lambdas=p.lambdas[:best + 1], **opts)
+        i = int(np.flatnonzero(full.nonzeros_per_class.max(axis=1) <= budget)[-1])
+        self.lambda_ = float(full.lambdas[i])
+        return (full.coef(i), full.intercepts[i], int(full.n_iter.sum()), bool(full.converged.all()),
+                float(full.loss[i]))
 
     # ------------------------------------------------------------------------ predicting
     def _check_fitted(self) -> None:
@@ -449,6 +508,8 @@ class InterpretablePredictor:
             contrib = wy * val[i]
             key = -np.abs(contrib) if by == "magnitude" else -contrib
             order = np.lexsort((idx[i], key))  # ties: lower concept index first
+            if self.penalty == "elasticnet":  # a sparse head: only the class's own concepts
+                order = order[wy[order] != 0]
             shown = order if top is None else order[:top]
             rest = float(contrib.sum() - contrib[shown].sum()) if len(shown) < len(order) else 0.0
             out.append(Explanation(
@@ -456,7 +517,7 @@ class InterpretablePredictor:
                 logit=float(logits[i, yi]), bias=float(b[yi]),
                 concepts=[names[j] for j in idx[i, shown]], concept_index=idx[i, shown].astype(np.int64),
                 activation=val[i, shown], weight=wy[shown], contribution=contrib[shown], rest=rest,
-                n_kept=int(idx.shape[1]), order=by))
+                n_kept=int(len(order)), order=by))
         return out
 
     def global_explanation(self, top: Optional[int] = 10, by: str = "signed") -> Dict[Any, List[Tuple[str, float]]]:
@@ -486,6 +547,8 @@ class InterpretablePredictor:
         for c, label in enumerate(self.classes_):
             key = -np.abs(w[c]) if by == "magnitude" else -w[c]
             order = np.lexsort((cols, key))
+            if self.penalty == "elasticnet":
+                order = order[w[c, order] != 0]
             if top is not None:
                 order = order[:top]
             out[_py(label)] = [(names[j], float(w[c, j])) for j in order]
@@ -514,7 +577,7 @@ class InterpretablePredictor:
         params = {n: _py(getattr(self, n)) for n in _PARAMS[1:]}
         info = {"normalize_": self.normalize_, "k_": self.k_, "n_features_in_": self.n_features_in_,
                 "n_iter_": self.n_iter_, "converged_": self.converged_, "stop_reason_": self.stop_reason_,
-                "loss_": self.loss_}
+                "loss_": self.loss_, "lambda_": self.lambda_}
         try:
             params_text, info_text = json.dumps(params), json.dumps(info)
         except TypeError as exc:
@@ -617,6 +680,7 @@ class InterpretablePredictor:
         from ._api import STOP_REASONS
         if model.stop_reason_ not in STOP_REASONS:
             raise ValueError(f"{where}: member 'info' has an unknown stop reason {model.stop_reason_!r}")
+        model.lambda_ = info.get("lambda_")
         return model
 
 

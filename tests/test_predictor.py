@@ -202,12 +202,12 @@ def test_get_set_params():
     clf = iis.InterpretablePredictor(lib)
     p = clf.get_params()
     assert set(p) == {"library", "sparsity", "normalize", "mask", "keep", "l2", "tol", "max_iter",
-                      "n_threads"}
+                      "n_threads", "penalty", "alpha", "nonzeros_per_class"}
     assert p["library"] is lib
     assert clf.set_params(sparsity=0.7, mask="soft") is clf
     assert clf.sparsity == 0.7 and clf.mask == "soft"
     with pytest.raises(ValueError, match="invalid parameter"):
-        clf.set_params(alpha=1.0)
+        clf.set_params(gamma=1.0)
     assert "sparsity=0.7" in repr(clf)
 
 
