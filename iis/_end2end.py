@@ -1,4 +1,4 @@
-"""End2End concept library (METHOD.md section 6): concepts learned jointly with the IP.
+"""End2End concept library (docs/method.md section 6): concepts learned jointly with the IP.
 
 Every element is assigned to one of M concepts by learned logits (straight-through hard
 Gumbel-softmax); concept m is the unit sum of its elements; a linear head on the

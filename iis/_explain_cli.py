@@ -22,7 +22,7 @@ def add_explain_parser(subparsers: "argparse._SubParsersAction") -> argparse.Arg
     e = subparsers.add_parser(
         "explain", help="explain predictions of a saved InterpretablePredictor",
         description="Per sample: the predicted class and the kept concepts ranked by their "
-                    "contribution W[y, m] * a_m to its logit (METHOD.md section 7).")
+                    "contribution W[y, m] * a_m to its logit (docs/method.md section 7).")
     e.add_argument("--model", required=True, help="predictor .npz written by InterpretablePredictor.save")
     e.add_argument("--features", required=True,
                    help=".npz with a 'features' array (N, d), or a .npy array")

@@ -1,4 +1,4 @@
-"""InfoDisent (Struski, Rymarczyk, Tabor et al.; METHOD.md section 6) on spatial feature maps.
+"""InfoDisent (Struski, Rymarczyk, Tabor et al.; docs/method.md section 6) on spatial feature maps.
 
 An orthogonal rotation U of the final feature map, per-channel signed max pooling over
 positions and a non-negative linear head, trained in the C core (``csrc/infodisent.c``).
@@ -114,7 +114,7 @@ class InfoDisentExplanation:
 
 
 class InfoDisent:
-    """InfoDisent: an interpretable head on spatial feature maps (METHOD.md section 6).
+    """InfoDisent: an interpretable head on spatial feature maps (docs/method.md section 6).
 
     ``z = F U`` with ``U`` a learned d x d orthogonal matrix, per channel the signed max
     pooling ``v_c = max_p relu(z_pc) - max_p relu(-z_pc)`` over the H*W positions, and

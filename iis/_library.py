@@ -16,7 +16,7 @@ from ._validation import (read_npz, single_blas, as_float_matrix, check_option, 
 
 NORMALIZATIONS = ("layernorm", "standardize", "none")
 _FORMAT = "iis.ConceptLibrary/1"
-LAYERNORM_EPS = 1e-5  # METHOD.md section 2: (a - mean) / sqrt(var + 1e-5)
+LAYERNORM_EPS = 1e-5  # docs/method.md section 2: (a - mean) / sqrt(var + 1e-5)
 
 
 class ConceptLibrary:
@@ -26,7 +26,7 @@ class ConceptLibrary:
     ----------
     vectors : array-like of shape (M, d)
         Concept vectors in the representation space. They need not be unit
-        norm: activations use ``unit(P)`` (METHOD.md section 2). Zero rows are
+        norm: activations use ``unit(P)`` (docs/method.md section 2). Zero rows are
         rejected.
     names : sequence of str, optional
         One name per concept (default ``concept_0 ...``).
@@ -72,7 +72,7 @@ class ConceptLibrary:
         seed : int
             Seed of the stratified sampling (classes visited round-robin, elements
             drawn at random within a class). The published code takes the first
-            M elements (about two classes); METHOD.md fixes that.
+            M elements (about two classes); docs/method.md fixes that.
         """
         x = as_float_matrix(elements, "elements")
         _check_count(n_concepts, "n_concepts", x.shape[0])
@@ -174,7 +174,7 @@ class ConceptLibrary:
              interpretability_cutoff: float = 0.45, steps: int = 1000, seed: int = 0,
              holdout: float = 0.1, lr: float = 1e-3, eval_every: int = 50, patience: int = 1,
              n_threads: Optional[int] = None, progress: bool = False) -> "ConceptLibrary":
-        """Text library by the Label-free CBM recipe (METHOD.md section 6).
+        """Text library by the Label-free CBM recipe (docs/method.md section 6).
 
         1. ``T = unit(clip_image_features) @ unit(clip_text_features).T`` (n x C).
         2. Concepts whose mean top-5 similarity over train is ``<= top5_cutoff`` are dropped.
@@ -296,7 +296,7 @@ class ConceptLibrary:
                 l2: float = 1e-4, holdout: float = 0.1, eval_every: int = 50, patience: int = 10,
                 seed: int = 0, element_names: Optional[Sequence[str]] = None,
                 n_threads: Optional[int] = None, progress: bool = False) -> "ConceptLibrary":
-        """End2End library: concepts learned jointly with a linear head (METHOD.md section 6).
+        """End2End library: concepts learned jointly with a linear head (docs/method.md section 6).
 
         Element ``j`` is assigned to one of ``n_concepts`` concepts by learned logits
         ``q_j``: the arg-max of ``(LN(q_j) + g) / temperature`` with Gumbel noise ``g``

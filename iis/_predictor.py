@@ -1,4 +1,4 @@
-"""Interpretable predictions (METHOD.md section 7): ``InterpretablePredictor``.
+"""Interpretable predictions (docs/method.md section 7): ``InterpretablePredictor``.
 
 ``logits = W @ mask_s(a(x)) + b`` with ``a(x) = norm(x @ unit(P).T)``; the
 explanation of a prediction is the list of kept concepts ranked by their
@@ -167,7 +167,7 @@ class Explanation:
 
 # ----------------------------------------------------------------------------- the estimator
 class InterpretablePredictor:
-    """Sparse concept-bottleneck classifier of METHOD.md section 7, scikit-learn style.
+    """Sparse concept-bottleneck classifier of docs/method.md section 7, scikit-learn style.
 
     ``logits = W @ mask_s(norm(x @ unit(P).T)) + b``: multinomial logistic
     regression (L-BFGS in the C core, the interpretable predictor of
@@ -184,7 +184,7 @@ class InterpretablePredictor:
         Normalisation of the activations; None takes ``library.default_normalize``.
         ``"standardize"`` uses the train statistics, stored in the model.
     mask : {"hard", "soft"}
-        Hard top-k mask or soft threshold (METHOD.md section 3).
+        Hard top-k mask or soft threshold (docs/method.md section 3).
     keep : {"default", "published"}
         ``k = M - floor(M s)``, or one fewer as the published code does. Where
         that keeps no concept (k = 0) the model is the bias-only classifier: the

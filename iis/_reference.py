@@ -177,7 +177,7 @@ def kmeans_assign(x: np.ndarray, centers: np.ndarray) -> Tuple[np.ndarray, np.nd
 
 def score(ftr, ytr, fev, yev, p, sparsities, normalize="layernorm", soft=False, published=False,
           l2=1e-4):
-    """The whole METHOD.md pipeline in NumPy/SciPy (labels already 0..K-1)."""
+    """The whole docs/method.md pipeline in NumPy/SciPy (labels already 0..K-1)."""
     K = int(max(ytr.max(), yev.max())) + 1
     s = np.sort(np.asarray(sparsities, np.float64))
     if normalize == "standardize":

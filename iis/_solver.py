@@ -13,7 +13,7 @@ from ._validation import check_threads, single_blas
 
 def fit_logreg(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, tol: float, max_iter: int,
                n_threads: Optional[int] = None) -> tuple[Any, Any, int, bool, str]:
-    """Minimise ``mean_i CE(x_i W + b, y_i) + l2/2 ||W||^2`` from zero (METHOD.md section 4).
+    """Minimise ``mean_i CE(x_i W + b, y_i) + l2/2 ||W||^2`` from zero (docs/method.md section 4).
 
     ``x`` is a C-contiguous (n, d) float32/float64 array, ``y`` int32 classes in
     [0, n_classes). Returns ``W`` (d, n_classes), ``b`` (n_classes,) in ``x``'s dtype,

@@ -1,4 +1,4 @@
-"""Text concept library: the Label-free CBM recipe (METHOD.md section 6).
+"""Text concept library: the Label-free CBM recipe (docs/method.md section 6).
 
 The user brings the concept strings and CLIP embeddings from a model of their
 choice (see :func:`iis.torch.clip_embeddings`); this module filters the
@@ -119,7 +119,7 @@ def text_library(concepts: Sequence[str], train_features: Any, clip_image_featur
                  holdout: float = 0.1, lr: float = 1e-3, eval_every: int = 50, patience: int = 1,
                  n_threads: Optional[int] = None, progress: bool = False) -> tuple:
     """The vectors, names and meta of a Text concept library (Label-free CBM recipe,
-    METHOD.md section 6); :meth:`iis.ConceptLibrary.text` has the parameters.
+    docs/method.md section 6); :meth:`iis.ConceptLibrary.text` has the parameters.
     """
     names = check_concepts(concepts)
     f = as_float_matrix(train_features, "train_features")

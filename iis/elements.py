@@ -1,4 +1,4 @@
-"""Visual elements of images: SLIC segments and grid patches (METHOD.md section 6).
+"""Visual elements of images: SLIC segments and grid patches (docs/method.md section 6).
 
 The Prototype and Cluster concept libraries are built from embeddings of *visual
 elements* of training images. This module cuts the elements out of images; embedding

@@ -1,4 +1,4 @@
-"""Tests of fine-tuning with interpretability maximisation (METHOD.md section 8)."""
+"""Tests of fine-tuning with interpretability maximisation (docs/method.md section 8)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from iis.torch._finetune import _sparsify  # noqa: E402
 
 
 def ref_head(features, prototypes, weight, bias, s, normalize="layernorm", soft=False, published=False):
-    """NumPy reference of METHOD.md sections 2 and 3: logits and masked activations."""
+    """NumPy reference of docs/method.md sections 2 and 3: logits and masked activations."""
     a = ref.project(features, prototypes, normalize)
     masked = ref.mask(a, ref.keep_count(a.shape[1], s, published), soft)
     return masked @ np.asarray(weight, np.float64).T + np.asarray(bias, np.float64), masked

@@ -1,4 +1,4 @@
-"""InterpretablePredictor (METHOD.md section 7): estimator interface, explanations, save/load, CLI."""
+"""InterpretablePredictor (docs/method.md section 7): estimator interface, explanations, save/load, CLI."""
 from __future__ import annotations
 
 import json

@@ -1,5 +1,5 @@
 """iis.score end to end: against an independent NumPy/SciPy implementation of
-METHOD.md (iis/_reference.py) and against scikit-learn, on real data (digits)."""
+docs/method.md (iis/_reference.py) and against scikit-learn, on real data (digits)."""
 import json
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Text concept library (Label-free CBM recipe, METHOD.md section 6) and concept lists."""
+"""Text concept library (Label-free CBM recipe, docs/method.md section 6) and concept lists."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,6 @@
 """CLIP embeddings for text concept libraries: :func:`clip_embeddings`.
 
-The Text library (Label-free CBM recipe, METHOD.md section 6) needs CLIP image
+The Text library (Label-free CBM recipe, docs/method.md section 6) needs CLIP image
 embeddings of the train images and CLIP text embeddings of the concepts, both
 from one CLIP model of the user's choice. This helper computes them with an
 open_clip model (``pip install open_clip_torch``) or any object with

@@ -1,4 +1,4 @@
-"""Fine-tuning with interpretability maximisation (METHOD.md section 8, paper Eq. 8).
+"""Fine-tuning with interpretability maximisation (docs/method.md section 8, paper Eq. 8).
 
 The objective is
 
@@ -6,7 +6,7 @@ The objective is
 
 where ``f`` is the backbone (pre-logit features), ``h`` the model's own classifier,
 ``P`` a frozen library of M concept vectors (prototypes taken from the pre-trained
-backbone), ``mask_s`` the sparsity mask of ``iis.score`` (METHOD.md section 3: the
+backbone), ``mask_s`` the sparsity mask of ``iis.score`` (docs/method.md section 3: the
 ``k(s)`` activations of largest magnitude in each sample, ties to the lower concept
 index, kept as they are or soft-thresholded), and ``g`` a linear classifier over the M
 concepts, trained jointly. The mask is a constant in the backward pass: which entries
@@ -53,7 +53,7 @@ def _check_sparsity(sparsity: Any) -> float:
 
 
 def keep_count(n_concepts: int, sparsity: float, keep: str = "default") -> int:
-    """Concepts kept per sample at sparsity ``s`` (METHOD.md section 3), as ``iis.score``.
+    """Concepts kept per sample at sparsity ``s`` (docs/method.md section 3), as ``iis.score``.
 
     Parameters
     ----------
@@ -485,7 +485,7 @@ def build_prototypes(model: nn.Module, images: Any, labels: Any, n_concepts: int
 
     The elements (grid patches or SLIC segments, :mod:`iis.elements`) of ``per_class``
     seeded images of every class are cut out, ``n_concepts`` of them are chosen
-    stratified across classes with ``seed`` (METHOD.md section 6), and they are embedded
+    stratified across classes with ``seed`` (docs/method.md section 6), and they are embedded
     by ``model`` at the layer of the features (the input of its final classifier).
     Only a stratified pool of ``4 * n_concepts`` elements is embedded; elements whose
     embedding is zero are dropped before the final stratified choice

@@ -1,6 +1,6 @@
 """``iis finetune``: fine-tune a backbone with interpretability maximisation.
 
-METHOD.md section 8 (paper Eq. 8), with the pieces of :mod:`iis.torch`
+docs/method.md section 8 (paper Eq. 8), with the pieces of :mod:`iis.torch`
 (:func:`load_model`, :class:`ImageDataset`, :func:`build_prototypes`,
 :class:`ConceptHead`, :class:`InterpretabilityLoss`). The run:
 
