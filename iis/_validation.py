@@ -264,7 +264,7 @@ def read_npz(path: Any, what: str) -> dict:
     try:
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, EOFError, OSError, zlib.error, KeyError) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error, KeyError, NotImplementedError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
         raise ValueError(f"{what} file {path} is corrupt or truncated ({exc})") from None
