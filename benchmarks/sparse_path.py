@@ -187,6 +187,19 @@ def same_lambda(res):
     return "\n".join(lines)
 
 
+def render(res):
+    """the Markdown tables of a result (also: --render a saved JSON)"""
+    m = res["meta"]
+    shape = (m["workload"]["n_train"], m["workload"]["n_concepts"], m["workload"]["n_classes"])
+    budgets = [B for B in (10, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
+               if B <= shape[1] * shape[2]]
+    return (f"## W1: {shape[0]} x {shape[1]} activations, {shape[2]} classes, {m['n_lambdas']} lambdas "
+            f"(ratio {m['ratio']}), alpha {m['alpha']}, tol {m['tol']}, {m['threads']} threads, "
+            f"opponents' budget {m['budget_s']:.0f} s, load average {m['load_average'][0]:.1f}\n\n"
+            "Accuracy at equal nonzeros (eval accuracy (nonzeros) and the path's seconds to reach it):\n\n"
+            + table(res, budgets) + "\n\nAt the same lambdas:\n\n" + same_lambda(res) + "\n")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="W1 at its quick size (3,000 x 40 concepts, 20 classes)")
@@ -199,7 +212,11 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=900.0, help="seconds per opponent path")
     ap.add_argument("--skip", nargs="*", default=[], choices=["glm_saga", "sklearn"])
     ap.add_argument("--out", default=str(HERE / "results" / "sparse_path"))
+    ap.add_argument("--render", help="print the tables of a saved JSON result and exit")
     args = ap.parse_args(argv)
+    if args.render:
+        print(render(json.load(open(args.render))))
+        return
 
     import iis
     from iis._validation import single_blas
@@ -235,15 +252,9 @@ def main(argv=None):
     if "sklearn" not in args.skip:
         res["sklearn"] = run_sklearn(a, y, aev, yev, lams, args.alpha, args.budget)
         print(f"sklearn: {res['sklearn']['total_seconds']:.1f} s, {len(res['sklearn']['points'])} points", flush=True)
-    nnz = sorted({p["nonzeros"] for k in ("iis", "glm_saga", "sklearn") if k in res for p in res[k]["points"]})
-    M, K = a.shape[1], int(y.max()) + 1
-    budgets = sorted({B for B in (K, 2 * K, 5 * K, 10 * K, 20 * K, 50 * K, M * K) if min(nnz) <= B <= M * K})
-    text = (f"## W1{' quick' if args.quick else ''}: {a.shape[0]} x {M} activations, {K} classes, "
-            f"{args.n_lambdas} lambdas (ratio {args.ratio}), alpha {args.alpha}, {args.threads} threads\n\n"
-            f"Accuracy at equal nonzeros (eval accuracy (nonzeros) and the path's seconds to reach it):\n\n"
-            + table(res, budgets) + "\n\nAt the same lambdas:\n\n" + same_lambda(res) + "\n")
-    print(text)
     save()
+    text = render(res)
+    print(text)
     with open(args.out + suffix + ".md", "w") as fh:
         fh.write(text)
 
