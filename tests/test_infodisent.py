@@ -99,12 +99,14 @@ def test_explanations_name_channels_and_positions():
     assert len(axes) == 2
 
 
-def test_same_bits_for_any_thread_count():
+@pytest.mark.parametrize("param", ["cayley", "exp"])
+def test_same_bits_for_any_thread_count(param):
     rng = np.random.default_rng(3)
     # large enough batches that the pooling and dL/dU loops run on several threads
     maps = rng.standard_normal((400, 49, 128)).astype(np.float32)
     y = rng.integers(0, 3, 400)
-    fits = [iis.InfoDisent(3, steps=5, batch_size=200, n_threads=nt).fit(maps, y) for nt in (1, 2)]
+    fits = [iis.InfoDisent(3, parametrization=param, steps=5, batch_size=200, n_threads=nt).fit(maps, y)
+            for nt in (1, 2)]
     for attr in ("rotation_", "coef_", "intercept_", "loss_history_"):
         assert np.array_equal(getattr(fits[0], attr), getattr(fits[1], attr))
 
