@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
 
     t0 = time.perf_counter()
     el = patches(images[tr], ytr, grid=2, size=args.size, per_class=args.element_images, seed=args.seed)
-    emb = el.embed(model, size=args.size, progress=False)
+    emb = it.embed_elements(el, model, size=args.size, progress=False)
     done("elements", t0)
     m = args.n_concepts
 

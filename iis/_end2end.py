@@ -69,9 +69,8 @@ def end2end_library(elements: Any, train_features: Any, train_labels: Any, *, n_
                     lr: float = 0.05, l2: float = 1e-4, holdout: float = 0.1, eval_every: int = 50,
                     patience: int = 10, seed: int = 0, element_names: Optional[Sequence[str]] = None,
                     n_threads: Optional[int] = None, progress: bool = False):
-    """Build an End2End library; see :meth:`iis.ConceptLibrary.end2end`."""
-    from ._library import ConceptLibrary
-
+    """The vectors, names and meta of an End2End library; :meth:`iis.ConceptLibrary.end2end`
+    builds the library from them."""
     el = np.ascontiguousarray(as_float_matrix(elements, "elements"), dtype=np.float64)
     f = np.ascontiguousarray(as_float_matrix(train_features, "train_features"), dtype=np.float64)
     if el.shape[1] != f.shape[1]:
@@ -176,4 +175,4 @@ def end2end_library(elements: Any, train_features: Any, train_labels: Any, *, n_
         "classes": classes.tolist(),
         "fit_seconds": fit_time,
     }
-    return ConceptLibrary(vectors, names, kind="end2end", meta=meta)
+    return vectors, names, meta

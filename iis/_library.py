@@ -10,6 +10,7 @@ import numpy as np
 
 from . import _core
 from ._blas import kernels
+from ._end2end import end2end_library
 from ._text import text_library
 from ._validation import (read_npz, single_blas, as_float_matrix, check_option, check_threads, encode_labels,
                           stratified_choice)
@@ -356,12 +357,11 @@ class ConceptLibrary:
             Wrong shapes, NaN/Inf, a single class, ``n_concepts`` above the
             number of elements, or parameters out of range.
         """
-        from ._end2end import end2end_library
-
-        return end2end_library(elements, train_features, train_labels, n_concepts=n_concepts,
-                               temperature=temperature, sparsity=sparsity, steps=steps, lr=lr, l2=l2,
-                               holdout=holdout, eval_every=eval_every, patience=patience, seed=seed,
-                               element_names=element_names, n_threads=n_threads, progress=progress)
+        vectors, names, meta = end2end_library(
+            elements, train_features, train_labels, n_concepts=n_concepts, temperature=temperature,
+            sparsity=sparsity, steps=steps, lr=lr, l2=l2, holdout=holdout, eval_every=eval_every,
+            patience=patience, seed=seed, element_names=element_names, n_threads=n_threads, progress=progress)
+        return cls(vectors, names, kind="end2end", meta=meta)
 
     @classmethod
     def from_infodisent(cls, model: Any) -> "ConceptLibrary":
