@@ -94,13 +94,13 @@ typedef struct {
     double tol;     /* stop when max |grad| <= tol */
     int max_iter;   /* L-BFGS iteration cap */
     int memory;     /* L-BFGS history length */
-    int precondition; /* 0: none. Nonzero: on dense designs where it pays (solver_t.h),
+    int precondition; /* 0: none. Nonzero: on dense designs where it pays (precond_t.h),
                          the L-BFGS initial inverse Hessian is scaled P^-1 with
                          P = [X 1]^T [X 1] / n + l2 + damping, instead of a scaled
                          identity. 1 (IIS_PRECOND_BLOCKS) also: from iteration 3 on, the
                          block diagonal of the per-class Hessian blocks at that iterate
                          (dense and ELL designs; where their K (d+1)^2 doubles fit the
-                         cap in solver_t.h); 2 (IIS_PRECOND_GRAM): P only. Same
+                         cap in blocks_t.h); 2 (IIS_PRECOND_GRAM): P only. Same
                          objective, same stopping rule, same optimum; fewer passes. */
     const void *start_logits; /* NULL, or n x K logits T of another predictor on the
                          same rows (REAL, row-major): a preconditioned fit (above) then

@@ -144,7 +144,7 @@ size_t iis_simd_panel_floats(int m, int d);
 /* the float32 projection of m concepts of dimension d runs the built-in kernel */
 int iis_simd_project_wanted(const iis_ctx *ctx, int m, int d);
 void iis_simd_pack(const float *u, int m, int d, float *pk);
-/* softmax_rows of the float32 solver (solver_t.h) in AVX-512; z2 != NULL: the logits
+/* softmax_rows of the float32 solver (passes_t.h) in AVX-512; z2 != NULL: the logits
  * are read from z2, row stride ld2 (simd.c) */
 void iis_simd_softmax_rows(float *z, const int32_t *y, int K, const float *cr, int64_t lo,
                            int64_t hi, double *p, const float *z2, int ld2);
@@ -166,9 +166,9 @@ double iis_simd_project_tile(const float *x, int64_t rows, int d, int64_t ldx, c
  *                      - the float32 projection GEMM (project_t.h, via iis_simd_project_wanted,
  *                        which adds the L2-sized cap on the packed concepts);
  *                      - the float32 hard top-k row (mask_t.h, TOPK_SIMD);
- *                      - the float32 solver's softmax rows (solver_t.h).
+ *                      - the float32 solver's softmax rows (passes_t.h).
  *   iis_use_amx(ctx)   AMX-BF16 tiles, amx.c, Linux x86-64 builds: the float32 solver's dense
- *                      passes, its preconditioner Gram and its start from logits (solver_t.h;
+ *                      passes, its preconditioner Gram and its start from logits (amx_passes_t.h;
  *                      amx_pays/amx_wanted add the size thresholds).
  *
  * kernels="blas" (IIS_KERNELS=blas) turns every one of them off: GEMMs go to the BLAS table,

@@ -277,7 +277,7 @@ double iis_simd_project_tile(const float *x, int64_t rows, int d, int64_t ldx, c
 }
 
 /* ---- softmax rows of the float32 solver -------------------------------------------
- * The per-row work between a pass's two GEMMs (solver_t.h, softmax_rows): the
+ * The per-row work between a pass's two GEMMs (passes_t.h, softmax_rows): the
  * portable loop's arithmetic (iis_expf_neg's polynomial, here with fused multiply-adds:
  * a shorter dependency chain, half a rounding less per step; results differ from the
  * portable loop in the last bits, as the kernels' GEMMs do), in three sweeps over the
