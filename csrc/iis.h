@@ -79,9 +79,9 @@ typedef struct {
     int kernels; /* IIS_KERNELS_AUTO (0, the zero-initialised default) or IIS_KERNELS_BLAS */
 } iis_ctx;
 
-/* IIS_KERNELS_AUTO: the float32 projection runs the built-in AVX-512 kernel where the
- * CPU has AVX-512F and the packed concepts (M x d, M rounded up to 32) fit in
- * iis_simd_max_panel_bytes(), the BLAS sgemm otherwise; IIS_KERNELS_BLAS: always the BLAS. */
+/* IIS_KERNELS_AUTO: the float32 solver's softmax rows run in AVX-512 where the CPU has
+ * AVX-512F, its dense passes on AMX-BF16 tiles where the CPU has them and they pay;
+ * IIS_KERNELS_BLAS: the portable softmax and the float32 BLAS passes. */
 enum iis_kernels { IIS_KERNELS_AUTO = 0, IIS_KERNELS_BLAS = 1 };
 
 enum iis_norm { IIS_NORM_NONE = 0, IIS_NORM_LAYERNORM = 1, IIS_NORM_STANDARDIZE = 2 };

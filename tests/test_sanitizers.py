@@ -6,8 +6,8 @@ copies ``csrc/``, ``iis/`` and ``setup.py`` to a temporary folder, builds there 
 working tree's extension is untouched) and runs, in subprocesses with ``LD_PRELOAD`` of
 gcc's libasan:
 
-* the kernel, SIMD-kernel, AMX, property and bad-input suites (``tests/test_kernels.py``,
-  ``test_simd.py``, ``test_amx.py``, ``test_properties.py``, ``test_bad_input.py``), with
+* the kernel, projection, AMX, property and bad-input suites (``tests/test_kernels.py``,
+  ``test_project.py``, ``test_amx.py``, ``test_properties.py``, ``test_bad_input.py``), with
   ``ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1`` and
   ``UBSAN_OPTIONS=halt_on_error=1``; the run must pass and print no sanitizer report;
 * LeakSanitizer made meaningful for CPython: the interpreter itself leaves thousands of
@@ -140,7 +140,7 @@ def asan_tree(tmp_path_factory):
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, tree / name)
     (tree / "tests").mkdir()
-    for name in ("conftest.py", "test_kernels.py", "test_simd.py", "test_amx.py", "test_properties.py",
+    for name in ("conftest.py", "test_kernels.py", "test_project.py", "test_amx.py", "test_properties.py",
                  "test_bad_input.py", "test_fuzz_core.py"):
         shutil.copy(ROOT / "tests" / name, tree / "tests" / name)
     env = dict(os.environ, IIS_SANITIZE="1")
@@ -191,7 +191,7 @@ def test_suite_under_asan_and_ubsan(asan_tree):
     sanitizer report is listed (UBSan does not halt; an ASan error ends its process,
     and the failure message says where)."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE",
-           "-W", "ignore::DeprecationWarning", "tests/test_kernels.py", "tests/test_simd.py",
+           "-W", "ignore::DeprecationWarning", "tests/test_kernels.py", "tests/test_project.py",
            "tests/test_amx.py", "tests/test_properties.py", "tests/test_bad_input.py", "tests/test_fuzz_core.py",
            "-k", "not torch"]
     t0 = time.perf_counter()
