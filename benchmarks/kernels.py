@@ -6,9 +6,9 @@ and without them (IIS_KERNELS=blas), on the same workload in the same process.
 
 Rounds alternate auto and blas so that both sample the same minutes of the machine; the
 best time of each is kept (noise only ever adds). "auto" switches on what this CPU has
-(csrc/internal.h, "dispatch points"): the AVX-512 projection, top-k row and softmax
-kernels, and the AMX solver passes where the CPU has AMX-BF16. A kernel earns its place
-when switching it off costs at least 10% of iis.score's time on some workload.
+(csrc/internal.h, "dispatch points"): the AVX-512 softmax rows of the solver, and the AMX
+solver passes where the CPU has AMX-BF16. A kernel earns its place when switching it off
+costs at least 10% of iis.score's time on some workload.
 """
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ def main(argv=None) -> int:
     c = config()
     print(f"workload {wl.name}{' (quick)' if args.quick else ''}: n_train {wl.n_train}, n_eval {wl.n_eval}, "
           f"d {wl.d}, M {wl.n_concepts}, K {wl.n_classes}; threads {args.threads or os.cpu_count()}")
-    print(f"CPU SIMD {c['cpu_simd']}, AMX-BF16 {c['cpu_amx']}; auto runs projection {c['projection_f32']}, "
-          f"solver {c['solver_f32']}")
+    print(f"CPU SIMD {c['cpu_simd']}, AMX-BF16 {c['cpu_amx']}; auto runs the solver's passes on "
+          f"{c['solver_f32']}")
     print(f"{'kernels':<8} {'iis.score s':>12} {'IIS':>8}")
     for k in ("auto", "blas"):
         print(f"{k:<8} {best[k]:>12.3f} {res[k].iis:>8.4f}")

@@ -4,12 +4,12 @@
  * Z_b = X_b W (forward) and X_b^T G_b (backward), with G_b = softmax(Z_b) - onehot
  * in between. On CPUs with AMX-BF16 (Intel Sapphire Rapids and later) the tile
  * units multiply bfloat16 pairs into float32 at many times the AVX-512 FMA rate, so
- * the solver (solver_t.h) runs its passes here until the bf16-pass gradient meets
+ * the solver (amx_passes_t.h) runs its passes here until the bf16-pass gradient meets
  * the tolerance, then goes on with precise passes (below) that take the stopping
  * test: convergence is judged on a gradient of float32 accuracy.
  *
  * Precision: X_b is standardised (a design without mu centred on its column means,
- * solver_t.h amx_center) and rounded to bf16 once per block (a fixed relative
+ * amx_passes_t.h amx_center) and rounded to bf16 once per block (a fixed relative
  * perturbation of 2^-9 of the design, the same in every pass). W and G
  * are split into hi + lo bf16 parts (w = hi + lo to about 2^-17), carried as
  * 2 Kp columns, so the weights and residuals that change from pass to pass are

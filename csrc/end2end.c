@@ -1,4 +1,4 @@
-/* end2end.c -- the End2End concept library (METHOD.md section 6), float64.
+/* end2end.c -- the End2End concept library (docs/method.md section 6), float64.
  *
  * Element j (row e_j of E, n_el x d) is assigned to one of M concepts by logits q_j:
  *   y_j = (LN(q_j) + g_j) / tau         LN over the M entries, no affine; g Gumbel noise

@@ -79,9 +79,9 @@ typedef struct {
     int kernels; /* IIS_KERNELS_AUTO (0, the zero-initialised default) or IIS_KERNELS_BLAS */
 } iis_ctx;
 
-/* IIS_KERNELS_AUTO: the float32 projection runs the built-in AVX-512 kernel where the
- * CPU has AVX-512F and the packed concepts (M x d, M rounded up to 32) fit in
- * iis_simd_max_panel_bytes(), the BLAS sgemm otherwise; IIS_KERNELS_BLAS: always the BLAS. */
+/* IIS_KERNELS_AUTO: the float32 solver's softmax rows run in AVX-512 where the CPU has
+ * AVX-512F, its dense passes on AMX-BF16 tiles where the CPU has them and they pay;
+ * IIS_KERNELS_BLAS: the portable softmax and the float32 BLAS passes. */
 enum iis_kernels { IIS_KERNELS_AUTO = 0, IIS_KERNELS_BLAS = 1 };
 
 enum iis_norm { IIS_NORM_NONE = 0, IIS_NORM_LAYERNORM = 1, IIS_NORM_STANDARDIZE = 2 };
@@ -94,13 +94,13 @@ typedef struct {
     double tol;     /* stop when max |grad| <= tol */
     int max_iter;   /* L-BFGS iteration cap */
     int memory;     /* L-BFGS history length */
-    int precondition; /* 0: none. Nonzero: on dense designs where it pays (solver_t.h),
+    int precondition; /* 0: none. Nonzero: on dense designs where it pays (precond_t.h),
                          the L-BFGS initial inverse Hessian is scaled P^-1 with
                          P = [X 1]^T [X 1] / n + l2 + damping, instead of a scaled
                          identity. 1 (IIS_PRECOND_BLOCKS) also: from iteration 3 on, the
                          block diagonal of the per-class Hessian blocks at that iterate
                          (dense and ELL designs; where their K (d+1)^2 doubles fit the
-                         cap in solver_t.h); 2 (IIS_PRECOND_GRAM): P only. Same
+                         cap in blocks_t.h); 2 (IIS_PRECOND_GRAM): P only. Same
                          objective, same stopping rule, same optimum; fewer passes. */
     const void *start_logits; /* NULL, or n x K logits T of another predictor on the
                          same rows (REAL, row-major): a preconditioned fit (above) then
@@ -237,7 +237,7 @@ double iis_accuracy(const int32_t *pred, const int32_t *y, int64_t n);
 double iis_trapezoid(const double *s, const double *arr, int n);
 
 /* ---- text.c ------------------------------------------------------------- */
-/* Text concept library (Label-free CBM recipe, METHOD.md section 6).
+/* Text concept library (Label-free CBM recipe, docs/method.md section 6).
  * For concept c, prediction column p = F w_c (n rows) and target column t:
  *   cub(v) = (v - mean(v))^3 / ||(v - mean(v))^3||     (elementwise cube, unit L2 norm)
  *   sim_c  = <cub(p), cub(t)>                         (LF-CBM cos_similarity_cubed_single)
@@ -285,7 +285,7 @@ int iis_text_fit_d(const iis_ctx *ctx, const double *f_tr, int64_t n_tr, int d, 
                    const iis_text_params *prm, double *w, iis_text_result *res);
 
 /* ---- end2end.c ---------------------------------------------------------- */
-/* The End2End concept library (METHOD.md section 6; the math at the top of end2end.c):
+/* The End2End concept library (docs/method.md section 6; the math at the top of end2end.c):
  * logits q (n_el x M) assign elements el (n_el x d) to M concepts by a straight-through
  * hard Gumbel-softmax; a linear head (w: K x M, b: K) reads the layer-normalised, top-k
  * masked activations F unit(P)^T of the features f (n x d); loss = mean CE + l2/2 ||W||^2.
@@ -319,7 +319,7 @@ int iis_e2e_fit(const iis_ctx *ctx, const double *el, int64_t n_el, int d, const
                 double *w, double *b, double *adam, double *loss_history);
 
 /* ---- infodisent.c -------------------------------------------------------- */
-/* InfoDisent (METHOD.md section 6; the math at the top of infodisent.c): spatial maps
+/* InfoDisent (docs/method.md section 6; the math at the top of infodisent.c): spatial maps
  * (n x hw x d, float32, contiguous), U (d x d) orthogonal from X by A = X - X^T
  * (parametrization 0: Cayley (I + A)^-1 (I - A), needs dgesv; 1: expm(A)), per-channel
  * signed max pooling, head W (K x d) >= 0 and b (K); mean cross-entropy. float64 state. */

@@ -1,4 +1,4 @@
-/* infodisent.c -- InfoDisent (METHOD.md section 6): an orthogonal rotation of the final
+/* infodisent.c -- InfoDisent (docs/method.md section 6): an orthogonal rotation of the final
  * spatial feature map, per-channel signed max pooling and a non-negative linear head.
  *
  * For image i with map F_i (hw x d) and the rotation U (d x d):

@@ -12,11 +12,6 @@
 /* ---- Introspection and test hooks (the binding's config() and the tests; not the C API) */
 /* The SIMD level the built-in kernels can use on this CPU: "avx512f" or "none". */
 const char *iis_cpu_simd(void);
-/* The largest packed concept library the kernel takes: 3/4 of the per-core L2. */
-size_t iis_simd_max_panel_bytes(void);
-/* The GEMM the float32 projection of small libraries runs under ctx: "avx512f"
- * (built-in) or "blas"; larger libraries always run the BLAS. */
-const char *iis_projection_kernel(const iis_ctx *ctx);
 /* The kernel of the float32 solver's passes over dense designs under ctx:
  * "amx-bf16" (bfloat16 AMX tiles, then precise split-bf16 ones to the stopping test; CPUs
  * with AMX-BF16 under IIS_KERNELS_AUTO) or "blas" (float32 BLAS passes only). */
@@ -136,26 +131,11 @@ static inline int iis_team_interrupted(const iis_ctx *ctx, iis_poll *pl)
 #define STORE_ONCE(v, x) ((v) = (x))
 #endif
 
-/* simd.c: the built-in AVX-512 float32 projection kernel (see there); its tiles of
- * rows are whole micro-blocks of IIS_SIMD_MR rows */
-#define IIS_SIMD_MR 14
+/* simd.c: softmax_rows of the float32 solver (passes_t.h) in AVX-512; z2 != NULL: the
+ * logits are read from z2, row stride ld2 */
 int iis_simd_available(void);
-size_t iis_simd_panel_floats(int m, int d);
-/* the float32 projection of m concepts of dimension d runs the built-in kernel */
-int iis_simd_project_wanted(const iis_ctx *ctx, int m, int d);
-void iis_simd_pack(const float *u, int m, int d, float *pk);
-/* softmax_rows of the float32 solver (solver_t.h) in AVX-512; z2 != NULL: the logits
- * are read from z2, row stride ld2 (simd.c) */
 void iis_simd_softmax_rows(float *z, const int32_t *y, int K, const float *cr, int64_t lo,
                            int64_t hi, double *p, const float *z2, int ld2);
-/* mask_t.h's hard top-k row (0 < k < m) in AVX-512 (simd.c): the same bisection for the
- * k-th largest |a| (mag: m entries of scratch), then the kept entries as a masked
- * copy (dense) or in column order (idx, val); returns 0, having written nothing,
- * when an entry ties the k-th largest (the portable loop breaks the tie) */
-int iis_simd_topk_row(const float *r, int m, int k, uint32_t *mag, int32_t *idx, float *val,
-                      float *dense);
-double iis_simd_project_tile(const float *x, int64_t rows, int d, int64_t ldx, const float *pk,
-                             int m, float *out, int want_check);
 
 /* ---- Hardware-specific kernels: the dispatch points --------------------------------
  * Every kernel written for one instruction set is reached through exactly one of the two
@@ -163,17 +143,16 @@ double iis_simd_project_tile(const float *x, int64_t rows, int d, int64_t ldx, c
  * with each call; no global setting) and what the CPU offers (detected once):
  *
  *   iis_use_simd(ctx)  AVX-512F, simd.c, file-guarded (target attributes, IIS_HAVE_AVX512_BUILD):
- *                      - the float32 projection GEMM (project_t.h, via iis_simd_project_wanted,
- *                        which adds the L2-sized cap on the packed concepts);
- *                      - the float32 hard top-k row (mask_t.h, TOPK_SIMD);
- *                      - the float32 solver's softmax rows (solver_t.h).
+ *                      the float32 solver's softmax rows (passes_t.h; amx_passes_t.h calls
+ *                      it directly: AMX implies AVX-512).
  *   iis_use_amx(ctx)   AMX-BF16 tiles, amx.c, Linux x86-64 builds: the float32 solver's dense
- *                      passes, its preconditioner Gram and its start from logits (solver_t.h;
+ *                      passes, its preconditioner Gram and its start from logits (amx_passes_t.h;
  *                      amx_pays/amx_wanted add the size thresholds).
  *
- * kernels="blas" (IIS_KERNELS=blas) turns every one of them off: GEMMs go to the BLAS table,
- * the rest runs the portable C (which IIS_HOT builds per instruction set with GCC's
- * target_clones, picked by the loader; that is not a kernel choice and is not switched).
+ * kernels="blas" (IIS_KERNELS=blas) turns every one of them off. Everything else is the BLAS
+ * table (GEMMs) or portable C (which IIS_HOT builds per instruction set with GCC's
+ * target_clones, picked by the loader; that is not a kernel choice and is not switched):
+ * the projection always runs the BLAS sgemm, the masks' top-k the portable loop.
  * Off x86-64 (e.g. aarch64) both functions return 0 and simd.c / amx.c compile to stubs. */
 static inline int iis_use_simd(const iis_ctx *ctx)
 {

@@ -23,7 +23,6 @@ int iis_keep_count(int m, double s, int published)
 #define INF_BITS 0x7f800000u
 #define NAN_BITS 0x7fc00000u
 #define FN(name) IIS_CAT(name, _f)
-#define TOPK_SIMD iis_simd_topk_row
 #include "mask_t.h"
 #undef REAL
 #undef UINT
@@ -31,7 +30,6 @@ int iis_keep_count(int m, double s, int published)
 #undef INF_BITS
 #undef NAN_BITS
 #undef FN
-#undef TOPK_SIMD
 
 #define REAL double
 #define UINT uint64_t

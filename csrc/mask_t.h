@@ -46,7 +46,7 @@ static IIS_ALWAYS_INLINE UINT FN(mag_bits)(REAL a)
  * |a| with ties to the lower index: everything above tau = the k-th largest
  * |a|, then the first columns equal to tau until k are kept. mag is scratch of
  * m entries. */
-IIS_HOT static void FN(topk_row)(const REAL *r, int m, int k, int soft, int simd, UINT *mag,
+IIS_HOT static void FN(topk_row)(const REAL *r, int m, int k, int soft, UINT *mag,
                                  int32_t *idx, REAL *val, REAL *dense)
 {
     UINT tau;
@@ -59,10 +59,6 @@ IIS_HOT static void FN(topk_row)(const REAL *r, int m, int k, int soft, int simd
         }
         return;
     }
-#ifdef TOPK_SIMD
-    if (simd && !soft && TOPK_SIMD(r, m, k, mag, idx, val, dense)) return;
-#endif
-    (void)simd;
     for (int j = 0; j < m; j++) mag[j] = FN(mag_bits)(r[j]);
     tau = FN(kth_largest)(mag, m, k);
     if (soft) { /* the (k+1)-th largest |a| */
@@ -117,7 +113,7 @@ IIS_HOT static void FN(topk_row)(const REAL *r, int m, int k, int soft, int simd
 static int FN(topk_any)(const iis_ctx *ctx, const REAL *a, int64_t n, int m, int64_t lda, int k,
                         int soft, int32_t *idx, REAL *val, REAL *dense)
 {
-    int nt = iis_nt_for(ctx, n * (int64_t)m), simd = iis_use_simd(ctx);
+    int nt = iis_nt_for(ctx, n * (int64_t)m);
     int64_t i;
     UINT *mag;
     if (n < 0 || m < 0 || k < 0 || k > m || lda < m) return IIS_EINVAL;
@@ -131,8 +127,8 @@ static int FN(topk_any)(const iis_ctx *ctx, const REAL *a, int64_t n, int m, int
 #pragma omp for schedule(static)
         for (i = 0; i < n; i++) {
             const REAL *r = a + i * lda;
-            if (dense) FN(topk_row)(r, m, k, soft, simd, mg, NULL, NULL, dense + i * (int64_t)m);
-            else FN(topk_row)(r, m, k, soft, simd, mg, idx + i * (int64_t)k, val + i * (int64_t)k, NULL);
+            if (dense) FN(topk_row)(r, m, k, soft, mg, NULL, NULL, dense + i * (int64_t)m);
+            else FN(topk_row)(r, m, k, soft, mg, idx + i * (int64_t)k, val + i * (int64_t)k, NULL);
         }
     }
     free(mag);

@@ -1019,16 +1019,14 @@ static PyObject *py_config(PyObject *self, PyObject *args, PyObject *kw)
     omp = Py_None;
     omp_max = 1;
 #endif
-    return Py_BuildValue("{s:N,s:i,s:O,s:O,s:s,s:s,s:s,s:n,s:O,s:s}", "openmp", omp, "omp_max_threads", omp_max,
+    return Py_BuildValue("{s:N,s:i,s:O,s:O,s:s,s:s,s:O,s:s}", "openmp", omp, "omp_max_threads", omp_max,
                          "blas_set", (g_blas.sgemm && g_blas.dgemm) ? Py_True : Py_False,
                          "precondition_set",
                          (g_blas.ssyrk && g_blas.dsyrk && g_blas.dtrsm && g_blas.dpotrf) ? Py_True
                                                                                          : Py_False,
                          "kernels", kernels_name(kk), "cpu_simd", iis_cpu_simd(),
-                         "projection_f32", iis_projection_kernel(&ctx), "simd_max_panel_bytes",
-                         (Py_ssize_t)iis_simd_max_panel_bytes(), "cpu_amx",
-                         iis_amx_available() ? Py_True : Py_False, "solver_f32",
-                         iis_solver_kernel(&ctx));
+                         "cpu_amx", iis_amx_available() ? Py_True : Py_False,
+                         "solver_f32", iis_solver_kernel(&ctx));
 }
 
 /* ---- text_objective(F, T, W, n_threads) -> (sim, J, dJ/dW) ---------------- */
@@ -1771,7 +1769,7 @@ static PyMethodDef methods[] = {
     {"accuracy", (PyCFunction)(void (*)(void))py_accuracy, METH_VARARGS | METH_KEYWORDS,
      "accuracy(pred, y) -> float"},
     {"config", (PyCFunction)(void (*)(void))py_config, METH_VARARGS | METH_KEYWORDS,
-     "config(kernels='auto') -> dict: OpenMP/BLAS/SIMD facts of this build and the kernels chosen under kernels"},
+     "config(kernels='auto') -> dict: OpenMP/BLAS/SIMD/AMX facts of this build and the kernels chosen under kernels"},
     {"text_objective", (PyCFunction)(void (*)(void))py_text_objective, METH_VARARGS | METH_KEYWORDS,
      "text_objective(features, targets, w, n_threads=1, kernels='auto') -> (sim, J, dJ/dW)"},
     {"text_fit", (PyCFunction)(void (*)(void))py_text_fit, METH_VARARGS | METH_KEYWORDS,

@@ -46,40 +46,23 @@ IIS_HOT static double FN(absmax_rows)(const REAL *x, int64_t rows, int d, int64_
 }
 
 /* out = norm(F unit(P)^T): tiles of rows run in parallel, each one single-threaded
- * GEMM (for float32 on an AVX-512 CPU the kernel of simd.c, else the BLAS) into its
- * slice of out followed by the normalisation while it is in cache */
+ * BLAS GEMM into its slice of out followed by the normalisation while it is in cache */
 int FN(iis_project)(const iis_ctx *ctx, const REAL *f, int64_t n, int d, int64_t ldf,
                     const REAL *unit_p, int m, int norm, const REAL *mean, const REAL *std,
                     REAL *out, double *absmax)
 {
-    int64_t tile = 1024;
+    const int64_t tile = 1024;
     int nt = iis_nt_for(ctx, n * (int64_t)m * (d > 0 ? d : 1) / 32);
     int64_t ntiles;
     double *tmax = NULL; /* per-tile max |F| when the caller asks for the input check */
-    void *pk_raw = NULL; /* the SIMD kernel's packed concepts (NULL: the BLAS path) */
-    const float *pk = NULL;
     if (n < 0 || d < 0 || m < 0 || ldf < d || !iis_fits_int(ldf)) return IIS_EINVAL;
     if (norm == IIS_NORM_STANDARDIZE && (!mean || !std)) return IIS_EINVAL;
     if (norm < IIS_NORM_NONE || norm > IIS_NORM_STANDARDIZE) return IIS_EINVAL;
     if (absmax) *absmax = 0.0;
     if (n == 0 || m == 0) return IIS_OK;
-#if !IS_DOUBLE
-    if (iis_simd_project_wanted(ctx, m, d)) {
-        /* 64-byte aligned panels; without the memory for them the BLAS path runs */
-        if ((pk_raw = malloc(sizeof(float) * iis_simd_panel_floats(m, d) + 64))) {
-            float *a = (float *)iis_align64(pk_raw);
-            iis_simd_pack(unit_p, m, d, a);
-            pk = a;
-            tile = IIS_SIMD_MR * 36; /* whole micro-blocks */
-        }
-    }
-#endif
-    if (d > 0 && !pk && !iis_blas_ok(ctx, IS_DOUBLE)) return IIS_ENOBLAS;
+    if (d > 0 && !iis_blas_ok(ctx, IS_DOUBLE)) return IIS_ENOBLAS;
     ntiles = (n + tile - 1) / tile;
-    if (absmax && !(tmax = (double *)malloc(sizeof(double) * (size_t)ntiles))) {
-        free(pk_raw);
-        return IIS_ENOMEM;
-    }
+    if (absmax && !(tmax = (double *)malloc(sizeof(double) * (size_t)ntiles))) return IIS_ENOMEM;
     {
         /* one parallel region, tiles handed out one by one (no idle thread at the end of
          * each of several rounds); Ctrl-C is looked at before every tile */
@@ -91,38 +74,27 @@ int FN(iis_project)(const iis_ctx *ctx, const REAL *f, int64_t n, int d, int64_t
             if (iis_team_interrupted(ctx, &pl)) continue;
             int rows = (int)(n - r0 < tile ? n - r0 : tile);
             REAL *o = out + r0 * (int64_t)m;
-#if !IS_DOUBLE
-            if (pk) {
-                /* the input check runs inside, on each block of rows before its GEMM */
-                double mx = iis_simd_project_tile(f + r0 * ldf, rows, d, ldf, pk, m, o, tmax != NULL);
-                if (tmax) tmax[t] = mx;
-            } else
-#endif
-            {
-                /* the input check first: it streams the tile from memory into cache,
-                 * where the GEMM then finds it */
-                if (tmax) tmax[t] = FN(absmax_rows)(f + r0 * ldf, rows, d, ldf);
-                if (d == 0) {
-                    memset(o, 0, sizeof(REAL) * (size_t)rows * (size_t)m);
-                } else {
-                    /* column-major view: O^T (m x rows) = P (d x m)^T F^T (d x rows) */
-                    char ta = 'T', tb = 'N';
-                    int mm = m, nn = rows, kk = d, lda = d, ldb = (int)ldf, ldc = m;
-                    REAL one = 1, zero = 0;
-                    GEMM(ctx)(&ta, &tb, &mm, &nn, &kk, &one, unit_p, &lda, f + r0 * ldf, &ldb,
-                              &zero, o, &ldc);
-                }
+            /* the input check first: it streams the tile from memory into cache, where
+             * the GEMM then finds it */
+            if (tmax) tmax[t] = FN(absmax_rows)(f + r0 * ldf, rows, d, ldf);
+            if (d == 0) {
+                memset(o, 0, sizeof(REAL) * (size_t)rows * (size_t)m);
+            } else {
+                /* column-major view: O^T (m x rows) = P (d x m)^T F^T (d x rows) */
+                char ta = 'T', tb = 'N';
+                int mm = m, nn = rows, kk = d, lda = d, ldb = (int)ldf, ldc = m;
+                REAL one = 1, zero = 0;
+                GEMM(ctx)(&ta, &tb, &mm, &nn, &kk, &one, unit_p, &lda, f + r0 * ldf, &ldb, &zero,
+                          o, &ldc);
             }
             if (norm == IIS_NORM_LAYERNORM) FN(layernorm_rows)(o, rows, m, 1);
             else if (norm == IIS_NORM_STANDARDIZE) FN(standardize_rows)(o, rows, m, mean, std, 1);
         }
         if (pl.stop) {
             free(tmax);
-            free(pk_raw);
             return IIS_EINTR;
         }
     }
-    free(pk_raw);
     if (absmax) { /* a max: the same whatever order the tiles ran in */
         double mx = 0.0;
         for (int64_t t = 0; t < ntiles; t++) {

@@ -12,7 +12,12 @@
 #define GEMM(ctx) (ctx)->blas->sgemm
 #define SYRK(ctx) (ctx)->blas->ssyrk
 #include "gemm_t.h"
-#include "solver_t.h"
+#include "passes_t.h"
+#include "amx_passes_t.h"
+#include "precond_t.h"
+#include "blocks_t.h"
+#include "lbfgs_t.h"
+#include "path_t.h"
 #undef REAL
 #undef IS_DOUBLE
 #undef FTOL
@@ -31,4 +36,9 @@
 #define GEMM(ctx) (ctx)->blas->dgemm
 #define SYRK(ctx) (ctx)->blas->dsyrk
 #include "gemm_t.h"
-#include "solver_t.h"
+#include "passes_t.h"
+#include "amx_passes_t.h"
+#include "precond_t.h"
+#include "blocks_t.h"
+#include "lbfgs_t.h"
+#include "path_t.h"

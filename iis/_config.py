@@ -42,8 +42,6 @@ def config() -> Dict[str, Any]:
                       + " function pointers)") if core["blas_set"] else "not set",
         "kernels": core["kernels"],
         "cpu_simd": core["cpu_simd"],
-        "projection_f32": core["projection_f32"],
-        "simd_max_panel_bytes": core["simd_max_panel_bytes"],
         "cpu_amx": core["cpu_amx"],
         "solver_f32": core["solver_f32"],
         "blas_libraries": blas,
@@ -58,14 +56,12 @@ def show_config() -> None:
     print(f"numpy {c['numpy']}, scipy {c['scipy']}, cpu_count {c['cpu_count']}")
     print(f"C core: OpenMP {c['core_openmp']} (max threads {c['core_omp_max_threads']}); "
           f"BLAS via {c['core_blas']}")
-    kernel = (f"built-in AVX-512 kernel for concept libraries up to {c['simd_max_panel_bytes'] / 2**20:.2f} MiB "
-              f"packed (M x d <= about {c['simd_max_panel_bytes'] // 4:,}), BLAS sgemm above"
-              if c["projection_f32"] == "avx512f" else "BLAS sgemm")
-    print(f"float32 projection: {kernel} (IIS_KERNELS={c['kernels']}, CPU SIMD: {c['cpu_simd']})")
     solver = ("bfloat16 AMX tile passes until the tolerance is met, then precise (split bfloat16, "
               "float32-accurate) AMX passes to the stopping test" if c["solver_f32"] == "amx-bf16"
               else "float32 BLAS passes")
-    print(f"float32 solver (dense designs): {solver} (CPU AMX-BF16 usable: {c['cpu_amx']})")
+    print(f"float32 solver (dense designs): {solver} (IIS_KERNELS={c['kernels']}, CPU AMX-BF16 usable: "
+          f"{c['cpu_amx']}); softmax rows: "
+          f"{'AVX-512' if c['cpu_simd'] == 'avx512f' and c['kernels'] == 'auto' else 'portable'}")
     for b in c["blas_libraries"]:
         print(f"BLAS: {b['internal_api']} {b['version']} threads={b['num_threads']} "
               f"layer={b['threading_layer']} arch={b['architecture']}\n      {b['filepath']}")

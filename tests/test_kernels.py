@@ -86,22 +86,15 @@ def _with_ties(n, m, dtype, seed):
     return a
 
 
-@pytest.fixture(params=["auto", "blas"])
-def mask_kernels(request):
-    """Both row kernels of the masks: AVX-512 where the CPU has it ("auto") and the
-    portable loop ("blas"), passed as kernels= to the topk calls."""
-    return request.param
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("soft", [False, True])
 @pytest.mark.parametrize("k", [0, 1, 5, 19, 20])
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("m", [20, 32])
-def test_topk_matches_reference(dtype, soft, k, ties, m, mask_kernels):
+def test_topk_matches_reference(dtype, soft, k, ties, m):
     a = _with_ties(64, m, dtype, k) if ties else rand((64, m), dtype, k)
-    idx, val = _core.topk(a, k, soft=soft, dense=0, n_threads=2, kernels=mask_kernels)
-    dense = _core.topk(a, k, soft=soft, dense=1, n_threads=2, kernels=mask_kernels)
+    idx, val = _core.topk(a, k, soft=soft, dense=0, n_threads=2)
+    dense = _core.topk(a, k, soft=soft, dense=1, n_threads=2)
     exp_idx = ref.topk_index(a, k)
     np.testing.assert_array_equal(idx, exp_idx)
     expected = ref.mask(a, k, soft)
@@ -134,22 +127,22 @@ def test_topk_ties_lower_index_wins():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("soft", [False, True])
-def test_topk_wide_rows_with_many_ties(dtype, soft, mask_kernels):
+def test_topk_wide_rows_with_many_ties(dtype, soft):
     """m = 257 (many rounds of the selection on |a|), values from 7
     levels (ties everywhere, equal magnitudes of both signs), every k from 1 to m."""
     rng = np.random.default_rng(11)
     a = rng.integers(-3, 4, size=(40, 257)).astype(dtype) * dtype(0.25)
     for k in (1, 2, 37, 128, 200, 256, 257):
-        idx, val = _core.topk(a, k, soft=soft, dense=0, n_threads=2, kernels=mask_kernels)
+        idx, val = _core.topk(a, k, soft=soft, dense=0, n_threads=2)
         np.testing.assert_array_equal(idx, ref.topk_index(a, k))
         expected = ref.mask(a, k, soft)
-        np.testing.assert_array_equal(_core.topk(a, k, soft=soft, dense=1, n_threads=2, kernels=mask_kernels), expected)
+        np.testing.assert_array_equal(_core.topk(a, k, soft=soft, dense=1, n_threads=2), expected)
         np.testing.assert_array_equal(val, np.take_along_axis(expected, idx.astype(np.int64), axis=1))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("soft", [False, True])
-def test_topk_across_the_whole_range_of_magnitudes(dtype, soft, mask_kernels):
+def test_topk_across_the_whole_range_of_magnitudes(dtype, soft):
     """The k-th largest |a| is found by bisection over the bit patterns of the
     magnitudes: rows mixing zeros of both signs, subnormals, the smallest and largest
     normals, values one ulp apart and all-equal rows select exactly what the reference
@@ -164,10 +157,10 @@ def test_topk_across_the_whole_range_of_magnitudes(dtype, soft, mask_kernels):
     rows += [np.full(16, dtype(2.5)), np.full(16, dtype(-sub)), np.zeros(16, dtype)]
     a = np.array(rows, dtype=dtype)
     for k in range(0, 17):
-        idx, val = _core.topk(a, k, soft=soft, dense=0, n_threads=2, kernels=mask_kernels)
+        idx, val = _core.topk(a, k, soft=soft, dense=0, n_threads=2)
         np.testing.assert_array_equal(idx, ref.topk_index(a, k))
         expected = ref.mask(a, k, soft)
-        got = _core.topk(a, k, soft=soft, dense=1, n_threads=2, kernels=mask_kernels)
+        got = _core.topk(a, k, soft=soft, dense=1, n_threads=2)
         if soft:  # |a| - tau is formed in the input's precision
             np.testing.assert_allclose(got, expected, rtol=2 * fi.eps, atol=0)
         else:
@@ -737,7 +730,7 @@ def _topk_index_nan_largest(a, k):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("soft", [False, True])
-def test_topk_with_nan_and_all_zero_rows_is_defined(dtype, soft, mask_kernels):
+def test_topk_with_nan_and_all_zero_rows_is_defined(dtype, soft):
     """No kernel trusts that its input was checked: NaN magnitudes (any payload, either
     sign) rank above every number, ties to the lower index, and all-zero rows keep their
     first k columns; every index is written and in range, with either kernel."""
@@ -754,10 +747,10 @@ def test_topk_with_nan_and_all_zero_rows_is_defined(dtype, soft, mask_kernels):
     bits[5, 11] = (0xffc00123 if dtype == np.float32 else 0xfff8000000000123)
     a[6, :] = -0.0
     for k in (0, 1, 2, 3, 5, 39, 40):
-        idx, val = _core.topk(a, k, soft=soft, n_threads=2, kernels=mask_kernels)
+        idx, val = _core.topk(a, k, soft=soft, n_threads=2)
         want = _topk_index_nan_largest(a, k)
         np.testing.assert_array_equal(idx, want)
-        dense = _core.topk(a, k, soft=soft, dense=True, n_threads=2, kernels=mask_kernels)
+        dense = _core.topk(a, k, soft=soft, dense=True, n_threads=2)
         kept = np.zeros(a.shape, bool)
         np.put_along_axis(kept, want.astype(np.int64), True, axis=1)
         assert np.all(dense[~kept] == 0)

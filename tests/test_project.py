@@ -1,7 +1,5 @@
-"""The built-in AVX-512 float32 projection kernel (csrc/simd.c) and its BLAS fallback.
-
-Every test runs under both settings of ``kernels=`` (IIS_KERNELS); on a CPU without
-AVX-512F both run the BLAS, and the tests still check the BLAS path."""
+"""The float32 projection (tiles of rows, one BLAS sgemm each, with the fused input check
+and normalisation), the IIS_KERNELS switch, and the float32 solver's softmax rows."""
 import os
 import subprocess
 import sys
@@ -12,23 +10,15 @@ import pytest
 import iis
 from iis import _core
 from iis import _reference as ref
-from iis._blas import kernels as env_kernels
 from iis._validation import single_blas
 
 U32 = np.finfo(np.float32).eps / 2  # unit roundoff of float32
 
 
-@pytest.fixture(params=["auto", "blas"])
-def kernels(request, monkeypatch):
-    """The kernel choice for iis calls (IIS_KERNELS) and for _project below."""
-    monkeypatch.setenv("IIS_KERNELS", request.param)
-    return request.param
-
-
 def _project(x, u, nt=2, norm=0):
-    """The float32 projection under the IIS_KERNELS in effect."""
+    """The float32 projection (with the input check)."""
     with single_blas():
-        return _core.project(x, u, norm=norm, n_threads=nt, check=True, kernels=env_kernels())
+        return _core.project(x, u, norm=norm, n_threads=nt, check=True)
 
 
 def _bound(x, u):
@@ -37,15 +27,14 @@ def _bound(x, u):
     return 1.01 * d * U32 * (np.abs(x).astype(np.float64) @ np.abs(u).astype(np.float64).T) + 1e-30
 
 
-# rows around the 14-row micro-block and the 504-row tile; concepts around the 16/32
-# lanes of a panel; d around the 16-float check vector and the 1024 k-block
+# rows around the 1024-row tile; concepts and d around vector widths
 SHAPES = [(1, 1, 1), (13, 7, 5), (14, 16, 16), (15, 17, 17), (29, 31, 31), (43, 33, 32),
           (503, 100, 33), (504, 64, 48), (505, 65, 49), (1009, 768, 200), (300, 1500, 20),
           (70, 2049, 3)]
 
 
 @pytest.mark.parametrize("n,d,m", SHAPES)
-def test_projection_within_the_float32_error_bound(kernels, n, d, m):
+def test_projection_within_the_float32_error_bound(n, d, m):
     rng = np.random.default_rng(n * 7 + d + m)
     x = rng.standard_normal((n, d)).astype(np.float32) * rng.uniform(0.1, 10, d).astype(np.float32)
     u = rng.standard_normal((m, d)).astype(np.float32)
@@ -56,20 +45,17 @@ def test_projection_within_the_float32_error_bound(kernels, n, d, m):
     assert mx == float(np.abs(x).max())
 
 
-def test_projection_of_a_row_does_not_depend_on_tiles_or_threads(kernels):
-    """Bit-identical: slices of the rows, and 1, 2 or 3 threads."""
+def test_projection_does_not_depend_on_threads():
+    """Bit-identical for 1, 2 or 3 threads (tiles are fixed by the row count)."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2000, 300)).astype(np.float32)
     u = rng.standard_normal((45, 300)).astype(np.float32)
     full, _ = _project(x, u, nt=2)
     for nt in (1, 3):
         assert np.array_equal(_project(x, u, nt=nt)[0], full)
-    if kernels == "auto":  # the BLAS may pick other blockings for other row counts
-        for a, b in [(0, 1), (3, 17), (500, 509), (1990, 2000), (13, 1021)]:
-            assert np.array_equal(_project(np.ascontiguousarray(x[a:b]), u)[0], full[a:b])
 
 
-def test_strided_features_and_normalisations(kernels):
+def test_strided_features_and_normalisations():
     """Rows with a leading dimension above d (a column slice), and the fused layernorm."""
     rng = np.random.default_rng(9)
     big = rng.standard_normal((777, 130)).astype(np.float32)
@@ -90,8 +76,8 @@ def test_strided_features_and_normalisations(kernels):
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 3e30])
 @pytest.mark.parametrize("where", [(0, 0), (513, 99), (1019, 1499), (1023, 1030), (1022, 15)])
-def test_bad_entries_anywhere_are_refused(kernels, bad, where):
-    """The fused check sees every entry: remainder rows, the k tail, the second k-block."""
+def test_bad_entries_anywhere_are_refused(bad, where):
+    """The input check sees every entry: first and last rows, first and last columns."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1024, 1500)).astype(np.float32)
     u = rng.standard_normal((20, 1500)).astype(np.float32)
@@ -101,21 +87,6 @@ def test_bad_entries_anywhere_are_refused(kernels, bad, where):
     with pytest.raises(ValueError, match=f"row {where[0]}"):
         iis.project(x, iis.ConceptLibrary(u), normalize="none")
     assert x[where] == bad or np.isnan(bad)  # the input is not modified
-
-
-def test_auto_and_blas_agree_on_realistic_features(monkeypatch):
-    """W1-like shapes: both paths within the bound, and equal up to rounding."""
-    rng = np.random.default_rng(2)
-    x = np.maximum(rng.standard_normal((3000, 768)), 0).astype(np.float32)
-    u = rng.standard_normal((200, 768)).astype(np.float32)
-    out = {}
-    for k in ("auto", "blas"):
-        monkeypatch.setenv("IIS_KERNELS", k)
-        out[k] = _project(x, u)[0]
-    ref = x.astype(np.float64) @ u.astype(np.float64).T
-    for a in out.values():
-        assert np.all(np.abs(a - ref) <= _bound(x, u))
-    np.testing.assert_allclose(out["auto"], out["blas"], rtol=1e-4, atol=1e-3)
 
 
 def _cpu_has_avx512f():
@@ -131,10 +102,10 @@ def test_kernel_selection_is_reported():
     has = _cpu_has_avx512f()
     if has is not None and sys.platform.startswith("linux"):
         assert info["cpu_simd"] == ("avx512f" if has else "none")
-    assert _core.config(kernels="blas")["projection_f32"] == "blas"
+    assert _core.config(kernels="blas")["solver_f32"] == "blas"
     assert _core.config(kernels="blas")["kernels"] == "blas"
     assert info["kernels"] == "auto"
-    assert info["projection_f32"] == ("avx512f" if info["cpu_simd"] == "avx512f" else "blas")
+    assert info["solver_f32"] == ("amx-bf16" if info["cpu_amx"] else "blas")
     with pytest.raises(ValueError, match="'auto' or 'blas'"):
         _core.config(kernels="fast")
 
@@ -176,44 +147,6 @@ def test_score_is_the_same_with_either_kernel(monkeypatch):
     np.testing.assert_allclose(res["auto"].ip_accuracy, res["blas"].ip_accuracy, atol=0.01)
 
 
-def _sysfs_l2_bytes():
-    base = "/sys/devices/system/cpu/cpu0/cache"
-    try:
-        for idx in sorted(os.listdir(base)):
-            with open(f"{base}/{idx}/level") as f:
-                level = f.read().strip()
-            with open(f"{base}/{idx}/size") as f:
-                size = f.read().strip()
-            if level == "2" and size.endswith("K"):
-                return int(size[:-1]) * 1024
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def test_large_libraries_run_the_blas(monkeypatch):
-    """Above the L2-sized cap the BLAS runs (same bits as kernels='blas'); below it the
-    result stays within the error bound (on an AVX-512 CPU: the built-in kernel, whose
-    bits may equal OpenBLAS's: both sum each output in k order when d is small)."""
-    cap = _core.config()["simd_max_panel_bytes"]
-    assert 1 << 18 <= cap
-    l2 = _sysfs_l2_bytes()
-    if l2 is not None:  # the kernel's cap is 3/4 of the L2 that glibc reports
-        assert cap == l2 // 4 * 3
-    d = 768  # OpenBLAS blocks k at this size: its bits differ from the kernel's
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal((600, d)).astype(np.float32)
-    for m, big in [(cap // (4 * d) + 64, True), (max(1, cap // (4 * d) - 64), False)]:
-        u = rng.standard_normal((m, d)).astype(np.float32)
-        monkeypatch.setenv("IIS_KERNELS", "blas")
-        ref = _project(x, u)[0]
-        monkeypatch.setenv("IIS_KERNELS", "auto")
-        out = _project(x, u)[0]
-        if big:
-            assert np.array_equal(out, ref)
-        assert np.all(np.abs(out - x.astype(np.float64) @ u.astype(np.float64).T) <= _bound(x, u))
-
-
 def test_library_unit_vectors_are_cached_safely():
     """unit(P) is computed once per dtype; the cache can never go stale."""
     rng = np.random.default_rng(11)
@@ -242,6 +175,7 @@ def test_library_unit_vectors_are_cached_safely():
 
 @pytest.mark.parametrize("K", [1, 5, 16, 37, 100])
 @pytest.mark.parametrize("design", ["dense", "ell"])
+@pytest.mark.parametrize("kernels", ["auto", "blas"])
 def test_solver_softmax_against_float64(kernels, K, design):
     """The float32 solver pass (softmax rows: the AVX-512 sweeps under 'auto', the
     portable loop under 'blas'; with the bias for dense designs, without for k-sparse
