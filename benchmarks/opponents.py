@@ -1,4 +1,4 @@
-"""What users would otherwise run to get an IIS, written down honestly (issue 6).
+"""What users would otherwise run to get an IIS, written down honestly.
 
 Each opponent computes the same quantities as ``iis.score`` (docs/method.md): concept
 activations ``a = F @ unit(P).T``, a normalisation, the per-sample hard top-k mask with

@@ -1,4 +1,4 @@
-"""Benchmark harness of issue 6: iis against what users would otherwise run.
+"""Benchmark harness: iis against what users would otherwise run.
 
     python benchmarks/run.py                      # W1, W2, W3 at the issue's sizes
     python benchmarks/run.py --quick              # small sizes, 1-2 minutes
@@ -551,19 +551,10 @@ def _auto_note(gid, value, status, res):
         if status == "MISS":
             np_g = pr.get("numpy", {}).get("gflops", float("nan"))
             pk = pk_run if math.isnan(pk_same) else pk_same
-            kern = res["meta"].get("kernels", {}).get("projection_f32")
             if gid == "W1.proj_peak":
                 note += (f". NumPy's own GEMM reaches {np_g / pk:.2f} of the square-matmul peak on this narrow shape "
-                         "(M output columns). iis's AVX-512 micro-kernel runs at the FMA peak with its operands in cache "
-                         "(170 GFLOP/s per core); streaming F from memory and first-touching the fresh output cost the "
-                         "rest (with a pre-touched output a C harness read 305-315 GFLOP/s at 2 threads)")
-            elif kern == "avx512f":
-                note += (". The AVX-512 kernel measured a median 1.10-1.21x NumPy in interleaved rounds on this VM "
-                         "(benchmarks/README.md); in this run the machine's speed moved between rounds (the "
-                         "seconds of every round are in the JSON)")
-            else:
-                note += (". This run used the BLAS path (no AVX-512F, or IIS_KERNELS=blas): one single-threaded sgemm per "
-                         "1,024-row tile plus a separate input check; the AVX-512 kernel closes it where the CPU has it")
+                         "(M output columns); the projection runs the BLAS sgemm per row tile plus the "
+                         "normalisation and the input check while the tile is in cache")
         return note
     if gid == "W1.rss":
         r = w1.get("rss", {})
@@ -678,8 +669,7 @@ def render(res: dict) -> str:
         f"{meta['date']}; {meta['cpu']} ({meta['cores']} cores); threads = {meta['threads']} for every method; "
         f"load average before/after: {meta['loadavg_before']} / {meta.get('loadavg_after')}.",
         f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}.",
-        f"iis float32 projection kernel: {meta.get('kernels', {}).get('projection_f32', '?')} "
-        f"(IIS_KERNELS={meta.get('kernels', {}).get('kernels', '?')}, CPU SIMD {meta.get('kernels', {}).get('cpu_simd', '?')}); "
+        f"IIS_KERNELS={meta.get('kernels', {}).get('kernels', '?')}, CPU SIMD {meta.get('kernels', {}).get('cpu_simd', '?')}; "
         f"float32 solver passes: {meta.get('kernels', {}).get('solver_f32', '?')}.",
         f"Solver settings (iis and (b)): l2 = {meta['l2']}, tol = {meta['tol']}, max_iter = {meta['max_iter']}. "
         f"iis.score times: best of {meta.get('repeat', 1)} run(s)"
@@ -748,7 +738,7 @@ def render(res: dict) -> str:
 
 
 METHODS = {
-    "iis.score": "the C kernels (projection + layernorm (float32: the built-in AVX-512 kernel where the CPU has AVX-512F, else the BLAS), top-k masks, L-BFGS path warm-started over the grid, preconditioned by the Gram matrix of each dense design and, from iteration 3, by the per-class Hessian blocks (n/K rows of largest curvature per class), probe on implicitly standardised features).",
+    "iis.score": "the C kernels (projection + layernorm (BLAS sgemm per row tile), top-k masks, L-BFGS path warm-started over the grid, preconditioned by the Gram matrix of each dense design and, from iteration 3, by the per-class Hessian blocks (n/K rows of largest curvature per class), probe on implicitly standardised features).",
     "(a)": "published recipe in PyTorch on the CPU: LayerNorm with affine, Adam, 30 epochs, batch 1024, lr in {1e-3, 1e-2, 1e-1}, ExponentialLR(0.99), best epoch on the eval split; 3 x 9 fits (probe on raw features + 8 ratios). Faster than the published script (in-memory tensors, no DataLoader workers, top-1 only).",
     "(b)": "NumPy reference activations/masks + sklearn LogisticRegression(solver='lbfgs', C=1/(l2*N_train)) per ratio from scratch (same objective and stopping rule max|grad| <= tol as iis), probe on standardised features.",
     "(c)": "glm-saga (PyPI) called as the published Text path (batch 256, step 0.1, alpha 0.99, epsilon=1, k=1) with the penalty at zero, on the same masked activations as (b); probe on standardised features.",
@@ -821,7 +811,7 @@ def main(argv=None) -> int:
         loadavg_before=[round(x, 2) for x in os.getloadavg()],
         versions=_versions(),
         kernels=({k: v for k, v in iis._config.config().items()
-                  if k in ("kernels", "cpu_simd", "projection_f32", "cpu_amx", "solver_f32")}
+                  if k in ("kernels", "cpu_simd", "cpu_amx", "solver_f32")}
                  if iis is not None else {}),
         l2=args.l2, tol=args.tol, max_iter=args.max_iter, repeat=args.repeat,
         repeat_after=not args.no_repeat_after,

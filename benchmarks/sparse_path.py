@@ -1,4 +1,4 @@
-"""Sparse concept heads (issue 21): iis.sparse_path against glm-saga and scikit-learn saga.
+"""Sparse concept heads: iis.sparse_path against glm-saga and scikit-learn saga.
 
 All three solve the same problem on W1's layernorm concept activations along the same
 lambda grid (log-spaced from lambda_max to ratio * lambda_max, largest first, each warm-started

@@ -1,4 +1,4 @@
-"""Seeded workloads for the IIS benchmarks (issue 6).
+"""Seeded workloads for the IIS benchmarks.
 
 W1  class-structured synthetic features: N_train = 50,000, N_eval = 10,000, d = 768,
     K = 100 classes, M = 200 Prototype concepts (train rows sampled stratified across
