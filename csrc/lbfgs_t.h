@@ -104,6 +104,75 @@ static int FN(leave_amx)(const iis_ctx *ctx, const iis_design *X, const int32_t 
 #define IIS_FTOL_RUN 20
 #endif
 
+#if !IS_DOUBLE
+/* The float64 copy of a float32 design that a stalled fit may go on with, at most this
+ * many bytes (an ImageNet-sized probe design would need tens of GB: it keeps the stall
+ * and its warning instead) */
+#ifndef IIS_POLISH_MAX_BYTES
+#define IIS_POLISH_MAX_BYTES ((size_t)512 << 20)
+#endif
+
+/* A float32 fit whose passes can make no more progress above tol (the line search or
+ * the relative decrease at float32's rounding floor) goes on from theta in float64
+ * passes over a float64 copy of its design, with the same objective, stopping rule and
+ * iteration budget (n_iter counts both parts), preconditioned as the float32 part was
+ * (precondition: its level, 0 where the float32 Gram could not be used). *done is 0 when the copy is over the cap
+ * (theta and info untouched). */
+static int FN(polish_double)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int K,
+                             const iis_solver_params *prm, int it, int precondition, double *theta,
+                             iis_solver_info *out, int *done)
+{
+    const int64_t cnt = X->idx ? X->n * (int64_t)X->k : X->n * (int64_t)X->d;
+    const size_t dk = (size_t)X->d * (size_t)K;
+    iis_design Xd = *X;
+    iis_solver_params p2 = *prm;
+    double *x = NULL, *ms = NULL, *w = NULL, *b = NULL;
+    int err = IIS_ENOMEM;
+    *done = 0;
+    if ((size_t)cnt > IIS_POLISH_MAX_BYTES / sizeof(double)) return IIS_OK;
+    x = (double *)malloc(sizeof(double) * (size_t)(cnt > 0 ? cnt : 1));
+    w = (double *)malloc(sizeof(double) * (dk > 0 ? dk : 1));
+    b = (double *)malloc(sizeof(double) * (size_t)K);
+    if (!x || !w || !b) goto done;
+    if (X->idx) {
+        const float *v = (const float *)X->val;
+        for (int64_t e = 0; e < cnt; e++) x[e] = v[e];
+        Xd.val = x;
+    } else {
+        const float *v = (const float *)X->x;
+        for (int64_t i = 0; i < X->n; i++)
+            for (int j = 0; j < X->d; j++) x[i * X->d + j] = v[i * X->ldx + j];
+        Xd.x = x;
+        Xd.ldx = X->d;
+        if (X->mu || X->sigma) {
+            if (!(ms = (double *)malloc(sizeof(double) * 2 * (size_t)X->d))) goto done;
+            for (int j = 0; j < X->d; j++) {
+                ms[j] = X->mu ? ((const float *)X->mu)[j] : 0.0;
+                ms[X->d + j] = X->sigma ? ((const float *)X->sigma)[j] : 1.0;
+            }
+            Xd.mu = X->mu ? ms : NULL;
+            Xd.sigma = X->sigma ? ms + X->d : NULL;
+        }
+    }
+    for (size_t e = 0; e < dk; e++) w[e] = theta[e];
+    for (int q = 0; q < K; q++) b[q] = theta[dk + q];
+    p2.max_iter = prm->max_iter - it;
+    p2.precondition = precondition;
+    p2.start_logits = NULL;
+    if ((err = iis_logreg_fit_d(ctx, &Xd, y, K, &p2, w, b, out)) != IIS_OK) goto done;
+    for (size_t e = 0; e < dk; e++) theta[e] = w[e];
+    for (int q = 0; q < K; q++) theta[dk + q] = b[q];
+    out->n_iter += it;
+    *done = 1;
+done:
+    free(x);
+    free(ms);
+    free(w);
+    free(b);
+    return err;
+}
+#endif
+
 int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int n_classes,
                        const iis_solver_params *prm, REAL *wout, REAL *bout,
                        iis_solver_info *info)
@@ -335,6 +404,19 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
         for (size_t e = 0; e < p; e++) gsum += 0.0 * g[e];
         if (!isfinite(gsum)) stop = IIS_STOP_NONFINITE;
     }
+#if !IS_DOUBLE
+    if ((stop == IIS_STOP_LINE_SEARCH || stop == IIS_STOP_REL_DECREASE) && it < prm->max_iter) {
+        iis_solver_info pi;
+        int done = 0;
+        if ((err = FN(polish_double)(ctx, X, y, K, prm, it, pre ? prm->precondition : 0, theta, &pi, &done)) != IIS_OK) goto cleanup;
+        if (done) {
+            it = pi.n_iter;
+            stop = pi.stop;
+            f = pi.loss;
+            gmax = pi.grad_max;
+        }
+    }
+#endif
     for (size_t e = 0; e < dk; e++) wout[e] = (REAL)theta[e];
     for (int q = 0; q < K; q++) bout[q] = (REAL)theta[dk + q];
     if (info) {
