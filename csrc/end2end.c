@@ -22,7 +22,6 @@
 #include <math.h>
 
 #define E2E_LN_EPS 1e-5
-#define E2E_BLOCK 64
 
 /* Gumbel noise g = -log(-log u) of step `step` for the n x m logits, u in (0, 1) from a
  * splitmix64 hash of (seed, step, entry index) */
@@ -36,25 +35,6 @@ void iis_e2e_noise(const iis_ctx *ctx, uint64_t seed, int64_t step, int64_t n, i
         uint64_t st = key + (uint64_t)i * 0xD1B54A32D192ED03ULL;
         double u = ((double)(iis_rng_next(&st) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
         g[i] = -log(-log(u));
-    }
-}
-
-/* row-major C (rows x cols, ldc) = alpha op(A) op(B) + beta C, op(A) rows x inner; OpenMP
- * over fixed blocks of rows of C, one BLAS call per block (column-major: C^T = op(B)^T op(A)^T) */
-static void e2e_gemm(const iis_ctx *ctx, char ta, char tb, int64_t rows, int cols, int inner,
-                     double alpha, const double *a, int lda, const double *b, int ldb, double beta,
-                     double *c, int ldc)
-{
-    int64_t nb = (rows + E2E_BLOCK - 1) / E2E_BLOCK, blk;
-    int nt = iis_nt_for(ctx, rows * (int64_t)cols * (int64_t)inner / 64);
-    if (rows <= 0 || cols <= 0) return;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (blk = 0; blk < nb; blk++) {
-        int64_t r0 = blk * E2E_BLOCK;
-        int mm = cols, nn = (int)(rows - r0 < E2E_BLOCK ? rows - r0 : E2E_BLOCK), kk = inner;
-        const double *ab = ta == 'N' ? a + r0 * lda : a + r0;
-        ctx->blas->dgemm(&tb, &ta, &mm, &nn, &kk, &alpha, b, &ldb, ab, &lda, &beta, c + r0 * ldc,
-                         &ldc);
     }
 }
 
@@ -189,7 +169,7 @@ static void e2e_concepts(const iis_ctx *ctx, e2e_work *w, const double *el, int6
     int c;
     int nt = iis_nt_for(ctx, ne * (int64_t)d);
     if (a_given) {
-        e2e_gemm(ctx, 'T', 'N', m, d, (int)ne, 1.0, a_given, m, el, d, 0.0, w->p, d);
+        iis_dgemm_rows(ctx, 'T', 'N', m, d, (int)ne, 1.0, a_given, m, el, d, 0.0, w->p, d);
     } else {
         /* S_m: the elements assigned to m, summed in ascending element order */
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -220,7 +200,7 @@ static int e2e_head(const iis_ctx *ctx, e2e_work *w, const double *el, int64_t n
     int nt = iis_nt_for(ctx, n * (int64_t)(m + K)), ch, st;
     double tot = 0.0;
     /* x = LN(F P^T), h = top-k of x */
-    e2e_gemm(ctx, 'N', 'T', n, m, d, 1.0, f, d, w->p, d, 0.0, w->x, m);
+    iis_dgemm_rows(ctx, 'N', 'T', n, m, d, 1.0, f, d, w->p, d, 0.0, w->x, m);
     e2e_ln_rows(ctx, w->x, n, m, w->ars);
     if ((st = iis_topk_d(ctx, w->x, n, m, m, k, 0, w->idx, w->val)) != IIS_OK) return st;
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -230,7 +210,7 @@ static int e2e_head(const iis_ctx *ctx, e2e_work *w, const double *el, int64_t n
         for (int t = 0; t < k; t++) hr[w->idx[i * k + t]] = w->val[i * k + t];
     }
     /* Z = h W^T + b; per row CE and dZ = (softmax - onehot) / n; chunk partials of db, loss */
-    e2e_gemm(ctx, 'N', 'T', n, K, m, 1.0, w->h, m, wt, m, 0.0, w->z, K);
+    iis_dgemm_rows(ctx, 'N', 'T', n, K, m, 1.0, w->h, m, wt, m, 0.0, w->z, K);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (ch = 0; ch < IIS_NCHUNK; ch++) {
         int64_t lo, hi;
@@ -262,7 +242,7 @@ static int e2e_head(const iis_ctx *ctx, e2e_work *w, const double *el, int64_t n
     }
     /* dW = dZ^T h + l2 W, then dh = dZ W masked (over h), dx = LN'(dh) */
     memcpy(gw, wt, sizeof(double) * (size_t)K * m);
-    e2e_gemm(ctx, 'T', 'N', K, m, (int)n, 1.0, w->z, K, w->h, m, l2, gw, m);
+    iis_dgemm_rows(ctx, 'T', 'N', K, m, (int)n, 1.0, w->z, K, w->h, m, l2, gw, m);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (i = 0; i < n; i++) { /* the mask, as 1 / 0 in h */
         double *hr = w->h + i * m;
@@ -272,21 +252,21 @@ static int e2e_head(const iis_ctx *ctx, e2e_work *w, const double *el, int64_t n
     {
         double *dh = malloc(sizeof(double) * ((size_t)n * m + 1));
         if (!dh) return IIS_ENOMEM;
-        e2e_gemm(ctx, 'N', 'N', n, m, K, 1.0, w->z, K, wt, m, 0.0, dh, m);
+        iis_dgemm_rows(ctx, 'N', 'N', n, m, K, 1.0, w->z, K, wt, m, 0.0, dh, m);
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (i = 0; i < (int64_t)n * m; i++) w->h[i] *= dh[i];
         free(dh);
     }
     e2e_ln_back(ctx, w->h, w->x, n, m, w->ars);
     /* dP = da^T F; dS_m = (dP_m - p_m <p_m, dP_m>) / r_m; dA = E dS^T */
-    e2e_gemm(ctx, 'T', 'N', m, d, (int)n, 1.0, w->h, m, f, d, 0.0, w->dp, d);
+    iis_dgemm_rows(ctx, 'T', 'N', m, d, (int)n, 1.0, w->h, m, f, d, 0.0, w->dp, d);
     for (int c = 0; c < m; c++) {
         double *dp = w->dp + (size_t)c * d, dot = 0.0;
         const double *p = w->p + (size_t)c * d;
         for (int t = 0; t < d; t++) dot += p[t] * dp[t];
         for (int t = 0; t < d; t++) dp[t] = w->r[c] > 0.0 ? (dp[t] - p[t] * dot) / w->r[c] : 0.0;
     }
-    e2e_gemm(ctx, 'N', 'T', ne, m, d, 1.0, el, d, w->dp, d, 0.0, w->da, m);
+    iis_dgemm_rows(ctx, 'N', 'T', ne, m, d, 1.0, el, d, w->dp, d, 0.0, w->da, m);
     return IIS_OK;
 }
 

@@ -22,32 +22,13 @@
 #include "internal.h"
 #include <math.h>
 
-#define ID_BLOCK 64
 #define IIS_EXPM_DEG 12
-
-/* row-major C (rows x cols) = alpha op(A) op(B) + beta C on fixed row blocks (see end2end.c) */
-static void id_gemm(const iis_ctx *ctx, char ta, char tb, int64_t rows, int cols, int inner,
-                    double alpha, const double *a, int lda, const double *b, int ldb, double beta,
-                    double *c, int ldc)
-{
-    int64_t nb = (rows + ID_BLOCK - 1) / ID_BLOCK, blk;
-    int nt = iis_nt_for(ctx, rows * (int64_t)cols * (int64_t)inner / 64);
-    if (rows <= 0 || cols <= 0) return;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (blk = 0; blk < nb; blk++) {
-        int64_t r0 = blk * ID_BLOCK;
-        int mm = cols, nn = (int)(rows - r0 < ID_BLOCK ? rows - r0 : ID_BLOCK), kk = inner;
-        const double *ab = ta == 'N' ? a + r0 * lda : a + r0;
-        ctx->blas->dgemm(&tb, &ta, &mm, &nn, &kk, &alpha, b, &ldb, ab, &lda, &beta, c + r0 * ldc,
-                         &ldc);
-    }
-}
 
 /* C (d x d) = op(A) op(B), square */
 static void id_mm(const iis_ctx *ctx, char ta, char tb, int d, const double *a, const double *b,
                   double *c)
 {
-    id_gemm(ctx, ta, tb, d, d, d, 1.0, a, d, b, d, 0.0, c, d);
+    iis_dgemm_rows(ctx, ta, tb, d, d, d, 1.0, a, d, b, d, 0.0, c, d);
 }
 
 /* A = X - X^T */
@@ -140,7 +121,7 @@ static int id_rotation(const iis_ctx *ctx, const double *x, int d, int param, id
             for (int i = 0; i < d; i++) hd[(size_t)i * d + i] = 1.0;
             for (int j = deg - 1; j >= 0; j--) {
                 double *out = j >= 1 ? r->h + (size_t)(j - 1) * dd : r->u;
-                id_gemm(ctx, 'N', 'N', d, d, d, 1.0 / (j + 1), r->bm, d, r->h + (size_t)j * dd, d, 0.0,
+                iis_dgemm_rows(ctx, 'N', 'N', d, d, d, 1.0 / (j + 1), r->bm, d, r->h + (size_t)j * dd, d, 0.0,
                         out, d);
                 for (int i = 0; i < d; i++) out[(size_t)i * d + i] += 1.0;
             }
@@ -170,14 +151,14 @@ static int id_rotation_back(const iis_ctx *ctx, const id_rot *r, double *g, doub
     if (r->param == 0) {
         /* dA = -2 B^T G B^T */
         id_mm(ctx, 'T', 'N', d, r->bm, g, t);
-        id_gemm(ctx, 'N', 'T', d, d, d, -2.0, t, d, r->bm, d, 0.0, t2, d);
+        iis_dgemm_rows(ctx, 'N', 'T', d, d, d, -2.0, t, d, r->bm, d, 0.0, t2, d);
     } else {
         int deg = IIS_EXPM_DEG;
         /* through the squarings: G_i = G_{i+1} U_i^T + U_i^T G_{i+1} */
         for (int i = r->s - 1; i >= 0; i--) {
             const double *ui = r->h + (size_t)(deg + i) * dd;
             id_mm(ctx, 'N', 'T', d, g, ui, t);
-            id_gemm(ctx, 'T', 'N', d, d, d, 1.0, ui, d, g, d, 1.0, t, d);
+            iis_dgemm_rows(ctx, 'T', 'N', d, d, d, 1.0, ui, d, g, d, 1.0, t, d);
             memcpy(g, t, sizeof(double) * dd);
         }
         /* through Horner: H_j = I + C H_{j+1} / (j + 1):
@@ -185,8 +166,8 @@ static int id_rotation_back(const iis_ctx *ctx, const id_rot *r, double *g, doub
         memset(t2, 0, sizeof(double) * dd);
         for (int j = 0; j < deg; j++) {
             const double *hn = r->h + (size_t)j * dd; /* H_{j+1} */
-            id_gemm(ctx, 'N', 'T', d, d, d, 1.0 / (j + 1), g, d, hn, d, 1.0, t2, d);
-            id_gemm(ctx, 'T', 'N', d, d, d, 1.0 / (j + 1), r->bm, d, g, d, 0.0, t, d);
+            iis_dgemm_rows(ctx, 'N', 'T', d, d, d, 1.0 / (j + 1), g, d, hn, d, 1.0, t2, d);
+            iis_dgemm_rows(ctx, 'T', 'N', d, d, d, 1.0 / (j + 1), r->bm, d, g, d, 0.0, t, d);
             memcpy(g, t, sizeof(double) * dd);
         }
         {
@@ -296,7 +277,7 @@ static int id_objective(const iis_ctx *ctx, const float *maps, int hw, int d, co
         goto done;
     }
     if ((err = id_pool(ctx, maps, hw, d, rows, nb, r->u, v, pmax, pmin)) != IIS_OK) goto done;
-    id_gemm(ctx, 'N', 'T', nb, K, d, 1.0, v, d, w, d, 0.0, z, K);
+    iis_dgemm_rows(ctx, 'N', 'T', nb, K, d, 1.0, v, d, w, d, 0.0, z, K);
     for (int64_t i = 0; i < nb; i++) { /* CE and dZ = (softmax - onehot) / nb, image order */
         double *zr = z + i * K, mx = -INFINITY, s = 0.0;
         int32_t yi = y[rows[i]];
@@ -314,8 +295,8 @@ static int id_objective(const iis_ctx *ctx, const float *maps, int hw, int d, co
         gb[k] = 0.0;
         for (int64_t i = 0; i < nb; i++) gb[k] += z[i * K + k];
     }
-    id_gemm(ctx, 'T', 'N', K, d, (int)nb, 1.0, z, K, v, d, 0.0, gw, d);
-    id_gemm(ctx, 'N', 'N', nb, d, K, 1.0, z, K, w, d, 0.0, dv, d);
+    iis_dgemm_rows(ctx, 'T', 'N', K, d, (int)nb, 1.0, z, K, v, d, 0.0, gw, d);
+    iis_dgemm_rows(ctx, 'N', 'N', nb, d, K, 1.0, z, K, w, d, 0.0, dv, d);
     /* dU^T row c = sum_i dv_ic (F_i[pmax_ic] + F_i[pmin_ic]) over the positions that exist */
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (c = 0; c < d; c++) {

@@ -281,4 +281,26 @@ static inline int iis_nt_for(const iis_ctx *ctx, int64_t work)
     return work < IIS_PAR_MIN ? 1 : iis_nthreads(ctx);
 }
 
+/* Row-major C (rows x cols, ldc) = alpha op(A) op(B) + beta C in float64, op(A) rows x
+ * inner: OpenMP over fixed blocks of 64 rows of C, one BLAS call per block (column-major:
+ * C^T = op(B)^T op(A)^T). The blocks depend only on the size, so the bits do not depend
+ * on the thread count. Used by the learned libraries' training (end2end.c, infodisent.c). */
+static inline void iis_dgemm_rows(const iis_ctx *ctx, char ta, char tb, int64_t rows, int cols,
+                                  int inner, double alpha, const double *a, int lda,
+                                  const double *b, int ldb, double beta, double *c, int ldc)
+{
+    const int64_t bs = 64, nb = (rows + bs - 1) / bs;
+    int64_t blk;
+    int nt = iis_nt_for(ctx, rows * (int64_t)cols * (int64_t)inner / 64);
+    if (rows <= 0 || cols <= 0) return;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (blk = 0; blk < nb; blk++) {
+        int64_t r0 = blk * bs;
+        int mm = cols, nn = (int)(rows - r0 < bs ? rows - r0 : bs), kk = inner;
+        const double *ab = ta == 'N' ? a + r0 * lda : a + r0;
+        ctx->blas->dgemm(&tb, &ta, &mm, &nn, &kk, &alpha, b, &ldb, ab, &lda, &beta, c + r0 * ldc,
+                         &ldc);
+    }
+}
+
 #endif
