@@ -6,6 +6,7 @@ import pytest
 
 import iis
 from iis import _core
+from iis import _reference as ref
 from iis._end2end import assignment_concepts
 from iis.datasets import load_digits_images, train_eval_split
 from iis.elements import patches
@@ -36,16 +37,7 @@ def test_gradients_match_finite_differences():
         return _core.e2e_objective(el, f, y, K, qq, ww, bb, a_given=a, **kw)[0]
 
     assert obj(a=hard) == loss  # the hard assignment is the forward pass
-    h = 1e-6
-
-    def fd(fun, x):
-        out = np.zeros_like(x)
-        for i in np.ndindex(x.shape):
-            e = np.zeros_like(x)
-            e[i] = h
-            out[i] = (fun(x + e) - fun(x - e)) / (2 * h)
-        return out
-
+    fd = ref.central_difference
     np.testing.assert_allclose(fd(lambda ww: obj(ww=ww), w), gw, atol=1e-7)
     np.testing.assert_allclose(fd(lambda bb: obj(bb=bb), b), gb, atol=1e-7)
     np.testing.assert_allclose(fd(lambda a: obj(a=a), hard), ga, atol=1e-7)

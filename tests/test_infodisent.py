@@ -7,6 +7,7 @@ import scipy.linalg
 
 import iis
 from iis import _core
+from iis._reference import central_difference
 
 PARAMS = ("cayley", "exp")
 
@@ -38,13 +39,7 @@ def test_rotation_and_gradients_match_references(param):
     logits = v @ w.T + b
     np.testing.assert_allclose(loss, np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(n), y]), rtol=1e-12)
 
-    def fd(fun, a, h=1e-6):
-        out = np.zeros_like(a)
-        for i in np.ndindex(a.shape):
-            e = np.zeros_like(a)
-            e[i] = h
-            out[i] = (fun(a + e) - fun(a - e)) / (2 * h)
-        return out
+    fd = central_difference
 
     def obj(xx=x, ww=w, bb=b):
         return _core.infodisent_objective(maps, y, K, xx, ww, bb, parametrization=param)[0]
