@@ -25,9 +25,9 @@
 static iis_blas g_blas = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
 
 typedef struct {
-    PyObject *progress; /* callable(done, total) or NULL */
-    int failed;         /* the progress or trace callable raised */
-    PyObject *trace;    /* callable(kind, stage, iter, loss, grad_max, kept, stop, accuracy) or NULL */
+    PyObject *progress; /* NULL, or the call's callable: (done, total) for ctx->progress, or
+                           the iis_event fields for the solver's trace (trace_hook) */
+    int failed;         /* the progress callable raised */
 } hook_state;
 
 /* Takes the GIL, runs pending signal handlers; nonzero means stop. */
@@ -60,7 +60,7 @@ static int trace_hook(void *p, const iis_event *ev)
 {
     hook_state *st = (hook_state *)p;
     PyGILState_STATE g = PyGILState_Ensure();
-    PyObject *r = PyObject_CallFunction(st->trace, "iiiddiid", ev->kind, ev->stage, ev->iter, ev->loss,
+    PyObject *r = PyObject_CallFunction(st->progress, "iiiddiid", ev->kind, ev->stage, ev->iter, ev->loss,
                                         ev->grad_max, ev->kept, ev->stop, ev->accuracy);
     int stop;
     if (!r) st->failed = 1;
@@ -78,7 +78,7 @@ static int set_trace(iis_solver_params *prm, hook_state *st, PyObject *o)
         PyErr_SetString(PyExc_TypeError, "progress must be callable or None");
         return -1;
     }
-    st->trace = o;
+    st->progress = o;
     prm->trace = trace_hook;
     prm->trace_ctx = st;
     return 0;
@@ -270,7 +270,7 @@ static PyObject *py_project(PyObject *self, PyObject *args, PyObject *kw)
     int kk;
 
     PyArrayObject *f, *p, *mean = NULL, *std = NULL, *out;
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
     int check = 0;
@@ -332,7 +332,7 @@ static PyObject *py_colstats(PyObject *self, PyObject *args, PyObject *kw)
     const char *kern = "auto";
     int kk;
 
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
     static char *kwl[] = {"activations", "n_threads", "kernels", NULL};
@@ -380,7 +380,7 @@ static PyObject *py_topk(PyObject *self, PyObject *args, PyObject *kw)
     int kk;
 
     PyArrayObject *a, *idx = NULL, *val = NULL;
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
     static char *kwl[] = {"activations", "k", "soft", "dense", "n_threads", "kernels", NULL};
@@ -556,7 +556,7 @@ static PyObject *py_logreg_fit(PyObject *self, PyObject *args, PyObject *kw)
     PyArrayObject *y, *w0, *b0, *w, *b;
     iis_solver_params prm;
     iis_solver_info info;
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
     static char *kwl[] = {"X", "idx", "val", "d", "y", "n_classes", "l2", "tol", "max_iter", "w0", "b0",
@@ -626,6 +626,7 @@ static PyObject *py_logreg_fit(PyObject *self, PyObject *args, PyObject *kw)
     }
     memset(&info, 0, sizeof(info));
     init_ctx(&ctx, &hs, nt, kk);
+    ctx.progress = NULL; /* hs.progress is the solver's trace */
     IIS_BEGIN_ALLOW_THREADS
     st = t == NPY_FLOAT32 ? iis_logreg_fit_f(&ctx, &D, PyArray_DATA(y), K, &prm, PyArray_DATA(w),
                                              PyArray_DATA(b), &info)
@@ -653,7 +654,7 @@ static PyObject *py_logreg_objective(PyObject *self, PyObject *args, PyObject *k
 
     iis_design D;
     PyArrayObject *y, *w, *b, *g;
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
     static char *kwl[] = {"X", "idx", "val", "d", "y", "n_classes", "l2", "w", "b", "mu", "sigma", "amx",
@@ -715,7 +716,7 @@ static PyObject *py_logreg_predict(PyObject *self, PyObject *args, PyObject *kw)
 
     iis_design D;
     PyArrayObject *w, *b, *logits, *pred;
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
     static char *kwl[] = {"X", "idx", "val", "d", "w", "b", "mu", "sigma", "n_threads", "kernels", NULL};
@@ -770,7 +771,7 @@ static PyObject *py_logreg_precond(PyObject *self, PyObject *args, PyObject *kw)
 
     iis_design D;
     PyArrayObject *P;
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
     static char *kwl[] = {"X", "mu", "sigma", "l2", "n_threads", "amx", "kernels", NULL};
@@ -825,7 +826,7 @@ static PyObject *py_path(PyObject *self, PyObject *args, PyObject *kw)
                   *stopa = NULL;
     iis_path_params prm;
     iis_path_result res;
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
     static char *kwl[] = {"atr", "ytr", "aev", "yev", "n_classes", "sparsities", "soft", "published", "l2",
@@ -919,6 +920,7 @@ static PyObject *py_path(PyObject *self, PyObject *args, PyObject *kw)
         res.train_logits0 = PyArray_DATA(lg);
     }
     init_ctx(&ctx, &hs, nt, kk);
+    ctx.progress = NULL; /* hs.progress is the solver's trace */
     IIS_BEGIN_ALLOW_THREADS
     st = t == NPY_FLOAT32
              ? iis_path_f(&ctx, PyArray_DATA(atr), PyArray_DIM(atr, 0), PyArray_DATA(ytr),
@@ -953,7 +955,7 @@ static PyObject *py_kmeans(PyObject *self, PyObject *args, PyObject *kw)
     int kk;
 
     PyArrayObject *x, *cen, *lab;
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
     static char *kwl[] = {"X", "k", "seed", "max_iter", "tol", "n_threads", "kernels", NULL};
@@ -1033,7 +1035,7 @@ static const char *kernels_name(int k)
 static PyObject *py_config(PyObject *self, PyObject *args, PyObject *kw)
 {
     iis_ctx ctx;
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     static char *kwl[] = {"kernels", NULL};
     PyObject *omp;
     int omp_max;
@@ -1072,7 +1074,7 @@ static PyObject *py_text_objective(PyObject *self, PyObject *args, PyObject *kw)
 
     double obj = 0.0;
     PyArrayObject *f, *tg, *w, *sim, *grad;
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
     static char *kwl[] = {"features", "targets", "w", "n_threads", "kernels", NULL};
@@ -1135,7 +1137,7 @@ static PyObject *py_text_fit(PyObject *self, PyObject *args, PyObject *kw)
                                                      *vh = NULL, *vs = NULL;
     iis_text_params prm;
     iis_text_result res;
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
     static char *kwl[] = {"f_train", "t_train", "f_val", "t_val", "n_concepts", "w0", "steps", "eval_every",
@@ -1278,7 +1280,7 @@ static PyObject *py_e2e_objective(PyObject *self, PyObject *args, PyObject *kw)
     int K, k = -1, nt = 1, st, m;
     double tau = NAN, l2 = 0.0, loss = 0.0; /* k and temperature are required */
     iis_e2e_params prm;
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOiOOO|$iddOOi", kwlist, &oel, &of, &oy, &K, &oq, &ow,
@@ -1335,7 +1337,7 @@ static PyObject *py_e2e_fit(PyObject *self, PyObject *args, PyObject *kw)
     unsigned long long seed = 0;
     double tau = NAN, l2 = 0.0;
     iis_e2e_params prm = {0};
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
     prm.lr = NAN; /* required */
@@ -1406,7 +1408,7 @@ static PyObject *py_e2e_noise(PyObject *self, PyObject *args, PyObject *kw)
     int m, nt = 1;
     PyArrayObject *g;
     iis_ctx ctx;
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "KLni|i", kwlist, &seed, &step, &n, &m, &nt)) return NULL;
     if (n < 0 || m < 0 || step < 0) {
@@ -1468,7 +1470,7 @@ static PyObject *py_id_rotation(PyObject *self, PyObject *args, PyObject *kw)
     const char *ps = "cayley";
     int nt = 1, st, param, d;
     PyArrayObject *x, *u;
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$si", kwlist, &ox, &ps, &nt)) return NULL;
@@ -1500,7 +1502,7 @@ static PyObject *py_id_pool(PyObject *self, PyObject *args, PyObject *kw)
     PyObject *om, *ou;
     int nt = 1, st;
     PyArrayObject *m, *u, *out[3] = {NULL, NULL, NULL};
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$i", kwlist, &om, &ou, &nt)) return NULL;
@@ -1552,7 +1554,7 @@ static PyObject *py_id_objective(PyObject *self, PyObject *args, PyObject *kw)
     int K, nt = 1, st, param, d;
     double loss = 0.0;
     PyArrayObject *m, *y, *x, *w, *b, *out[3] = {NULL, NULL, NULL};
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiOOO|$si", kwlist, &om, &oy, &K, &ox, &ow, &ob, &ps, &nt))
@@ -1598,7 +1600,7 @@ static PyObject *py_id_fit(PyObject *self, PyObject *args, PyObject *kw)
     unsigned long long seed = 0;
     PyArrayObject *m, *y, *x, *w, *b, *ad, *hist;
     iis_infodisent_params prm = {0};
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
     prm.lr = NAN; /* required */
@@ -1688,7 +1690,7 @@ static PyObject *py_enet_objective(PyObject *self, PyObject *args, PyObject *kw)
     PyArrayObject *x, *y, *w, *b, *gw = NULL, *gb = NULL;
     int K, nt = 0, st;
     double loss = 0;
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     iis_ctx ctx;
     npy_intp dims[2];
     (void)self;
@@ -1736,7 +1738,7 @@ static PyObject *py_enet_fit(PyObject *self, PyObject *args, PyObject *kw)
     iis_enet_params p;
     iis_enet_info info;
     int K, nt = 0, st;
-    hook_state hs = {NULL, 0, NULL};
+    hook_state hs = {NULL, 0};
     iis_ctx ctx;
     (void)self;
     memset(&p, 0, sizeof(p));
