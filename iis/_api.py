@@ -299,8 +299,9 @@ _EVENTS = ("iteration", "start", "end")  # the core's enum iis_event_kind, in or
 
 class _ProgressPrinter:
     """``progress=True``: compact lines on stderr, an iteration line at most every
-    ``every`` seconds and one line per finished fit (with ``throttle_ends``, those too
-    only where ``every`` seconds have passed)."""
+    ``every`` seconds, one line per finished fit and one when the probe (the longest
+    fit, after the path) starts; with ``throttle_ends``, those too only where ``every``
+    seconds have passed."""
 
     def __init__(self, prefix: str = "[iis]", every: float = 2.0, throttle_ends: bool = False) -> None:
         self.prefix, self.every, self.throttle_ends = prefix, every, throttle_ends
@@ -309,11 +310,13 @@ class _ProgressPrinter:
     def __call__(self, e: ProgressEvent) -> None:
         now = time.perf_counter()
         throttled = e.event == "iteration" or self.throttle_ends
-        if e.event == "start" or (throttled and now - self.last < self.every):
+        if (e.event == "start" and e.stage == "ratio") or (throttled and now - self.last < self.every):
             return
         self.last = now
         where = "probe" if e.stage == "probe" else f"s={e.sparsity:.3g} ({e.index + 1}/{e.n_ratios})"
-        if e.event == "iteration":
+        if e.event == "start":
+            what = "start"
+        elif e.event == "iteration":
             what = f"it {e.iteration}  f={e.loss:.6g}  |g|={e.grad_max:.2e}"
         else:
             what = f"done: accuracy {e.accuracy:.4f}, {e.iteration} iterations ({e.stop_reason})"
@@ -405,9 +408,9 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         -2 = all but one ...).
     progress : None, bool or callable
         None or False (default): silent. True: compact lines on stderr, one per
-        fitted ratio and for the probe, with its accuracy and iterations, and
-        while a fit runs, its iteration, objective and max |gradient| at most
-        every 2 s. A callable receives a :class:`ProgressEvent` at the start
+        fitted ratio and for the probe, with its accuracy and iterations, one
+        when the probe starts, and while a fit runs, its iteration, objective
+        and max |gradient| at most every 2 s. A callable receives a :class:`ProgressEvent` at the start
         of each fit, after each of its L-BFGS iterations and at its end; an
         exception it raises stops the call and propagates. Progress never
         changes the result.

@@ -150,6 +150,9 @@ def test_progress_true_prints_a_line_per_fit(capsys):
                             r"\d+\.\ds", ln), ln
     assert re.fullmatch(rf"\[iis\] probe  done: accuracy {res.probe_accuracy:.4f}, {res.probe_n_iter} "
                         rf"iterations \({res.probe_stop_reason}\)  \d+\.\ds", ends[-1]), ends[-1]
+    starts = [ln for ln in err if "start" in ln]
+    assert len(starts) == 1 and re.fullmatch(r"\[iis\] probe  start  \d+\.\ds", starts[0]), starts
+    assert err.index(starts[0]) == err.index(ends[-2]) + 1  # after the last ratio's line
 
 
 def test_printer_iteration_lines_and_throttle(capsys):
@@ -160,13 +163,13 @@ def test_printer_iteration_lines_and_throttle(capsys):
         every_time(e)
     lines = capsys.readouterr().err.splitlines()
     iters = [e for e in events if e.event == "iteration"]
-    assert len(lines) == len(iters) + len(GRID) + 1
+    assert len(lines) == len(iters) + len(GRID) + 2  # and the ends, and the probe's start
     probe_it = next(e for e in iters if e.stage == "probe")
     assert any(re.fullmatch(rf"\[iis\] probe  it {probe_it.iteration}  f={probe_it.loss:.6g}  "
                             rf"\|g\|={probe_it.grad_max:.2e}  \d+\.\ds", ln) for ln in lines)
     for e in events:
         rarely(e)
-    assert all("done:" in ln for ln in capsys.readouterr().err.splitlines())  # no iteration lines
+    assert all("done:" in ln or "probe  start" in ln for ln in capsys.readouterr().err.splitlines())  # no "it"
 
 
 @pytest.mark.parametrize("bad", ["yes", 1, 0.5, [print]])
