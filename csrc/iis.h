@@ -19,7 +19,7 @@ extern "C" {
 enum iis_status {
     IIS_OK = 0,
     IIS_ENOMEM = 1,     /* an allocation failed */
-    IIS_EINTR = 2,      /* the interrupt hook asked to stop (Ctrl-C) */
+    IIS_EINTR = 2,      /* the interrupt hook (Ctrl-C) or a trace callback asked to stop */
     IIS_EINVAL = 3,     /* an argument is out of range (message in iis_strerror) */
     IIS_ENOBLAS = 4     /* the BLAS table is not filled */
 };
@@ -88,6 +88,27 @@ enum iis_norm { IIS_NORM_NONE = 0, IIS_NORM_LAYERNORM = 1, IIS_NORM_STANDARDIZE 
 
 enum iis_precond { IIS_PRECOND_OFF = 0, IIS_PRECOND_BLOCKS = 1, IIS_PRECOND_GRAM = 2 };
 
+/* What a solver's trace callback receives (iis_solver_params.trace). */
+enum iis_event_kind {
+    IIS_EVENT_ITER = 0,  /* an L-BFGS iteration ended */
+    IIS_EVENT_START = 1, /* iis_path: a ratio's fit begins */
+    IIS_EVENT_END = 2    /* iis_path: a ratio's fit and evaluation ended */
+};
+
+typedef struct {
+    int kind;              /* enum iis_event_kind */
+    int stage;             /* iis_solver_params.trace_stage (iis_path: the ratio's index) */
+    int iter;              /* iterations taken (ITER, END) */
+    double loss, grad_max; /* objective and max |grad| at the iterate (ITER, END) */
+    int kept;              /* iis_path: the ratio's k (START, END) */
+    int stop;              /* iis_path: enum iis_stop of the fit (END) */
+    double accuracy;       /* iis_path: the ratio's eval accuracy (END) */
+} iis_event;
+
+/* Called on the calling thread, outside OpenMP regions, once per iteration: it must be
+ * cheap and leave the solver's arrays alone; a nonzero return stops with IIS_EINTR. */
+typedef int (*iis_trace_fn)(void *user, const iis_event *ev);
+
 /* Solver parameters for multinomial logistic regression. */
 typedef struct {
     double l2;      /* objective: mean CE + l2/2 ||W||^2 (bias unpenalised) */
@@ -107,6 +128,10 @@ typedef struct {
                          starts from the least-squares fit P^-1 [X' 1]^T T / n of T by
                          this design instead of w and b (iis.score starts the probe from
                          the first IP's train logits). Otherwise ignored. */
+    iis_trace_fn trace; /* NULL, or the progress callback (iis_event); never changes results */
+    void *trace_ctx;    /* its first argument */
+    int trace_stage;    /* copied into the events */
+    int trace_iter0;    /* added to the events' iteration counts (0) */
 } iis_solver_params;
 
 /* Why the solver stopped. Only IIS_STOP_CONVERGED means max |grad| <= tol. */

@@ -87,6 +87,16 @@ static inline int iis_interrupted(const iis_ctx *ctx)
     return (ctx && ctx->interrupt) ? ctx->interrupt(ctx->interrupt_ctx) : 0;
 }
 
+/* ev to prm's trace callback, if any, with the stage and iteration offset filled in;
+ * IIS_EINTR when the callback asks to stop (call outside OpenMP regions) */
+static inline int iis_trace(const iis_solver_params *prm, iis_event ev)
+{
+    if (!prm->trace) return IIS_OK;
+    ev.stage = prm->trace_stage;
+    ev.iter += prm->trace_iter0;
+    return prm->trace(prm->trace_ctx, &ev) ? IIS_EINTR : IIS_OK;
+}
+
 /* Inside an OpenMP region, for loops whose iterations run long (a whole chunk of a
  * solver pass or of the preconditioner's Gram): the team's thread 0, which is the calling thread and so may take
  * the GIL, asks the hook at most every IIS_POLL_S seconds (taking the GIL per block

@@ -159,6 +159,7 @@ static int FN(polish_double)(const iis_ctx *ctx, const iis_design *X, const int3
     p2.max_iter = prm->max_iter - it;
     p2.precondition = precondition;
     p2.start_logits = NULL;
+    p2.trace_iter0 = prm->trace_iter0 + it; /* the events count on */
     if ((err = iis_logreg_fit_d(ctx, &Xd, y, K, &p2, w, b, out)) != IIS_OK) goto done;
     for (size_t e = 0; e < dk; e++) theta[e] = w[e];
     for (int q = 0; q < K; q++) theta[dk + q] = b[q];
@@ -381,6 +382,9 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
             memcpy(theta, tn, sizeof(double) * p);
             memcpy(g, gn, sizeof(double) * p);
             f = fnew;
+            if ((err = iis_trace(prm, (iis_event){.kind = IIS_EVENT_ITER, .iter = it + 1, .loss = f,
+                                                  .grad_max = gnew})) != IIS_OK)
+                goto cleanup;
             if (rel <= ftol && w.amx == IIS_AMX_BF16) {
                 /* the relative-decrease stop belongs to the precise or float32 passes */
                 if ((err = FN(leave_amx)(ctx, X, y, K, prm->l2, theta, g, &f, &w)) != IIS_OK)

@@ -25,7 +25,8 @@
 static iis_blas g_blas = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
 
 typedef struct {
-    PyObject *progress; /* callable(done, total) or NULL */
+    PyObject *progress; /* NULL, or the call's callable: (done, total) for ctx->progress, or
+                           the iis_event fields for the solver's trace (trace_hook) */
     int failed;         /* the progress callable raised */
 } hook_state;
 
@@ -51,6 +52,36 @@ static void progress_hook(void *p, int done, int total)
     if (!r) st->failed = 1;
     Py_XDECREF(r);
     PyGILState_Release(g);
+}
+
+/* The solver's trace callback (iis_event, as a tuple to the Python callable), then the
+ * pending signal handlers; nonzero (stop) when either raised. */
+static int trace_hook(void *p, const iis_event *ev)
+{
+    hook_state *st = (hook_state *)p;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *r = PyObject_CallFunction(st->progress, "iiiddiid", ev->kind, ev->stage, ev->iter, ev->loss,
+                                        ev->grad_max, ev->kept, ev->stop, ev->accuracy);
+    int stop;
+    if (!r) st->failed = 1;
+    Py_XDECREF(r);
+    stop = st->failed || PyErr_CheckSignals() != 0;
+    PyGILState_Release(g);
+    return stop;
+}
+
+/* prm's trace: the hook when o is a callable, none when it is None; -1 (TypeError) otherwise */
+static int set_trace(iis_solver_params *prm, hook_state *st, PyObject *o)
+{
+    if (o == Py_None) return 0;
+    if (!PyCallable_Check(o)) {
+        PyErr_SetString(PyExc_TypeError, "progress must be callable or None");
+        return -1;
+    }
+    st->progress = o;
+    prm->trace = trace_hook;
+    prm->trace_ctx = st;
+    return 0;
 }
 
 static int max_threads(void)
@@ -508,12 +539,14 @@ static int arrays_overlap(PyArrayObject *a, PyArrayObject *b)
 }
 
 /* logreg_fit(X, idx, val, d, y, n_classes, l2, tol, max_iter, W0, b0, mu, sigma, n_threads
- *            [, precondition=1, start_logits=None]) -> (W, b, n_iter, converged, loss,
- * grad_max); start_logits (n x K, X's dtype): see iis_solver_params */
+ *            [, precondition=1, start_logits=None, kernels, progress=None]) -> (W, b, n_iter,
+ * converged, loss, grad_max, stop); start_logits (n x K, X's dtype): see iis_solver_params;
+ * progress: None or a callable of the iis_event fields (trace_hook) */
 static PyObject *py_logreg_fit(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *ox, *oidx = Py_None, *oval = Py_None, *oy = NULL, *ow = Py_None, *ob = Py_None,
-             *omu = Py_None, *osg = Py_None, *ostart = Py_None, *ol2 = NULL, *otol = NULL;
+             *omu = Py_None, *osg = Py_None, *ostart = Py_None, *ol2 = NULL, *otol = NULL,
+             *oprog = Py_None;
     int d = 0, K = INT_MIN, max_iter = INT_MIN, nt = 1, t, st = 0, precondition = 1;
     double l2, tol;
     const char *kern = "auto";
@@ -527,11 +560,14 @@ static PyObject *py_logreg_fit(PyObject *self, PyObject *args, PyObject *kw)
     iis_ctx ctx;
     (void)self;
     static char *kwl[] = {"X", "idx", "val", "d", "y", "n_classes", "l2", "tol", "max_iter", "w0", "b0",
-                          "mu", "sigma", "n_threads", "precondition", "start_logits", "kernels", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOiOiOOiOOOOiiOs", kwl, &ox, &oidx, &oval, &d, &oy, &K,
+                          "mu", "sigma", "n_threads", "precondition", "start_logits", "kernels", "progress",
+                          NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOiOiOOiOOOOiiOsO", kwl, &ox, &oidx, &oval, &d, &oy, &K,
                                      &ol2, &otol, &max_iter, &ow, &ob, &omu, &osg, &nt, &precondition,
-                                     &ostart, &kern))
+                                     &ostart, &kern, &oprog))
         return NULL;
+    memset(&prm, 0, sizeof(prm));
+    if (set_trace(&prm, &hs, oprog) < 0) return NULL;
     if (!oy) return missing("logreg_fit", "y"), NULL;
     if (K == INT_MIN) return missing("logreg_fit", "n_classes"), NULL;
     if (max_iter == INT_MIN) return missing("logreg_fit", "max_iter"), NULL;
@@ -590,16 +626,17 @@ static PyObject *py_logreg_fit(PyObject *self, PyObject *args, PyObject *kw)
     }
     memset(&info, 0, sizeof(info));
     init_ctx(&ctx, &hs, nt, kk);
+    ctx.progress = NULL; /* hs.progress is the solver's trace */
     IIS_BEGIN_ALLOW_THREADS
     st = t == NPY_FLOAT32 ? iis_logreg_fit_f(&ctx, &D, PyArray_DATA(y), K, &prm, PyArray_DATA(w),
                                              PyArray_DATA(b), &info)
                           : iis_logreg_fit_d(&ctx, &D, PyArray_DATA(y), K, &prm, PyArray_DATA(w),
                                              PyArray_DATA(b), &info);
     IIS_END_ALLOW_THREADS
-    if (st != IIS_OK) {
+    if (st != IIS_OK || hs.failed) {
         Py_DECREF(w);
         Py_DECREF(b);
-        return raise_status(st, "logreg_fit");
+        return raise_status(st != IIS_OK ? st : IIS_EINTR, "logreg_fit");
     }
     return Py_BuildValue("NNiiddi", w, b, info.n_iter, info.converged, info.loss, info.grad_max, info.stop);
 }
@@ -772,8 +809,9 @@ static PyObject *py_logreg_precond(PyObject *self, PyObject *args, PyObject *kw)
 
 /* path(Atr, ytr, Aev, yev, n_classes, s, soft, published, l2, tol, max_iter, n_threads,
  *      progress[, overwrite=False, precondition=1, train_logits0=None]) -> (accuracy, kept,
- *      n_iter, converged); with overwrite, hard masks are applied in place to Atr and Aev (see
- *      iis_path_params); train_logits0 (ntr x K, writable) receives the s[0] IP's train logits */
+ *      n_iter, converged, stop); with overwrite, hard masks are applied in place to Atr and Aev
+ *      (see iis_path_params); train_logits0 (ntr x K, writable) receives the s[0] IP's train
+ *      logits; progress: None or a callable of the iis_event fields (trace_hook) */
 static PyObject *py_path(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *oatr, *oytr, *oaev, *oyev, *os = NULL, *oprog = Py_None, *ologits = Py_None, *ol2 = NULL,
@@ -840,10 +878,8 @@ static PyObject *py_path(PyObject *self, PyObject *args, PyObject *kw)
                 return NULL;
             }
     }
-    if (oprog != Py_None && !PyCallable_Check(oprog)) {
-        PyErr_SetString(PyExc_TypeError, "progress must be callable or None");
-        return NULL;
-    }
+    memset(&prm, 0, sizeof(prm));
+    if (set_trace(&prm.solver, &hs, oprog) < 0) return NULL;
     if (overwrite) { /* masks are written into the activations: two separate writable arrays */
         if (!PyArray_ISWRITEABLE(atr) || !PyArray_ISWRITEABLE(aev) || arrays_overlap(atr, aev)) {
             PyErr_SetString(PyExc_ValueError,
@@ -868,7 +904,6 @@ static PyObject *py_path(PyObject *self, PyObject *args, PyObject *kw)
     prm.solver.max_iter = max_iter;
     prm.solver.memory = 10;
     prm.solver.precondition = precondition;
-    prm.solver.start_logits = NULL;
     res.accuracy = PyArray_DATA(acc);
     res.kept = PyArray_DATA(kept);
     res.n_iter = PyArray_DATA(nit);
@@ -884,8 +919,8 @@ static PyObject *py_path(PyObject *self, PyObject *args, PyObject *kw)
         }
         res.train_logits0 = PyArray_DATA(lg);
     }
-    hs.progress = oprog != Py_None ? oprog : NULL;
     init_ctx(&ctx, &hs, nt, kk);
+    ctx.progress = NULL; /* hs.progress is the solver's trace */
     IIS_BEGIN_ALLOW_THREADS
     st = t == NPY_FLOAT32
              ? iis_path_f(&ctx, PyArray_DATA(atr), PyArray_DIM(atr, 0), PyArray_DATA(ytr),
@@ -1756,7 +1791,7 @@ static PyMethodDef methods[] = {
     {"keep_count", KW(py_keep_count),
      "keep_count(m, s, published=False) -> k"},
     {"logreg_fit", KW(py_logreg_fit),
-     "logreg_fit(X, idx=None, val=None, d=0, y, n_classes, l2, tol, max_iter, w0=None, b0=None, mu=None, sigma=None, n_threads=1, precondition=1, start_logits=None, kernels='auto') -> (W, b, n_iter, converged, loss, grad_max, stop); stop: 0 converged (max|grad| <= tol), 1 max_iter, 2 line search, 3 relative decrease, 4 non-finite"},
+     "logreg_fit(X, idx=None, val=None, d=0, y, n_classes, l2, tol, max_iter, w0=None, b0=None, mu=None, sigma=None, n_threads=1, precondition=1, start_logits=None, kernels='auto', progress=None) -> (W, b, n_iter, converged, loss, grad_max, stop); stop: 0 converged (max|grad| <= tol), 1 max_iter, 2 line search, 3 relative decrease, 4 non-finite; progress(kind, stage, iter, loss, grad_max, kept, stop, accuracy) after each iteration (kind 0)"},
     {"logreg_predict", KW(py_logreg_predict),
      "logreg_predict(X, idx=None, val=None, d=0, w, b, mu=None, sigma=None, n_threads=1, kernels='auto') -> (logits, pred)"},
     {"logreg_objective", KW(py_logreg_objective),
@@ -1764,7 +1799,7 @@ static PyMethodDef methods[] = {
     {"logreg_precond", KW(py_logreg_precond),
      "logreg_precond(X, mu=None, sigma=None, l2, n_threads=1, amx=False, kernels='auto') -> P (the solver's preconditioner matrix)"},
     {"path", KW(py_path),
-     "path(atr, ytr, aev, yev, n_classes, sparsities, soft=False, published=False, l2, tol, max_iter, n_threads=1, progress=None, overwrite=False, precondition=1, train_logits0=None, kernels='auto') -> (accuracy, kept, n_iter, converged, stop)"},
+     "path(atr, ytr, aev, yev, n_classes, sparsities, soft=False, published=False, l2, tol, max_iter, n_threads=1, progress=None, overwrite=False, precondition=1, train_logits0=None, kernels='auto') -> (accuracy, kept, n_iter, converged, stop); progress(kind, stage, iter, loss, grad_max, kept, stop, accuracy): kind 1 before ratio `stage`, 0 after each of its iterations, 2 after its evaluation"},
     {"kmeans", KW(py_kmeans),
      "kmeans(X, k, seed=0, max_iter=300, tol=1e-4, n_threads=1, kernels='auto') -> (centers, labels, inertia, n_iter)"},
     {"trapezoid", KW(py_trapezoid),

@@ -1,5 +1,6 @@
 /* path_t.h -- the sparsity path iis_path: for each ratio s (ascending), mask the
- * projections to their top-k, fit the IP (warm start from the previous ratio), evaluate.
+ * projections to their top-k, fit the IP (warm start from the previous ratio), evaluate;
+ * the solver's trace callback hears each ratio's start and end (with its accuracy).
  * Instantiated for REAL by solver.c after lbfgs_t.h.
  */
 
@@ -35,6 +36,9 @@ int FN(iis_path)(const iis_ctx *ctx, const REAL *a_tr, int64_t n_tr, const int32
 #endif
         iis_design Xtr, Xev;
         iis_solver_info info;
+        iis_solver_params sp = prm->solver;
+        sp.trace_stage = i;
+        if ((err = iis_trace(&sp, (iis_event){.kind = IIS_EVENT_START, .kept = k})) != IIS_OK) goto cleanup;
         memset(&Xtr, 0, sizeof(Xtr));
         memset(&Xev, 0, sizeof(Xev));
         memset(&info, 0, sizeof(info));
@@ -82,7 +86,7 @@ int FN(iis_path)(const iis_ctx *ctx, const REAL *a_tr, int64_t n_tr, const int32
             Xev.x = mev;
             Xev.ldx = m;
         }
-        if ((err = FN(iis_logreg_fit)(ctx, &Xtr, y_tr, K, &prm->solver, w, b, &info)) != IIS_OK)
+        if ((err = FN(iis_logreg_fit)(ctx, &Xtr, y_tr, K, &sp, w, b, &info)) != IIS_OK)
             goto cleanup;
         if ((err = FN(iis_logreg_predict)(ctx, &Xev, K, w, b, NULL, pred)) != IIS_OK)
             goto cleanup;
@@ -100,7 +104,10 @@ int FN(iis_path)(const iis_ctx *ctx, const REAL *a_tr, int64_t n_tr, const int32
         free(vev);
         itr = iev = NULL;
         vtr = vev = NULL;
-        iis_report(ctx, i + 1, n_s);
+        if ((err = iis_trace(&sp, (iis_event){.kind = IIS_EVENT_END, .iter = info.n_iter, .loss = info.loss,
+                                              .grad_max = info.grad_max, .kept = k, .stop = info.stop,
+                                              .accuracy = res->accuracy[i]})) != IIS_OK)
+            goto cleanup;
         if (iis_interrupted(ctx)) {
             err = IIS_EINTR;
             goto cleanup;

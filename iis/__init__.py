@@ -13,8 +13,8 @@ from . import _blas
 
 _blas.install()
 
-from ._api import (DEFAULT_GRID, STOP_REASONS, ConvergenceWarning, IISResult, activation_stats, project,  # noqa: E402
-                   score)
+from ._api import (DEFAULT_GRID, STOP_REASONS, ConvergenceWarning, IISResult, ProgressEvent,  # noqa: E402
+                   activation_stats, project, score)
 from ._config import show_config  # noqa: E402
 from ._library import ConceptLibrary  # noqa: E402
 from ._infodisent import InfoDisent, InfoDisentExplanation  # noqa: E402
@@ -33,6 +33,7 @@ __all__ = [
     "InfoDisent",
     "InfoDisentExplanation",
     "InterpretablePredictor",
+    "ProgressEvent",
     "activation_stats",
     "load_concepts",
     "project",

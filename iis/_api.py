@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -251,26 +251,115 @@ def activation_stats(features: Any, library: Any, n_threads: Optional[int] = Non
         return _core.colstats(a, n_threads=nt)
 
 
-def _progress_printer(enabled: bool, sparsities: np.ndarray) -> Optional[Callable[[int, int], None]]:
-    if not enabled:
-        return None
-    t0 = time.perf_counter()
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One step of :func:`score`'s fits, as its ``progress`` callable receives it.
 
-    def report(done: int, total: int) -> None:
-        s = sparsities[done - 1]
-        end = "\n" if done == total else ""
-        sys.stderr.write(f"\r[iis] interpretable predictor {done}/{total} (s={s:.3g}) "
-                         f"{time.perf_counter() - t0:.1f}s{end}")
+    The fits run in this order: each ratio of the grid (ascending), then the probe.
+    Each sends ``"start"``, then ``"iteration"`` after every L-BFGS iteration (one full
+    pass over its data, or a few), then ``"end"``.
+
+    Attributes
+    ----------
+    stage : {"ratio", "probe"}
+    event : {"start", "iteration", "end"}
+    index : int
+        Position of the ratio in the sorted grid (the probe: the grid's length).
+    n_ratios : int
+        Length of the grid.
+    sparsity : float or None
+        The ratio s (None for the probe).
+    kept : int or None
+        Concepts kept per sample, k(s) (None for the probe).
+    iteration : int
+        L-BFGS iterations taken so far (0 at ``"start"``); increasing within a stage.
+    loss, grad_max : float
+        Objective and max |gradient| at the current iterate (NaN at ``"start"``).
+    accuracy : float or None
+        Top-1 eval accuracy of the fitted predictor (``"end"`` only).
+    stop_reason : str or None
+        Why the solver stopped, one of :data:`STOP_REASONS` (``"end"`` only).
+    """
+
+    stage: str
+    event: str
+    index: int
+    n_ratios: int
+    sparsity: Optional[float]
+    kept: Optional[int]
+    iteration: int
+    loss: float
+    grad_max: float
+    accuracy: Optional[float] = None
+    stop_reason: Optional[str] = None
+
+
+_EVENTS = ("iteration", "start", "end")  # the core's enum iis_event_kind, in order
+
+
+class _ProgressPrinter:
+    """``progress=True``: compact lines on stderr, an iteration line at most every
+    ``every`` seconds, one line per finished fit and one when the probe (the longest
+    fit, after the path) starts; with ``throttle_ends``, those too only where ``every``
+    seconds have passed."""
+
+    def __init__(self, prefix: str = "[iis]", every: float = 2.0, throttle_ends: bool = False) -> None:
+        self.prefix, self.every, self.throttle_ends = prefix, every, throttle_ends
+        self.t0 = self.last = time.perf_counter()
+
+    def __call__(self, e: ProgressEvent) -> None:
+        now = time.perf_counter()
+        throttled = e.event == "iteration" or self.throttle_ends
+        if (e.event == "start" and e.stage == "ratio") or (throttled and now - self.last < self.every):
+            return
+        self.last = now
+        where = "probe" if e.stage == "probe" else f"s={e.sparsity:.3g} ({e.index + 1}/{e.n_ratios})"
+        if e.event == "start":
+            what = "start"
+        elif e.event == "iteration":
+            what = f"it {e.iteration}  f={e.loss:.6g}  |g|={e.grad_max:.2e}"
+        else:
+            what = f"done: accuracy {e.accuracy:.4f}, {e.iteration} iterations ({e.stop_reason})"
+        sys.stderr.write(f"{self.prefix} {where}  {what}  {now - self.t0:.1f}s\n")
         sys.stderr.flush()
 
-    return report
+
+def _progress_callable(progress: Any) -> Optional[Callable[[ProgressEvent], Any]]:
+    """score's ``progress`` argument as a callable of ProgressEvent (None: silent)."""
+    if progress is None or progress is False or progress is np.False_:
+        return None
+    if progress is True or progress is np.True_:
+        return _ProgressPrinter()
+    if not callable(progress):
+        raise TypeError(f"progress must be None, True, False or a callable (of a ProgressEvent), got {progress!r}")
+    return progress
+
+
+def _rescaled(report: Callable[[ProgressEvent], Any], scale: float) -> Callable[[ProgressEvent], Any]:
+    return lambda e: report(e if e.accuracy is None else replace(e, accuracy=e.accuracy * scale))
+
+
+def _ratio_trace(report: Optional[Callable[[ProgressEvent], Any]], s: np.ndarray):
+    """The core path's trace callable (see module.c) sending ProgressEvents to ``report``."""
+    if report is None:
+        return None
+    n, k = len(s), [0]
+
+    def trace(kind, i, it, loss, gmax, kept, stop, acc):
+        ev = _EVENTS[kind]
+        if ev == "start":  # the iteration events leave k out
+            k[0], loss, gmax = kept, float("nan"), float("nan")
+        report(ProgressEvent("ratio", ev, i, n, float(s[i]), k[0], it, loss, gmax, acc if ev == "end" else None,
+                             STOP_REASONS[stop] if ev == "end" else None))
+
+    return trace
 
 
 def score(train_features: Any, train_labels: Any, eval_features: Any, eval_labels: Any,
           library: Any, *, sparsities: Sequence[float] = DEFAULT_GRID,
           normalize: Optional[str] = None, mask: str = "hard", keep: str = "default",
           l2: float = 1e-4, tol: float = 1e-5, max_iter: int = 1000,
-          n_threads: Optional[int] = None, progress: bool = False) -> IISResult:
+          n_threads: Optional[int] = None, progress: Any = None) -> IISResult:
     """Inherent Interpretability Score of a representation (docs/method.md).
 
     Parameters
@@ -317,8 +406,14 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
     n_threads : int or None
         Threads for the C kernels and BLAS (None = all cores, -1 = all,
         -2 = all but one ...).
-    progress : bool
-        Print one line per fitted ratio to stderr.
+    progress : None, bool or callable
+        None or False (default): silent. True: compact lines on stderr, one per
+        fitted ratio and for the probe, with its accuracy and iterations, one
+        when the probe starts, and while a fit runs, its iteration, objective
+        and max |gradient| at most every 2 s. A callable receives a :class:`ProgressEvent` at the start
+        of each fit, after each of its L-BFGS iterations and at its end; an
+        exception it raises stops the call and propagates. Progress never
+        changes the result.
 
     Returns
     -------
@@ -365,8 +460,9 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
     check_positive(tol, "tol")
     check_positive(max_iter, "max_iter", integer=True)
     nt = check_threads(n_threads)
-    if not isinstance(progress, (bool, np.bool_)):
-        raise TypeError(f"progress must be True or False, got {progress!r}")
+    report = _progress_callable(progress)
+    if report is not None and yev.shape[0] < n_eval:  # accuracies over all eval rows, as in the result
+        report = _rescaled(report, yev.shape[0] / n_eval)
     K = len(classes)
     timings: Dict[str, float] = {}
 
@@ -397,14 +493,15 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         acc, kept, n_iter, conv, stop = _core.path(
             atr, ytr, aev, yev, n_classes=K, sparsities=s, soft=mask == "soft", published=keep == "published",
             l2=float(l2), tol=float(tol), max_iter=max_iter, n_threads=nt,
-            progress=_progress_printer(bool(progress), s), overwrite=True, precondition=1,
+            progress=_ratio_trace(report, s), overwrite=True, precondition=1,
             train_logits0=logits0, kernels=kernels())
         timings["path"] = time.perf_counter() - t0
         del atr, aev
 
         t0 = time.perf_counter()
         probe_acc, p_iter, p_conv, p_stop = _probe(ftr, ytr, fev, yev, K, float(l2), float(tol), int(max_iter), nt,
-                                           None if logits0 is None else logits0.astype(ftr.dtype, copy=False))
+                                                   None if logits0 is None else logits0.astype(ftr.dtype, copy=False),
+                                                   report, len(s))
         del logits0
         timings["probe"] = time.perf_counter() - t0
 
@@ -452,15 +549,24 @@ def _chance_test(hits: int, n: int, majority: int) -> tuple:
     return p0, float(betainc(hits, n - hits + 1, p0)) if hits > 0 else 1.0
 
 
-def _probe(ftr, ytr, fev, yev, K, l2, tol, max_iter, nt, start_logits=None):
+def _probe(ftr, ytr, fev, yev, K, l2, tol, max_iter, nt, start_logits=None, report=None, n_ratios=0):
     """Dense probe: the same solver on features standardised with train statistics
     (applied implicitly inside the kernel, so the features are not copied), started
     from the least-squares fit of start_logits (n_train x K) when given: the optimum is
-    unique, the start only saves iterations."""
+    unique, the start only saves iterations. ``report`` receives its ProgressEvents."""
+    def event(ev, it, loss, gmax, acc=None, stop=None):
+        report(ProgressEvent("probe", ev, n_ratios, n_ratios, None, None, it, loss, gmax, acc, stop))
+
+    trace = None if report is None else lambda _kind, _i, it, loss, gmax, *_: event("iteration", it, loss, gmax)
     mu, sigma = _core.colstats(ftr, n_threads=nt)
     k = kernels()
-    w, b, n_iter, conv, _, _, stop = _core.logreg_fit(ftr, y=ytr, n_classes=K, l2=l2, tol=tol, max_iter=max_iter,
-                                                mu=mu, sigma=sigma, n_threads=nt, precondition=1,
-                                                start_logits=start_logits, kernels=k)
+    if report is not None:
+        event("start", 0, float("nan"), float("nan"))
+    w, b, n_iter, conv, loss, gmax, stop = _core.logreg_fit(
+        ftr, y=ytr, n_classes=K, l2=l2, tol=tol, max_iter=max_iter, mu=mu, sigma=sigma, n_threads=nt,
+        precondition=1, start_logits=start_logits, kernels=k, progress=trace)
     _, pred = _core.logreg_predict(fev, w=w, b=b, mu=mu, sigma=sigma, n_threads=nt, kernels=k)
-    return float(_core.accuracy(pred, yev)), n_iter, conv, stop
+    acc = float(_core.accuracy(pred, yev))
+    if report is not None:
+        event("end", n_iter, loss, gmax, acc, STOP_REASONS[stop])
+    return acc, n_iter, conv, stop

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -459,12 +459,12 @@ def _versions() -> Dict[str, str]:
 
 
 def run_cell(spec: Dict[str, Any], cell: Dict[str, Any], unit: Dict[str, Any],
-             extracted: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+             extracted: Optional[Dict[str, Any]] = None, progress: Any = None) -> Dict[str, Any]:
     """Score one cell and write its result to ``<out>/cells/<id>.json`` atomically.
 
     Its features are extracted first unless ``extracted`` (what :func:`extract_unit`
     returned elsewhere, or ``{"error": message}``) says that was done. Errors are
-    recorded in the result, not raised."""
+    recorded in the result, not raised. ``progress`` goes to :func:`iis.score`."""
     from . import ConceptLibrary, score
 
     row: Dict[str, Any] = {"cell_id": cell["id"], **cell["row"], "status": "ok", "error": ""}
@@ -487,7 +487,7 @@ def run_cell(spec: Dict[str, Any], cell: Dict[str, Any], unit: Dict[str, Any],
                                              n_threads=spec["threads"])
         row["time_library"] = time.perf_counter() - t1
         res = score(ftr, ytr, fev, yev, library, sparsities=spec["sparsities"], n_threads=spec["threads"],
-                    **spec["solver"])
+                    progress=progress, **spec["solver"])
         row.update(probe_accuracy=res.probe_accuracy, iis=res.iis, iis_normalized=res.iis_normalized,
                    n_train=res.n_train, n_eval=res.n_eval, n_classes=res.n_classes, dim=int(ftr.shape[1]),
                    n_elements=int(el.shape[0]), time_score=res.timings["total"])
@@ -519,6 +519,8 @@ def _done(spec: Dict[str, Any], cell: Dict[str, Any]) -> Optional[Dict[str, Any]
 
 
 class _Progress:
+    every = 2.0  # seconds between the lines of a running cell's fits
+
     def __init__(self, total: int, done: int, enabled: bool) -> None:
         self.total, self.done, self.failed, self.enabled = total, done, 0, enabled
         self.start_done, self.t0 = done, time.perf_counter()
@@ -528,6 +530,17 @@ class _Progress:
         self.done += 1
         self.failed += row["status"] != "ok"
         self.show()
+
+    def cell(self, cell: Dict[str, Any]) -> Optional[Callable[..., None]]:
+        """The running cell's progress for :func:`iis.score`: its fits' lines, throttled."""
+        if not self.enabled:
+            return None
+        from ._api import _ProgressPrinter
+
+        r = cell["row"]
+        return _ProgressPrinter(f"[iis sweep] cell {self.done + 1}/{self.total} "
+                                f"{r['model']}/{r['layer']}/{r['dataset']}/{r['library']}:", self.every,
+                                throttle_ends=True)
 
     def show(self) -> None:
         if not self.enabled:
@@ -559,7 +572,9 @@ def sweep(spec: Any, *, backend: str = "local", ray_address: Optional[str] = Non
         Cluster to connect to (``"auto"`` or ``"ray://host:10001"``); default: the Ray
         session already initialised in this process, or a new local one.
     progress : bool
-        Print cells done/total and the estimated time left to stderr.
+        Print cells done/total and the estimated time left to stderr and, with the
+        local backend, the running cell's fits (ratio or probe, L-BFGS iteration,
+        objective) every 2 s.
 
     Returns
     -------
@@ -582,7 +597,7 @@ def sweep(spec: Any, *, backend: str = "local", ray_address: Optional[str] = Non
     try:
         if backend == "local":
             for c in todo:
-                rows[c["id"]] = run_cell(s, c, units[c["unit"]])
+                rows[c["id"]] = run_cell(s, c, units[c["unit"]], progress=prog.cell(c))
                 prog.add(rows[c["id"]])
         else:
             for row in run_ray(s, units, todo, ray_address):

@@ -475,7 +475,7 @@ BAD_OPTIONS = [
     ("n_threads-float", dict(n_threads=1.5), (ValueError, "n_threads")),
     ("n_threads-string", dict(n_threads="2"), (ValueError, "n_threads")),
     ("n_threads-bool", dict(n_threads=True), (ValueError, "n_threads")),
-    ("progress-string", dict(progress="yes"), (TypeError, "progress must be True or False")),
+    ("progress-string", dict(progress="yes"), (TypeError, "progress must be None, True, False or a callable")),
     ("unknown-option", dict(sparsity=0.5), (TypeError, "unexpected keyword argument 'sparsity'")),
     ("unknown-option-2", dict(foo=1), (TypeError, "unexpected keyword argument 'foo'")),
 ]

@@ -3,7 +3,8 @@ within a second, and the interpreter stays usable (the next call gives the same 
 
 The kernels call an interrupt hook between tiles/iterations (and between the line-search
 passes of L-BFGS); the hook takes the GIL and runs ``PyErr_CheckSignals()``. Each workload
-below runs for well over 10 s when left alone; the signal is sent after about 2 s, while the
+below runs for well over 10 s when left alone; the signal is sent after about 2 s (for
+"probe", 2 s into the probe of a score, which its progress callable announces), while the
 call is inside the C core. The latency is measured from the signal to the exception, both
 on CLOCK_MONOTONIC (shared by the processes).
 """
@@ -37,9 +38,15 @@ means = rng.normal(size=(K, d)) * 0.3
 y = rng.integers(0, K, n)
 x = means[y] + rng.normal(size=(n, d))
 P = rng.normal(size=(M, d))
+def at_probe(e):  # tells the parent when the probe of a score starts
+    if e.stage == "probe" and e.event == "start":
+        print("PROBE", flush=True)
 work = {  # each runs for well over 10 s on one thread
     "score": lambda: iis.score(x, y, x[:4000], y[:4000], P, tol=1e-12, max_iter=10**6, l2=1e-8,
                                n_threads=1),
+    # a path of two fast ratios, then the long probe (the signal is sent while it runs)
+    "probe": lambda: iis.score(x, y, x[:4000], y[:4000], P[:2], sparsities=(0, 0.5), tol=1e-12,
+                               max_iter=10**6, l2=1e-8, n_threads=1, progress=at_probe),
     "cluster": lambda: iis.ConceptLibrary.cluster(np.vstack([x] * 5), n_concepts=2000, max_iter=10**6,
                                                   tol=0.0, max_elements=100000, n_threads=1),
     "predictor": lambda: iis.InterpretablePredictor(P, sparsity=0.5, tol=1e-12, max_iter=10**6, l2=1e-8,
@@ -85,6 +92,9 @@ def interrupt_once(what, wait=2.0, env=None, timeout=180):
     try:
         line = p.stdout.readline()
         assert line.strip() == "READY", (line, p.stderr.read() if p.poll() is not None else "")
+        if what == "probe":
+            line = p.stdout.readline()
+            assert line.strip() == "PROBE", (line, p.stderr.read() if p.poll() is not None else "")
         time.sleep(wait)
         t0 = time.monotonic()
         p.send_signal(signal.SIGINT)
@@ -101,8 +111,9 @@ def interrupt_once(what, wait=2.0, env=None, timeout=180):
     return float(t_exc) - t0, frames, out, err
 
 
-@pytest.mark.parametrize("what,entry", [("score", "score"), ("cluster", "cluster"), ("predictor", "fit"),
-                                        ("text", "text"), ("gram", "<lambda>"), ("pass", "<lambda>")])
+@pytest.mark.parametrize("what,entry", [("score", "score"), ("probe", "_probe"), ("cluster", "cluster"),
+                                        ("predictor", "fit"), ("text", "text"), ("gram", "<lambda>"),
+                                        ("pass", "<lambda>")])
 def test_sigint_interrupts_a_long_call_within_a_second(what, entry):
     latencies = []
     for _ in range(2):  # a second try only absorbs a scheduling hiccup of a loaded machine

@@ -176,8 +176,8 @@ def test_progress_callback_that_raises_1000_calls():
     class Boom(Exception):
         pass
 
-    def progress(done, total):
-        raise Boom(done)
+    def progress(*event):
+        raise Boom(event)
 
     def call():
         with pytest.raises(Boom):

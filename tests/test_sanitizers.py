@@ -152,11 +152,12 @@ def asan_tree(tmp_path_factory):
     return tree
 
 
-# the suites run under ASan/UBSan: every C path of the kernels, the learned libraries and
-# the sparse heads, and the fuzz corpora of the core's entry points and of the loaders
+# the suites run under ASan/UBSan: every C path of the kernels, the learned libraries,
+# the sparse heads and the solver's progress trace, and the fuzz corpora of the core's entry points and of the loaders
 SANITIZED = tuple(name for name in (
     "test_kernels.py", "test_project.py", "test_amx.py", "test_properties.py", "test_bad_input.py",
-    "test_end2end.py", "test_infodisent.py", "test_sparse.py", "test_fuzz_core.py", "test_fuzz_loaders.py")
+    "test_end2end.py", "test_infodisent.py", "test_sparse.py", "test_progress.py", "test_fuzz_core.py",
+    "test_fuzz_loaders.py")
     if (ROOT / "tests" / name).exists())
 
 

@@ -253,7 +253,7 @@ def _write_toml(tmp_path, spec):
 
 def test_progress_lines_count_cells_and_estimate_the_rest(tmp_path, capsys):
     iis.sweep(base_spec(tmp_path), progress=True)
-    err = capsys.readouterr().err.splitlines()
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "cells done" in ln]
     assert err[0].startswith("[iis sweep] 0/2 cells done") and "ETA ?" in err[0]
     assert err[1].startswith("[iis sweep] 1/2 cells done") and err[1].endswith("s")
     assert err[2].startswith("[iis sweep] 2/2 cells done") and err[2].endswith("ETA 0s")
@@ -358,3 +358,17 @@ def test_report_draws_the_figures_of_a_checkpoint_sweep(tmp_path, capsys):
     for name in ("iis_vs_accuracy", "arr_curves", "iis_over_checkpoints"):
         img = matplotlib.image.imread(os.path.join(spec["out"], "figures", name + ".png"))
         assert img.shape[0] > 100 and img.std() > 0  # drawn, not blank
+
+
+def test_progress_lines_show_the_running_cells_fits(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(iis._sweep._Progress, "every", 0.0)  # every event of the fits prints
+    df = iis.sweep(base_spec(tmp_path), progress=True)
+    err = capsys.readouterr().err.splitlines()
+    for i, (_, r) in enumerate(df.iterrows()):
+        prefix = f"[iis sweep] cell {i + 1}/2 {r['model']}/{r['layer']}/{r['dataset']}/{r['library']}: "
+        mine = [ln[len(prefix):] for ln in err if ln.startswith(prefix)]
+        assert any(ln.startswith("s=0 (1/") and "  it 1  f=" in ln for ln in mine), mine
+        assert any(ln.startswith("probe  done: accuracy " + f"{r['probe_accuracy']:.4f}") for ln in mine), mine
+    # the cell lines sit between the cells' count lines
+    counts = [i for i, ln in enumerate(err) if "cells done" in ln]
+    assert all(ln.startswith("[iis sweep] cell 1/2") for ln in err[counts[0] + 1:counts[1]])
