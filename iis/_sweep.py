@@ -481,9 +481,9 @@ def _device(spec_device: str, gpu_ids: List[Any]) -> str:
     if spec_device != "auto":
         return spec_device
     if gpu_ids and not torch.cuda.is_available():
-        raise RuntimeError(f"this Ray task was given GPU(s) {gpu_ids} but torch sees no CUDA device (a CPU build "
-                           f"of torch {torch.__version__}, or no driver on this node): install a CUDA build of "
-                           "torch on the GPU nodes, or set device = \"cpu\" in the spec to extract on the CPU")
+        raise RuntimeError(f"this Ray task was given GPU(s) {gpu_ids} but torch {torch.__version__} sees no CUDA "
+                           "device (a CPU-only build, or no driver on this node): install a CUDA build of torch "
+                           "on the GPU nodes, or set device = \"cpu\" in the spec to extract on the CPU")
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -819,7 +819,7 @@ def _extract_task(spec: Dict[str, Any], unit: Dict[str, Any]) -> Dict[str, Any]:
 
     where = {"ray_extract": _placement()}
     try:
-        out = extract_unit(spec, unit, gpu_ids=ray.get_gpu_ids())
+        out = extract_unit(spec, unit, gpu_ids=[str(g) for g in ray.get_gpu_ids()])
     except Exception as exc:  # reported by every cell of the unit
         return {"error": f"feature extraction failed: {type(exc).__name__}: {exc}", **where}
     out["bytes"] = sum(os.path.getsize(_cache_path(spec["cache"], k)) for k in unit["keys"].values())
