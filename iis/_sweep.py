@@ -865,12 +865,28 @@ def run_ray(spec: Dict[str, Any], units: List[Dict[str, Any]], todo: List[Dict[s
     for c in todo:
         by_unit.setdefault(c["unit"], []).append(c)
     _check_feasible(ray.nodes(), spec, [units[ui] for ui in by_unit])
+    # extraction jobs: per unit its model's features; CLIP embeddings, which do not depend on
+    # the model, once per cache entry for all the units that read them
+    jobs: List[Tuple[int, Dict[str, Any]]] = []  # (the unit that owns it, the unit restricted to its keys)
+    first_job: Dict[str, int] = {}
+    unit_jobs: Dict[int, List[int]] = {}
+    for ui in by_unit:
+        u = units[ui]
+        unit_jobs[ui] = [len(jobs)]
+        jobs.append((ui, dict(u, keys={n: k for n, k in u["keys"].items() if not n.startswith("clip-")})))
+        for n, k in u["keys"].items():
+            if n.startswith("clip-"):
+                if k not in first_job:
+                    first_job[k] = len(jobs)
+                    jobs.append((ui, dict(u, keys={n: k})))
+                unit_jobs[ui].append(first_job[k])
     extract = ray.remote(_extract_task)
     score = ray.remote(_score_task)
     pending: Dict[Any, Any] = {}
-    for ui in by_unit:
-        gpus = units[ui]["model"]["gpus"]
-        pending[extract.options(num_cpus=spec["threads"], num_gpus=gpus).remote(spec, units[ui])] = ("x", ui)
+    for j, (ui, job) in enumerate(jobs):
+        opts = {"num_cpus": spec["threads"], "num_gpus": units[ui]["model"]["gpus"]}
+        pending[extract.options(**opts).remote(spec, job)] = ("x", j)
+    done: Dict[int, Dict[str, Any]] = {}
     try:
         while pending:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
@@ -878,19 +894,34 @@ def run_ray(spec: Dict[str, Any], units: List[Dict[str, Any]], todo: List[Dict[s
             if what == "cell":
                 yield ray.get(ref)
                 continue
-            ext = ray.get(ref)
-            opts = {"num_cpus": spec["threads"], "memory": int(2 * ext.get("bytes", 0) + _MEMORY_SLACK)}
-            if not ext.get("error") and _largest_node(ray.nodes(), {"CPU": opts["num_cpus"],
-                                                                     "memory": opts["memory"]}) is None:
-                ext = dict(ext, error=f"scoring needs {opts['memory'] / 2**30:.2f} GiB of memory (twice its "
-                                      "features and 256 MiB) but no node of the Ray cluster has that much")
-            if ext.get("error"):
-                opts = {"num_cpus": 1}  # it only records the error
-            for i, c in enumerate(by_unit[item]):
-                # the extraction's time is counted once, in the unit's first cell
-                e = ext if i == 0 or ext.get("error") else dict(ext, seconds=0.0)
-                pending[score.options(**opts).remote(spec, c, units[item], e)] = ("cell", c)
+            done[item] = ray.get(ref)
+            for ui in [ui for ui in by_unit if item in unit_jobs[ui] and all(j in done for j in unit_jobs[ui])]:
+                for c, opts, e in _score_requests(spec, ray.nodes(), by_unit[ui], ui,
+                                                  [(jobs[j][0], done[j]) for j in unit_jobs[ui]]):
+                    pending[score.options(**opts).remote(spec, c, units[ui], e)] = ("cell", c)
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
+
+
+def _score_requests(spec: Dict[str, Any], nodes: List[Dict[str, Any]], cells: List[Dict[str, Any]], ui: int,
+                    exts: List[Tuple[int, Dict[str, Any]]]) -> Iterator[Tuple[Dict[str, Any], Dict[str, Any], Dict]]:
+    """(cell, task options, extraction result) of a unit's scoring tasks once its extraction
+    jobs (``(owning unit, result)``, its own first) are done."""
+    errors = [e["error"] for _, e in exts if e.get("error")]
+    ext = {"ray_extract": exts[0][1]["ray_extract"], "extracted": [n for _, e in exts for n in e.get("extracted", [])],
+           # a job's time is counted in the unit that owns it
+           "seconds": sum(e.get("seconds", 0.0) for owner, e in exts if owner == ui),
+           "bytes": sum(e.get("bytes", 0) for _, e in exts)}
+    opts = {"num_cpus": spec["threads"], "memory": int(2 * ext["bytes"] + _MEMORY_SLACK)}
+    if errors:
+        ext["error"] = errors[0]
+    elif _largest_node(nodes, {"CPU": opts["num_cpus"], "memory": opts["memory"]}) is None:
+        ext["error"] = (f"scoring needs {opts['memory'] / 2**30:.2f} GiB of memory (twice its features and "
+                        "256 MiB) but no node of the Ray cluster has that much")
+    if "error" in ext:
+        opts = {"num_cpus": 1}  # it only records the error
+    for i, c in enumerate(cells):
+        # the extraction's time is counted once, in the unit's first cell
+        yield c, opts, ext if i == 0 else dict(ext, seconds=0.0)

@@ -124,3 +124,37 @@ def test_scoring_memory_no_node_has_fails_its_cells(tmp_path, cluster, monkeypat
     df = iis.sweep(base_spec(tmp_path), backend="ray", progress=False)
     assert df["status"].tolist() == ["error", "error"]
     assert all("GiB of memory" in e and "no node of the Ray cluster has that much" in e for e in df["error"])
+
+
+def test_clip_embeddings_are_one_task_for_all_units(tmp_path, cluster, monkeypatch):
+    """CLIP embeddings do not depend on the model: two layers (two units running at once)
+    share one extraction task for them instead of computing them twice."""
+    pytest.importorskip("open_clip")
+    from test_sweep_kinds import LIBRARIES
+
+    real_remote, submitted = ray.remote, []
+
+    class Spy:
+        def __init__(self, fn):
+            self.fn, self.name = real_remote(fn), fn.__name__
+
+        def options(self, **opts):
+            inner, name = self.fn.options(**opts), self.name
+
+            class Submit:
+                def remote(self, *args):
+                    submitted.append((name, opts, args))
+                    return inner.remote(*args)
+            return Submit()
+
+    monkeypatch.setattr(ray, "remote", Spy)
+    spec = base_spec(tmp_path, libraries=[dict(LIBRARIES[2])])
+    spec["models"][0]["layers"] = ["layer3", "layer2"]
+    df = iis.sweep(spec, backend="ray", progress=False)
+    assert (df["status"] == "ok").all() and len(df) == 2
+    jobs = [set(args[1]["keys"]) for name, _, args in submitted if name == "_extract_task"]
+    clip = [n for keys in jobs for n in keys if n.startswith("clip-")]
+    assert len(jobs) == 4 and sorted(k[:10] for k in clip) == ["clip-image", "clip-text-"]
+    assert sum(1 for keys in jobs if keys == {"train", "eval"}) == 2  # one per layer
+    scoring = [opts for name, opts, _ in submitted if name == "_score_task"]
+    assert len(scoring) == 2 and all(o["num_cpus"] == 1 and o["memory"] > 0 and "num_gpus" not in o for o in scoring)
