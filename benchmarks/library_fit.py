@@ -6,8 +6,8 @@ random features, float32, seeded), ``--threads`` threads:
 - Prototype: ``ConceptLibrary.prototype`` from 20,000 elements (sampling: no training).
 - Cluster: ``ConceptLibrary.cluster`` on 20,000 elements (its default ``max_elements``).
 - End2End and Text train by full-batch Adam over the train features. Their time per step
-  is measured as (time of ``--steps`` + 2 steps - time of ``--steps`` steps) / 2, which
-  removes the set-up and the evaluations, at N_train = ``--n-train`` / 2 and
+  is measured as (time of ``--steps`` + 6 steps - time of ``--steps`` steps) / 6, which
+  removes the set-up and the evaluations, at N_train = ``--n-train`` / 4 and
   ``--n-train``; the line a + b N through those two points gives the time per step at
   ImageNet's 1,281,167 train rows (the work per step is a fixed part, End2End's concept
   vectors from the elements, plus GEMMs linear in N). The hours for the default step
@@ -15,7 +15,7 @@ random features, float32, seeded), ``--threads`` threads:
   Text uses ``--concepts`` CLIP concepts (embeddings of dimension 512); its time per step
   grows linearly with the number of concepts that pass the top-5 filter.
 
-    python benchmarks/library_fit.py [--threads 2] [--n-train 20000] [--steps 5]
+    python benchmarks/library_fit.py [--threads 2] [--n-train 40000] [--steps 2]
 
 Writes ``benchmarks/results/library_fit.md`` and ``.json``.
 """
@@ -49,9 +49,9 @@ def data(n, d, k, seed):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--n-train", type=int, default=20000)
+    ap.add_argument("--n-train", type=int, default=40000)
     ap.add_argument("--elements", type=int, default=20000)
-    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--concepts", type=int, default=1000)
     ap.add_argument("--out", default=str(HERE / "results" / "library_fit"))
     args = ap.parse_args()
@@ -70,16 +70,16 @@ def main():
 
     def per_step(name, fn):
         """Seconds per step at n/2 and n train rows, and the line through them at ImageNet size."""
-        ns, t = [args.n_train // 2, args.n_train], []
+        ns, t = [args.n_train // 4, args.n_train], []
         for n in ns:
             times = []
-            for steps in (args.steps, args.steps + 2):
+            for steps in (args.steps, args.steps + 6):
                 # eval_every, patience: exactly `steps` steps, one evaluation before and after
                 common = dict(steps=steps, eval_every=steps, patience=steps + 1, holdout=0.01, seed=0, n_threads=nt)
                 t0 = time.perf_counter()
                 fn(n, common)
                 times.append(time.perf_counter() - t0)
-            t.append((times[1] - times[0]) / 2)
+            t.append((times[1] - times[0]) / 6)
         b = (t[1] - t[0]) / (ns[1] - ns[0])
         r = {"library": name, "n_train": ns, "seconds_per_step": t,
              "imagenet_seconds_per_step": t[1] + b * (IMAGENET_TRAIN - ns[1])}
