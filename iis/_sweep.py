@@ -831,8 +831,8 @@ def _score_task(spec: Dict[str, Any], cell: Dict[str, Any], unit: Dict[str, Any]
     return run_cell(spec, cell, unit, dict(extracted, ray_score=_placement()))
 
 
-def _largest_node(nodes: List[Dict[str, Any]], need: Dict[str, float]) -> Optional[Dict[str, float]]:
-    """The resources of an alive node that meets ``need`` (None when none does)."""
+def _node_with(nodes: List[Dict[str, Any]], need: Dict[str, float]) -> Optional[Dict[str, float]]:
+    """The resources of the first alive node that meets ``need`` (None when none does)."""
     for n in nodes:
         have = n.get("Resources", {})
         if n.get("Alive") and all(have.get(k, 0.0) >= v for k, v in need.items() if v):
@@ -845,7 +845,7 @@ def _check_feasible(nodes: List[Dict[str, Any]], spec: Dict[str, Any], units: Li
     has: Ray would keep it pending forever."""
     for m in {id(u["model"]): u["model"] for u in units}.values():
         need = {"CPU": float(spec["threads"]), "GPU": m["gpus"]}
-        if _largest_node(nodes, need) is None:
+        if _node_with(nodes, need) is None:
             alive = [{k: n["Resources"].get(k, 0.0) for k in ("CPU", "GPU")} for n in nodes if n.get("Alive")]
             raise ValueError(f"model {m['label']!r}: its extraction tasks ask for {need['CPU']:g} CPU(s) (threads) "
                              f"and {need['GPU']:g} GPU(s) (gpus), but no node of the Ray cluster has that many "
@@ -917,7 +917,7 @@ def _score_requests(spec: Dict[str, Any], nodes: List[Dict[str, Any]], cells: Li
     opts = {"num_cpus": spec["threads"], "memory": int(2 * ext["bytes"] + _MEMORY_SLACK)}
     if errors:
         ext["error"] = errors[0]
-    elif _largest_node(nodes, {"CPU": opts["num_cpus"], "memory": opts["memory"]}) is None:
+    elif _node_with(nodes, {"CPU": opts["num_cpus"], "memory": opts["memory"]}) is None:
         ext["error"] = (f"scoring needs {opts['memory'] / 2**30:.2f} GiB of memory (twice its features and "
                         "256 MiB) but no node of the Ray cluster has that much")
     if "error" in ext:

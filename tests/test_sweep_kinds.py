@@ -169,6 +169,24 @@ def test_concepts_from_a_file_are_keyed_by_content(tmp_path, count):
     assert a["iis"].tolist() == b["iis"].tolist() and a["cell_id"].tolist() == b["cell_id"].tolist()
 
 
+def test_clip_weights_from_a_file(tmp_path, count):
+    """clip_weights loads a local open_clip checkpoint and its content keys the embeddings:
+    the seeded random model's weights saved to a file are a new key with the same numbers."""
+    spec = base_spec(tmp_path, libraries=[dict(LIBRARIES[2])])
+    seeded = iis.sweep(spec, progress=False)
+    torch.manual_seed(0)
+    path = tmp_path / "clip.pt"
+    torch.save(open_clip.create_model("ViT-S-32").state_dict(), path)
+    spec = dict(spec, out=str(tmp_path / "b"), cache=str(tmp_path / "out" / "cache"),
+                libraries=[dict(LIBRARIES[2], clip_weights=str(path))])
+    df = iis.sweep(spec, progress=False)
+    assert len(count["extract"]) == 2 and count["clip"] == ["images", "text"] * 2  # only CLIP again
+    assert df["status"].tolist() == ["ok"] and df["iis"].tolist() == seeded["iis"].tolist()
+    bad = base_spec(tmp_path, libraries=[dict(LIBRARIES[2], clip_weights=str(tmp_path / "absent.pt"))])
+    with pytest.raises(ValueError, match="clip_weights .*absent.pt does not exist"):
+        sw.load_spec(bad)
+
+
 @pytest.mark.parametrize("library, message", [
     ({"kind": "lfcbm"}, "kind must be one of prototype, cluster, end2end, text, infodisent, got 'lfcbm'"),
     ({"kind": "text", "concepts": ["fur"], "clip_model": "ViT-S-32", "grid": 2},
