@@ -31,8 +31,6 @@ _SOLVER = {"l2", "tol", "max_iter", "normalize", "mask", "keep"}
 _MODEL = {"name", "source", "pretrained", "weights", "checkpoints", "layers", "pool", "image_size",
           "num_classes", "gpus", "label"}
 _DATASET = {"name", "source", "path", "size", "n_per_class", "eval_fraction", "split_seed"}
-_LIBRARY = {"kind", "n_concepts", "elements", "grid", "n_segments", "per_class", "seed", "max_elements",
-            "label"}
 
 
 # ----------------------------------------------------------------------------- spec
@@ -76,7 +74,7 @@ def load_spec(spec: Any) -> Dict[str, Any]:
         "cache": absolute(raw["cache"], "cache") if "cache" in raw else os.path.join(out, "cache"),
         "sparsities": check_sparsities(raw.get("sparsities", DEFAULT_GRID)).tolist(),
         "threads": _int(raw.get("threads", 1), "threads"),
-        "device": str(raw.get("device", "cpu")),
+        "device": _str(raw.get("device", "auto"), "device"),
         "batch_size": _int(raw.get("batch_size", 64), "batch_size"),
         "seed": _int(raw.get("seed", 0), "seed", 0),
         "solver": dict(raw.get("solver", {})),
@@ -87,7 +85,7 @@ def load_spec(spec: Any) -> Dict[str, Any]:
             raise ValueError(f"the spec needs at least one [[{key}]] table")
     s["models"] = [_model_entry(m, absolute) for m in raw["models"]]
     s["datasets"] = [_dataset_entry(d, absolute) for d in raw["datasets"]]
-    s["libraries"] = [_library_entry(lib) for lib in raw["libraries"]]
+    s["libraries"] = [_library_entry(lib, absolute) for lib in raw["libraries"]]
     for key in ("models", "datasets", "libraries"):
         labels = [e["label"] for e in s[key]]
         dup = sorted({x for x in labels if labels.count(x) > 1})
@@ -149,25 +147,102 @@ def _dataset_entry(d: Dict[str, Any], absolute) -> Dict[str, Any]:
     return e
 
 
-def _library_entry(lib: Dict[str, Any]) -> Dict[str, Any]:
-    _unknown(lib, _LIBRARY, "[[libraries]]")
+def _library_entry(lib: Dict[str, Any], absolute) -> Dict[str, Any]:
+    if not isinstance(lib, dict):
+        raise TypeError(f"[[libraries]] must be a table, got {type(lib).__name__}")
     kind = lib.get("kind")
-    if kind not in ("prototype", "cluster"):
-        raise ValueError(f"[[libraries]] kind must be prototype or cluster (text libraries need CLIP inputs "
-                         f"that sweeps do not build), got {kind!r}")
-    e = {"kind": kind, "n_concepts": _int(lib.get("n_concepts", 200), "n_concepts"),
-         "elements": lib.get("elements", "patches"), "seed": _int(lib.get("seed", 0), "seed", 0),
-         "per_class": lib.get("per_class")}
-    if e["elements"] == "patches":
-        e["grid"] = _int(lib.get("grid", 4), "grid")
-    elif e["elements"] == "segments":
-        e["n_segments"] = [int(v) for v in lib.get("n_segments", (10, 20, 30))]
-    elif e["elements"] != "features":
-        raise ValueError(f"[[libraries]] elements must be patches, segments or features, got {e['elements']!r}")
+    if kind not in _LIBRARY:
+        raise ValueError(f"[[libraries]] kind must be one of {', '.join(_LIBRARY)}, got {kind!r}")
+    where = f"[[libraries]] kind = {kind!r}"
+    _unknown(lib, _LIBRARY[kind], where)
+    e: Dict[str, Any] = {"kind": kind, "seed": _int(lib.get("seed", 0), f"{where}: seed", 0)}
+    if "n_concepts" in lib or kind != "infodisent":  # InfoDisent: every channel unless given
+        e["n_concepts"] = _int(lib.get("n_concepts", 200), f"{where}: n_concepts")
+    else:
+        e["n_concepts"] = None
+    for key, (default, check) in _OPTIONS[kind].items():
+        e[key] = check(lib.get(key, default), f"{where}: {key}")
+    if kind in ("prototype", "cluster", "end2end"):
+        e.update(elements=lib.get("elements", "patches"), per_class=lib.get("per_class"))
+        if e["elements"] == "patches":
+            e["grid"] = _int(lib.get("grid", 4), f"{where}: grid")
+        elif e["elements"] == "segments":
+            e["n_segments"] = [int(v) for v in lib.get("n_segments", (10, 20, 30))]
+        elif e["elements"] != "features":
+            raise ValueError(f"{where}: elements must be patches, segments or features, got {e['elements']!r}")
+        label = f"{kind}:{e['n_concepts']}/{e['elements']}"
+    elif kind == "text":
+        if ("concepts" in lib) == ("concepts_file" in lib):
+            raise ValueError(f"{where} needs concepts = [...] or concepts_file = PATH (one of them)")
+        from .concepts import clean_concepts, load_concepts
+
+        if "concepts" in lib:
+            given = lib["concepts"]
+            if not isinstance(given, list) or not all(isinstance(c, str) for c in given):
+                raise ValueError(f"{where}: concepts must be a list of strings, got {given!r}")
+            e["concepts"] = clean_concepts(given)
+        else:
+            path = absolute(lib["concepts_file"], f"{where}: concepts_file")
+            if not os.path.isfile(path):
+                raise ValueError(f"{where}: concepts_file {path} does not exist")
+            e["concepts"] = load_concepts(path)  # its content, not its name, is in the keys
+        if not e["concepts"]:
+            raise ValueError(f"{where}: no concept given")
+        if not isinstance(lib.get("clip_model"), str) or not lib["clip_model"]:
+            raise ValueError(f"{where} needs clip_model = an open_clip architecture name (e.g. 'ViT-B-32')")
+        e["clip_model"] = lib["clip_model"]
+        e["clip_weights"] = absolute(lib["clip_weights"], f"{where}: clip_weights") if "clip_weights" in lib else None
+        if e["clip_weights"] is not None and not os.path.isfile(e["clip_weights"]):
+            raise ValueError(f"{where}: clip_weights {e['clip_weights']} does not exist")
+        if e["template"].count("{}") != 1:
+            raise ValueError(f"{where}: template must contain '{{}}' exactly once, got {e['template']!r}")
+        label = f"text:{len(e['concepts'])}"
+    else:
+        from ._infodisent import InfoDisent
+
+        InfoDisent(2, e["parametrization"], steps=e["steps"], batch_size=e["batch_size"], lr=e["lr"])  # checks
+        label = f"infodisent:{e['n_concepts'] or 'all'}"
     if kind == "cluster":
-        e["max_elements"] = _int(lib.get("max_elements", 20000), "max_elements")
-    e["label"] = lib.get("label", f"{kind}:{e['n_concepts']}/{e['elements']}")
+        e["max_elements"] = _int(lib.get("max_elements", 20000), f"{where}: max_elements")
+    e["label"] = lib.get("label", label)
     return e
+
+
+def _float(v: Any, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
+    return float(v)
+
+
+def _str(v: Any, name: str) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"{name} must be a string, got {v!r}")
+    return v
+
+
+def _count(v: Any, name: str) -> int:
+    return _int(v, name, 0)
+
+
+# the learned libraries' options: default and type check (ranges are checked where they are used)
+_OPTIONS = {
+    "prototype": {}, "cluster": {},
+    "end2end": {"temperature": (0.1, _float), "sparsity": (0.5, _float), "steps": (2000, _count), "lr": (0.05, _float),
+                "l2": (1e-4, _float), "holdout": (0.1, _float), "eval_every": (50, _int), "patience": (10, _int)},
+    "text": {"template": ("{}", _str), "top5_cutoff": (0.25, _float), "interpretability_cutoff": (0.45, _float),
+             "steps": (1000, _count), "lr": (1e-3, _float), "holdout": (0.1, _float), "eval_every": (50, _int),
+             "patience": (1, _int)},
+    "infodisent": {"parametrization": ("cayley", _str), "steps": (1000, _count), "batch_size": (64, _int),
+                   "lr": (0.01, _float)},
+}
+_ELEMENTS = {"elements", "grid", "n_segments", "per_class"}
+_LIBRARY = {  # the keys each kind takes
+    "prototype": {"kind", "label", "seed", "n_concepts"} | _ELEMENTS,
+    "cluster": {"kind", "label", "seed", "n_concepts", "max_elements"} | _ELEMENTS,
+    "end2end": {"kind", "label", "seed", "n_concepts"} | _ELEMENTS | set(_OPTIONS["end2end"]),
+    "text": {"kind", "label", "seed", "concepts", "concepts_file", "clip_model", "clip_weights"} | set(_OPTIONS["text"]),
+    "infodisent": {"kind", "label", "seed", "n_concepts"} | set(_OPTIONS["infodisent"]),
+}
 
 
 # --------------------------------------------------------------------------- identity
@@ -265,6 +340,7 @@ def _units(spec: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Extraction units (model variant x layer x dataset) with their cache keys, and cells."""
     units = []
     data_ids = {d["label"]: _dataset_identity(d) for d in spec["datasets"]}
+    clip_ids = [_clip_identity(lib, spec["seed"]) if lib["kind"] == "text" else None for lib in spec["libraries"]]
     for m in spec["models"]:
         for ck in m["checkpoints"]:
             mid = _model_identity(m, ck, spec["seed"])
@@ -273,12 +349,40 @@ def _units(spec: Dict[str, Any]) -> List[Dict[str, Any]]:
                     base = {"format": _CACHE_FORMAT, "model": mid, "layer": layer, "pool": m["pool"],
                             "image_size": m["image_size"], "data": data_ids[d["label"]]}
                     keys = {"train": _digest(dict(base, split="train")), "eval": _digest(dict(base, split="eval"))}
-                    for lib in spec["libraries"]:
-                        if lib["elements"] != "features":
-                            keys[_elements_tag(lib)] = _digest(dict(base, elements=_elements_params(lib)))
+                    needs = []  # per library, the names of the cache entries it reads besides train and eval
+                    for lib, clip_id in zip(spec["libraries"], clip_ids):
+                        extra = _library_keys(lib, base, clip_id)
+                        keys.update(extra)
+                        needs.append(sorted(extra))
                     units.append({"model": m, "checkpoint": ck, "layer": layer, "dataset": d, "keys": keys,
-                                  "data_id": data_ids[d["label"]]})
+                                  "needs": needs, "data_id": data_ids[d["label"]]})
     return units
+
+
+def _library_keys(lib: Dict[str, Any], base: Dict[str, Any], clip_id: Optional[Dict[str, Any]]) -> Dict[str, str]:
+    """The cache entries a library is built from (name: key), besides the train and eval features:
+    element features; CLIP embeddings of the train images and of the concepts; spatial train maps."""
+    if lib["kind"] == "text":
+        tag = _digest(clip_id)[:12]
+        return {"clip-images-" + tag: _digest({"format": _CACHE_FORMAT, "clip": clip_id, "data": base["data"],
+                                                "split": "train"}),
+                "clip-text-" + _digest([clip_id, lib["concepts"], lib["template"]])[:12]:
+                    _digest({"format": _CACHE_FORMAT, "clip": clip_id, "concepts": lib["concepts"],
+                             "template": lib["template"]})}
+    if lib["kind"] == "infodisent":
+        return {"maps-train": _digest(dict(base, split="train", spatial=True))}
+    if lib["elements"] == "features":
+        return {}
+    return {_elements_tag(lib): _digest(dict(base, elements=_elements_params(lib)))}
+
+
+def _clip_identity(lib: Dict[str, Any], seed: int) -> Dict[str, Any]:
+    ident: Dict[str, Any] = {"clip_model": lib["clip_model"]}
+    if lib["clip_weights"] is not None:
+        ident["weights_sha256"] = _file_hash(lib["clip_weights"])
+    else:
+        ident["init_seed"] = seed  # random weights, seeded
+    return ident
 
 
 def _elements_params(lib: Dict[str, Any]) -> Dict[str, Any]:
@@ -293,17 +397,15 @@ def _cells(spec: Dict[str, Any], units: List[Dict[str, Any]]) -> List[Dict[str, 
     cells = []
     solver = {"sparsities": spec["sparsities"], "threads": spec["threads"], **spec["solver"]}
     for ui, u in enumerate(units):
-        for lib in spec["libraries"]:
+        for li, lib in enumerate(spec["libraries"]):
             lib_id = {k: v for k, v in lib.items() if k != "label"}
-            feats = [u["keys"]["train"], u["keys"]["eval"]]
-            if lib["elements"] != "features":
-                feats.append(u["keys"][_elements_tag(lib)])
+            feats = [u["keys"]["train"], u["keys"]["eval"]] + [u["keys"][n] for n in u["needs"][li]]
             row = {"model": u["model"]["label"], "checkpoint": _ck_name(u["checkpoint"]),
                    "layer": u["layer"] or "default", "dataset": u["dataset"]["label"], "library": lib["label"],
                    "library_kind": lib["kind"], "n_concepts": lib["n_concepts"]}
             # the names are part of the id: two entries with the same content are two rows
             cid = _digest({"features": feats, "library": lib_id, "solver": solver, "row": row})[:20]
-            cells.append({"id": cid, "unit": ui, "library": lib, "row": row})
+            cells.append({"id": cid, "unit": ui, "library": lib, "needs": u["needs"][li], "row": row})
     return cells
 
 
@@ -336,8 +438,9 @@ def _build_model(m: Dict[str, Any], checkpoint: Optional[str], seed: int):
 
 
 def _extract(model, images, files: bool, layer: str, pool: str, cfg: Dict[str, Any], batch_size: int,
-             device: str, out: str) -> None:
-    """Features of uint8 images (or image files) written to the .npy file ``out``."""
+             device: str, out: str, spatial: bool = False) -> None:
+    """Features of uint8 images (or image files) written to the .npy file ``out``;
+    ``spatial``: the maps before pooling, ``(n, H*W, d)``."""
     from .torch import ImageDataset, extract_features
 
     class Files(ImageDataset):
@@ -346,12 +449,48 @@ def _extract(model, images, files: bool, layer: str, pool: str, cfg: Dict[str, A
 
     ds = (Files if files else ImageDataset)(list(images), size=cfg["size"], mean=cfg["mean"], std=cfg["std"])
     extract_features(model, ds, layer or None, batch_size=batch_size, device=device, progress=False,
-                     out=out, pool=pool)
+                     out=out, pool="auto" if spatial else pool, spatial=spatial)
 
 
-def extract_unit(spec: Dict[str, Any], unit: Dict[str, Any]) -> Dict[str, Any]:
-    """Fill the cache with a unit's train, eval and element features (those missing).
+def _clip_extract(lib: Dict[str, Any], seed: int, what: str, data: Dict[str, Any], batch_size: int,
+                  device: str, out: str) -> None:
+    """CLIP embeddings (``iis.torch.clip_embeddings``) of the train images (``what="images"``)
+    or of the library's concepts (``what="text"``), written to the .npy file ``out``."""
+    import open_clip
+    import torch
+    from PIL import Image
 
+    from .torch import clip_embeddings
+
+    torch.manual_seed(seed)  # random weights when no clip_weights are given, seeded
+    model, _, preprocess = open_clip.create_model_and_transforms(lib["clip_model"], pretrained=lib["clip_weights"])
+    tokenizer = open_clip.get_tokenizer(lib["clip_model"])
+    images = data["train"][0] if what == "images" else data["train"][0][:1]  # text: one image, unused
+    items = list(images) if data["files"] else [Image.fromarray(np.asarray(a)) for a in images]
+    img, txt = clip_embeddings(model, items, lib["concepts"] if what == "text" else lib["concepts"][:1],
+                               tokenizer=tokenizer, preprocess=preprocess, template=lib["template"],
+                               batch_size=batch_size, device=device)
+    np.save(out, img if what == "images" else txt)
+
+
+def _device(spec_device: str, gpu_ids: List[Any]) -> str:
+    """The torch device extraction runs on: ``spec_device``, or for ``"auto"`` cuda when
+    this process holds a GPU (on Ray: when the task was given one), else the CPU."""
+    import torch
+
+    if spec_device != "auto":
+        return spec_device
+    if gpu_ids and not torch.cuda.is_available():
+        raise RuntimeError(f"this Ray task was given GPU(s) {gpu_ids} but torch {torch.__version__} sees no CUDA "
+                           "device (a CPU-only build, or no driver on this node): install a CUDA build of torch "
+                           "on the GPU nodes, or set device = \"cpu\" in the spec to extract on the CPU")
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def extract_unit(spec: Dict[str, Any], unit: Dict[str, Any], gpu_ids: Optional[List[Any]] = None) -> Dict[str, Any]:
+    """Fill the cache with a unit's train, eval, element, CLIP and map features (those missing).
+
+    ``gpu_ids``: the GPUs Ray gave this task (``device = "auto"`` then means cuda).
     Returns ``{"extracted": [names], "seconds": float}``.
     """
     cache = spec["cache"]
@@ -364,26 +503,34 @@ def extract_unit(spec: Dict[str, Any], unit: Dict[str, Any]) -> Dict[str, Any]:
 
     from .torch import data_config
 
+    device = _device(spec["device"], gpu_ids or [])
     threads = torch.get_num_threads()
     torch.set_num_threads(spec["threads"])  # the same bits on every backend
     try:
         m = unit["model"]
-        model = _build_model(m, unit["checkpoint"], spec["seed"])
-        cfg = data_config(model)
-        if m["image_size"] is not None:
-            cfg["size"] = int(m["image_size"])
         data = _load_dataset(unit["dataset"])
+        model = cfg = None
+        owner = {n: lib for lib, names in zip(spec["libraries"], unit["needs"]) for n in names}
         for name in missing:
-            if name in ("train", "eval"):
-                (images, labels), files = data[name], data["files"]
-            else:
-                lib = next(lb for lb in spec["libraries"] if _elements_tag(lb) == name)
-                (images, labels), files = _element_images(lib, data, cache, unit["data_id"]), False
             path = _cache_path(cache, unit["keys"][name])
+            if name.startswith("clip-"):
+                what = "images" if name.startswith("clip-images-") else "text"
+                _atomic(path, lambda tmp: _clip_extract(owner[name], spec["seed"], what, data, spec["batch_size"],
+                                                        device, tmp))
+                continue
+            if model is None:
+                model = _build_model(m, unit["checkpoint"], spec["seed"])
+                cfg = data_config(model)
+                if m["image_size"] is not None:
+                    cfg["size"] = int(m["image_size"])
+            if name in ("train", "eval", "maps-train"):
+                (images, labels), files = data["eval" if name == "eval" else "train"], data["files"]
+            else:
+                (images, labels), files = _element_images(owner[name], data, cache, unit["data_id"]), False
             # the labels first: the features' file is the mark that the entry is complete
             _atomic(path[:-4] + ".labels.npy", lambda tmp: np.save(tmp, np.asarray(labels)))
             _atomic(path, lambda tmp: _extract(model, images, files, unit["layer"], m["pool"], cfg,
-                                               spec["batch_size"], spec["device"], tmp))
+                                               spec["batch_size"], device, tmp, spatial=name == "maps-train"))
     finally:
         torch.set_num_threads(threads)
     return {"extracted": missing, "seconds": time.perf_counter() - t0}
@@ -437,11 +584,13 @@ def _atomic(path: str, write) -> None:
 
 
 # --------------------------------------------------------------------------- scoring
-def _load_cached(cache: str, key: str) -> Tuple[np.ndarray, np.ndarray]:
+def _load_cached(cache: str, key: str, labels: bool = True):
+    """The memory-mapped features of a cache entry, and its labels (unless ``labels=False``)."""
     path = _cache_path(cache, key)
     if not os.path.exists(path):
         raise FileNotFoundError(f"features {path} are not in the cache (their extraction failed)")
-    return np.load(path, mmap_mode="r"), np.load(path[:-4] + ".labels.npy")
+    x = np.load(path, mmap_mode="r")
+    return (x, np.load(path[:-4] + ".labels.npy")) if labels else x
 
 
 def _versions() -> Dict[str, str]:
@@ -463,34 +612,30 @@ def run_cell(spec: Dict[str, Any], cell: Dict[str, Any], unit: Dict[str, Any],
     """Score one cell and write its result to ``<out>/cells/<id>.json`` atomically.
 
     Its features are extracted first unless ``extracted`` (what :func:`extract_unit`
-    returned elsewhere, or ``{"error": message}``) says that was done. Errors are
-    recorded in the result, not raised. ``progress`` goes to :func:`iis.score`."""
-    from . import ConceptLibrary, score
+    returned elsewhere, or ``{"error": message}``) says that was done. The library is
+    built from train features (and train elements, maps or CLIP embeddings) only. Errors
+    are recorded in the result, not raised. ``progress`` goes to :func:`iis.score`."""
+    from . import score
 
     row: Dict[str, Any] = {"cell_id": cell["id"], **cell["row"], "status": "ok", "error": ""}
     t0 = time.perf_counter()
     try:
         ext = extract_unit(spec, unit) if extracted is None else extracted
+        row.update({k: ext[k] for k in ("ray_extract", "ray_score") if k in ext})
         if ext.get("error"):
-            raise RuntimeError(f"feature extraction failed: {ext['error']}")
+            raise RuntimeError(ext["error"])
         row["time_extract"] = ext["seconds"]
-        cache, lib = spec["cache"], cell["library"]
-        ftr, ytr = _load_cached(cache, unit["keys"]["train"])
-        fev, yev = _load_cached(cache, unit["keys"]["eval"])
-        el, ely = (ftr, ytr) if lib["elements"] == "features" else _load_cached(cache, unit["keys"][_elements_tag(lib)])
+        ftr, ytr = _load_cached(spec["cache"], unit["keys"]["train"])
+        fev, yev = _load_cached(spec["cache"], unit["keys"]["eval"])
         t1 = time.perf_counter()
-        if lib["kind"] == "prototype":
-            library = ConceptLibrary.prototype(el, ely, n_concepts=lib["n_concepts"], seed=lib["seed"])
-        else:
-            library = ConceptLibrary.cluster(el, n_concepts=lib["n_concepts"], seed=lib["seed"],
-                                             max_elements=lib["max_elements"], element_labels=ely,
-                                             n_threads=spec["threads"])
+        library, n_elements = _build_library(spec, cell, unit, ftr, ytr)
         row["time_library"] = time.perf_counter() - t1
         res = score(ftr, ytr, fev, yev, library, sparsities=spec["sparsities"], n_threads=spec["threads"],
                     progress=progress, **spec["solver"])
-        row.update(probe_accuracy=res.probe_accuracy, iis=res.iis, iis_normalized=res.iis_normalized,
-                   n_train=res.n_train, n_eval=res.n_eval, n_classes=res.n_classes, dim=int(ftr.shape[1]),
-                   n_elements=int(el.shape[0]), time_score=res.timings["total"])
+        row.update(n_concepts=library.n_concepts, probe_accuracy=res.probe_accuracy, iis=res.iis,
+                   iis_normalized=res.iis_normalized, n_train=res.n_train, n_eval=res.n_eval,
+                   n_classes=res.n_classes, dim=int(ftr.shape[1]), n_elements=n_elements,
+                   time_score=res.timings["total"])
         row.update({f"arr@{s:g}": float(a) for s, a in zip(res.sparsities, res.arr)})
     except Exception as exc:  # recorded; the other cells go on
         row.update(status="error", error=f"{type(exc).__name__}: {exc}",
@@ -500,6 +645,40 @@ def run_cell(spec: Dict[str, Any], cell: Dict[str, Any], unit: Dict[str, Any],
     path = os.path.join(spec["out"], "cells", cell["id"] + ".json")
     _atomic(path, lambda tmp: _write_text(tmp, json.dumps(row, indent=1)))
     return row
+
+
+def _build_library(spec: Dict[str, Any], cell: Dict[str, Any], unit: Dict[str, Any], ftr: np.ndarray,
+                   ytr: np.ndarray):
+    """A cell's concept library, fitted on train data only, and its number of elements
+    (0 for text and InfoDisent, which have none)."""
+    from . import ConceptLibrary, InfoDisent
+
+    lib, cache, nt = cell["library"], spec["cache"], spec["threads"]
+    kind, got = lib["kind"], {n: unit["keys"][n] for n in cell["needs"]}
+    opts = {k: lib[k] for k in _OPTIONS[kind] if k != "template"}
+    if kind == "text":
+        img = next(_load_cached(cache, key, labels=False) for n, key in got.items() if n.startswith("clip-images-"))
+        txt = next(_load_cached(cache, key, labels=False) for n, key in got.items() if n.startswith("clip-text-"))
+        return ConceptLibrary.text(lib["concepts"], ftr, img, txt, seed=lib["seed"], n_threads=nt, **opts), 0
+    if kind == "infodisent":
+        maps, _ = _load_cached(cache, got["maps-train"])
+        classes = np.unique(ytr)
+        model = InfoDisent(len(classes), seed=lib["seed"], n_threads=nt, **opts)
+        basis = ConceptLibrary.from_infodisent(model.fit(maps, np.searchsorted(classes, ytr)))
+        if lib["n_concepts"] is None or lib["n_concepts"] >= basis.n_concepts:
+            return basis, 0
+        # the n_concepts channels the head weighs most, in channel order
+        return basis.subset(np.sort(np.argsort(-model.coef_.sum(axis=0), kind="stable")[:lib["n_concepts"]])), 0
+    el, ely = (ftr, ytr) if not got else _load_cached(cache, next(iter(got.values())))
+    if kind == "prototype":
+        library = ConceptLibrary.prototype(el, ely, n_concepts=lib["n_concepts"], seed=lib["seed"])
+    elif kind == "cluster":
+        library = ConceptLibrary.cluster(el, n_concepts=lib["n_concepts"], seed=lib["seed"],
+                                         max_elements=lib["max_elements"], element_labels=ely, n_threads=nt)
+    else:
+        library = ConceptLibrary.end2end(el, ftr, ytr, n_concepts=lib["n_concepts"], seed=lib["seed"],
+                                         n_threads=nt, **opts)
+    return library, int(el.shape[0])
 
 
 def _write_text(path: str, text: str) -> None:
@@ -636,17 +815,56 @@ def _table(spec: Dict[str, Any], rows: List[Dict[str, Any]]):
 # asks for the model's gpus; when it has filled the shared cache, the unit's cells run as
 # scoring tasks that ask for `threads` CPUs and the memory their features need. Features
 # travel through the cache directory (which every node must see at the same path), never
-# through the driver; tasks return only the small result rows.
+# through the driver; tasks return only the small result rows, which record what Ray gave
+# each task (columns ray_extract and ray_score). A request that no node of the cluster can
+# meet is an error, not a task pending forever.
 _MEMORY_SLACK = 256 << 20  # interpreter, library and solver state besides the features
 
 
+def _placement() -> str:
+    """What Ray gave the running task: its resources and GPU ids (JSON)."""
+    import ray
+
+    return json.dumps({"resources": ray.get_runtime_context().get_assigned_resources(),
+                       "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}, sort_keys=True)
+
+
 def _extract_task(spec: Dict[str, Any], unit: Dict[str, Any]) -> Dict[str, Any]:
+    import ray
+
+    where = {"ray_extract": _placement()}
     try:
-        out = extract_unit(spec, unit)
+        out = extract_unit(spec, unit, gpu_ids=[str(g) for g in ray.get_gpu_ids()])
     except Exception as exc:  # reported by every cell of the unit
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        return {"error": f"feature extraction failed: {type(exc).__name__}: {exc}", **where}
     out["bytes"] = sum(os.path.getsize(_cache_path(spec["cache"], k)) for k in unit["keys"].values())
-    return out
+    return {**out, **where}
+
+
+def _score_task(spec: Dict[str, Any], cell: Dict[str, Any], unit: Dict[str, Any],
+                extracted: Dict[str, Any]) -> Dict[str, Any]:
+    return run_cell(spec, cell, unit, dict(extracted, ray_score=_placement()))
+
+
+def _node_with(nodes: List[Dict[str, Any]], need: Dict[str, float]) -> Optional[Dict[str, float]]:
+    """The resources of the first alive node that meets ``need`` (None when none does)."""
+    for n in nodes:
+        have = n.get("Resources", {})
+        if n.get("Alive") and all(have.get(k, 0.0) >= v for k, v in need.items() if v):
+            return have
+    return None
+
+
+def _check_feasible(nodes: List[Dict[str, Any]], spec: Dict[str, Any], units: List[Dict[str, Any]]) -> None:
+    """Raise when an extraction task asks for more CPUs or GPUs than any node of the cluster
+    has: Ray would keep it pending forever."""
+    for m in {id(u["model"]): u["model"] for u in units}.values():
+        need = {"CPU": float(spec["threads"]), "GPU": m["gpus"]}
+        if _node_with(nodes, need) is None:
+            alive = [{k: n["Resources"].get(k, 0.0) for k in ("CPU", "GPU")} for n in nodes if n.get("Alive")]
+            raise ValueError(f"model {m['label']!r}: its extraction tasks ask for {need['CPU']:g} CPU(s) (threads) "
+                             f"and {need['GPU']:g} GPU(s) (gpus), but no node of the Ray cluster has that many "
+                             f"(nodes: {alive}); lower gpus/threads in the spec or add such a node")
 
 
 def run_ray(spec: Dict[str, Any], units: List[Dict[str, Any]], todo: List[Dict[str, Any]],
@@ -658,15 +876,32 @@ def run_ray(spec: Dict[str, Any], units: List[Dict[str, Any]], todo: List[Dict[s
         raise ImportError('backend="ray" needs Ray: pip install "iis[ray]"') from None
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    extract = ray.remote(_extract_task)
-    score = ray.remote(run_cell)
     by_unit: Dict[int, List[Dict[str, Any]]] = {}
     for c in todo:
         by_unit.setdefault(c["unit"], []).append(c)
-    pending: Dict[Any, Any] = {}
+    _check_feasible(ray.nodes(), spec, [units[ui] for ui in by_unit])
+    # extraction jobs: per unit its model's features; CLIP embeddings, which do not depend on
+    # the model, once per cache entry for all the units that read them
+    jobs: List[Tuple[int, Dict[str, Any]]] = []  # (the unit that owns it, the unit restricted to its keys)
+    first_job: Dict[str, int] = {}
+    unit_jobs: Dict[int, List[int]] = {}
     for ui in by_unit:
-        gpus = units[ui]["model"]["gpus"]
-        pending[extract.options(num_cpus=spec["threads"], num_gpus=gpus).remote(spec, units[ui])] = ("x", ui)
+        u = units[ui]
+        unit_jobs[ui] = [len(jobs)]
+        jobs.append((ui, dict(u, keys={n: k for n, k in u["keys"].items() if not n.startswith("clip-")})))
+        for n, k in u["keys"].items():
+            if n.startswith("clip-"):
+                if k not in first_job:
+                    first_job[k] = len(jobs)
+                    jobs.append((ui, dict(u, keys={n: k})))
+                unit_jobs[ui].append(first_job[k])
+    extract = ray.remote(_extract_task)
+    score = ray.remote(_score_task)
+    pending: Dict[Any, Any] = {}
+    for j, (ui, job) in enumerate(jobs):
+        opts = {"num_cpus": spec["threads"], "num_gpus": units[ui]["model"]["gpus"]}
+        pending[extract.options(**opts).remote(spec, job)] = ("x", j)
+    done: Dict[int, Dict[str, Any]] = {}
     try:
         while pending:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
@@ -674,14 +909,34 @@ def run_ray(spec: Dict[str, Any], units: List[Dict[str, Any]], todo: List[Dict[s
             if what == "cell":
                 yield ray.get(ref)
                 continue
-            ext = ray.get(ref)
-            mem = int(2 * ext.get("bytes", 0) + _MEMORY_SLACK)
-            for i, c in enumerate(by_unit[item]):
-                # the extraction's time is counted once, in the unit's first cell
-                e = ext if i == 0 or ext.get("error") else dict(ext, seconds=0.0)
-                opts = {"num_cpus": spec["threads"], "memory": mem}
-                pending[score.options(**opts).remote(spec, c, units[item], e)] = ("cell", c)
+            done[item] = ray.get(ref)
+            for ui in [ui for ui in by_unit if item in unit_jobs[ui] and all(j in done for j in unit_jobs[ui])]:
+                for c, opts, e in _score_requests(spec, ray.nodes(), by_unit[ui], ui,
+                                                  [(jobs[j][0], done[j]) for j in unit_jobs[ui]]):
+                    pending[score.options(**opts).remote(spec, c, units[ui], e)] = ("cell", c)
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
+
+
+def _score_requests(spec: Dict[str, Any], nodes: List[Dict[str, Any]], cells: List[Dict[str, Any]], ui: int,
+                    exts: List[Tuple[int, Dict[str, Any]]]) -> Iterator[Tuple[Dict[str, Any], Dict[str, Any], Dict]]:
+    """(cell, task options, extraction result) of a unit's scoring tasks once its extraction
+    jobs (``(owning unit, result)``, its own first) are done."""
+    errors = [e["error"] for _, e in exts if e.get("error")]
+    ext = {"ray_extract": exts[0][1]["ray_extract"], "extracted": [n for _, e in exts for n in e.get("extracted", [])],
+           # a job's time is counted in the unit that owns it
+           "seconds": sum(e.get("seconds", 0.0) for owner, e in exts if owner == ui),
+           "bytes": sum(e.get("bytes", 0) for _, e in exts)}
+    opts = {"num_cpus": spec["threads"], "memory": int(2 * ext["bytes"] + _MEMORY_SLACK)}
+    if errors:
+        ext["error"] = errors[0]
+    elif _node_with(nodes, {"CPU": opts["num_cpus"], "memory": opts["memory"]}) is None:
+        ext["error"] = (f"scoring needs {opts['memory'] / 2**30:.2f} GiB of memory (twice its features and "
+                        "256 MiB) but no node of the Ray cluster has that much")
+    if "error" in ext:
+        opts = {"num_cpus": 1}  # it only records the error
+    for i, c in enumerate(cells):
+        # the extraction's time is counted once, in the unit's first cell
+        yield c, opts, ext if i == 0 else dict(ext, seconds=0.0)

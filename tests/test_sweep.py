@@ -45,7 +45,8 @@ def read_table(out):
 
 
 def numeric(df):
-    return df.drop(columns=[c for c in TIMES if c in df])
+    """The table without times and Ray placement (what differs from run to run)."""
+    return df.drop(columns=[c for c in TIMES + ["ray_extract", "ray_score"] if c in df])
 
 
 @pytest.fixture
@@ -263,7 +264,7 @@ def test_progress_lines_count_cells_and_estimate_the_rest(tmp_path, capsys):
     ({"unknown": 1}, "unknown keys ['unknown']"),
     ({"models": []}, "at least one [[models]]"),
     ({"datasets": [{"source": "mnist"}]}, "source must be digits, imagefolder or npz"),
-    ({"libraries": [{"kind": "text"}]}, "kind must be prototype or cluster"),
+    ({"libraries": [{"kind": "concepts"}]}, "kind must be one of prototype, cluster, end2end, text, infodisent"),
     ({"libraries": [{"kind": "cluster", "elements": "pixels"}]}, "elements must be patches"),
     ({"models": [{"name": "resnet18", "pretrained": True, "weights": "w.pth"}]}, "excludes weights"),
     ({"libraries": [{"kind": "cluster"}, {"kind": "cluster"}]}, "labels must be distinct"),
@@ -275,6 +276,21 @@ def test_bad_specs_are_named(tmp_path, change, message):
     with pytest.raises(ValueError, match=None) as err:
         sw.load_spec(base_spec(tmp_path, **change))
     assert message in str(err.value)
+
+
+def test_requests_no_ray_node_meets_are_errors_not_pending_tasks(tmp_path):
+    """Ray keeps a task pending forever when no node has the GPUs or CPUs it asks for."""
+    spec = sw.load_spec(base_spec(tmp_path, models=[{"name": "resnet18", "gpus": 1}]))
+    units = sw._units(spec)
+    cpu_node = {"Alive": True, "Resources": {"CPU": 8.0, "memory": 2.0**34}}
+    with pytest.raises(ValueError, match=r"'resnet18'.*1 GPU\(s\).*no node of the Ray cluster has that many"):
+        sw._check_feasible([cpu_node], spec, units)
+    gpu_node = {"Alive": True, "Resources": {"CPU": 2.0, "GPU": 1.0}}
+    sw._check_feasible([cpu_node, gpu_node], spec, units)  # the GPU node takes it
+    with pytest.raises(ValueError, match="no node"):
+        sw._check_feasible([cpu_node, dict(gpu_node, Alive=False)], spec, units)
+    with pytest.raises(ValueError, match=r"4 CPU\(s\) \(threads\)"):
+        sw._check_feasible([gpu_node], dict(spec, threads=4), units)
 
 
 def test_two_names_for_the_same_data_are_two_rows_from_one_extraction(tmp_path, count_extract):

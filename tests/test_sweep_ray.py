@@ -1,28 +1,32 @@
 """The Ray backend of iis.sweep (issue 20) on a local Ray cluster that the test starts and
-stops: the same table as the local backend, bit for bit (times excepted)."""
+stops, with one logical GPU: the same table as the local backend, bit for bit (times and
+placement excepted), for every library kind; a GPU request reaches the extraction task,
+and requests that no node can meet are errors, not tasks pending forever."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 import pytest
 
 if os.environ.get("CI") or os.environ.get("IIS_REQUIRE_TORCH"):
-    import torch  # noqa: F401  CI installs the torch and ray extras: these tests must run
+    import torch  # CI installs the torch and ray extras: these tests must run
     import ray
 else:  # pragma: no cover - local runs without the extras
-    pytest.importorskip("torch")
+    torch = pytest.importorskip("torch")
     ray = pytest.importorskip("ray")
 pd = pytest.importorskip("pandas")
 
 import iis  # noqa: E402
+import iis._sweep as sw  # noqa: E402
 from test_sweep import _write_toml, base_spec, numeric, read_table  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)  # a logical GPU
     yield
     ray.shutdown()
 
@@ -75,3 +79,82 @@ def test_ctrl_c_on_ray_cancels_and_the_rerun_finishes(tmp_path, cluster, monkeyp
     assert df["status"].tolist() == ["ok", "ok"]
     local = iis.sweep(dict(spec, out=str(tmp_path / "local")), progress=False)
     pd.testing.assert_frame_equal(numeric(df), numeric(local), check_exact=True)
+
+
+def test_every_library_kind_on_ray_gives_the_local_table(tmp_path, cluster):
+    pytest.importorskip("open_clip")
+    from test_sweep_kinds import kinds_spec
+
+    local = iis.sweep(kinds_spec(tmp_path / "local"), progress=False)
+    remote = iis.sweep(kinds_spec(tmp_path / "ray"), backend="ray", progress=False)  # its own cache
+    assert (local["status"] == "ok").all() and len(local) == 4
+    pd.testing.assert_frame_equal(numeric(local), numeric(remote), check_exact=True)
+
+
+def test_a_gpu_request_reaches_the_extraction_task_and_scoring_asks_for_cpus_and_memory(tmp_path, cluster):
+    spec = base_spec(tmp_path / "ray", models=[{"name": "resnet18", "layers": ["layer3"], "image_size": 32,
+                                                "gpus": 1}], device="cpu")  # extract on the CPU all the same
+    df = iis.sweep(spec, backend="ray", progress=False)
+    assert (df["status"] == "ok").all()
+    for extract, score in zip(df["ray_extract"].map(json.loads), df["ray_score"].map(json.loads)):
+        assert extract["gpu_ids"] == ["0"] and extract["resources"]["GPU"] == 1 and extract["resources"]["CPU"] == 1
+        assert score["gpu_ids"] == [] and "GPU" not in score["resources"] and score["resources"]["CPU"] == 1
+        assert score["resources"]["memory"] > 2 * 56 * 256 * 4  # twice the train features, at least
+    local = iis.sweep(dict(spec, out=str(tmp_path / "local")), progress=False)
+    pd.testing.assert_frame_equal(numeric(df), numeric(local), check_exact=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this torch sees CUDA")
+def test_a_task_given_a_gpu_that_torch_cannot_use_fails_clearly(tmp_path, cluster):
+    spec = base_spec(tmp_path, models=[{"name": "resnet18", "layers": ["layer3"], "image_size": 32, "gpus": 1}])
+    df = iis.sweep(spec, backend="ray", progress=False)  # device = "auto"
+    assert df["status"].tolist() == ["error", "error"]
+    assert all("given GPU(s) ['0'] but torch" in e and "sees no CUDA device" in e and 'device = "cpu"' in e
+               for e in df["error"])
+
+
+def test_more_gpus_than_any_node_has_is_an_error_not_a_hang(tmp_path, cluster):
+    spec = base_spec(tmp_path, models=[{"name": "resnet18", "layers": ["layer3"], "image_size": 32, "gpus": 2}])
+    with pytest.raises(ValueError, match=r"2 GPU\(s\) \(gpus\), but no node of the Ray cluster has that many"):
+        iis.sweep(spec, backend="ray", progress=False)
+
+
+def test_scoring_memory_no_node_has_fails_its_cells(tmp_path, cluster, monkeypatch):
+    monkeypatch.setattr(sw, "_MEMORY_SLACK", 1 << 60)
+    df = iis.sweep(base_spec(tmp_path), backend="ray", progress=False)
+    assert df["status"].tolist() == ["error", "error"]
+    assert all("GiB of memory" in e and "no node of the Ray cluster has that much" in e for e in df["error"])
+
+
+def test_clip_embeddings_are_one_task_for_all_units(tmp_path, cluster, monkeypatch):
+    """CLIP embeddings do not depend on the model: two layers (two units running at once)
+    share one extraction task for them instead of computing them twice."""
+    pytest.importorskip("open_clip")
+    from test_sweep_kinds import LIBRARIES
+
+    real_remote, submitted = ray.remote, []
+
+    class Spy:
+        def __init__(self, fn):
+            self.fn, self.name = real_remote(fn), fn.__name__
+
+        def options(self, **opts):
+            inner, name = self.fn.options(**opts), self.name
+
+            class Submit:
+                def remote(self, *args):
+                    submitted.append((name, opts, args))
+                    return inner.remote(*args)
+            return Submit()
+
+    monkeypatch.setattr(ray, "remote", Spy)
+    spec = base_spec(tmp_path, libraries=[dict(LIBRARIES[2])])
+    spec["models"][0]["layers"] = ["layer3", "layer2"]
+    df = iis.sweep(spec, backend="ray", progress=False)
+    assert (df["status"] == "ok").all() and len(df) == 2
+    jobs = [set(args[1]["keys"]) for name, _, args in submitted if name == "_extract_task"]
+    clip = [n for keys in jobs for n in keys if n.startswith("clip-")]
+    assert len(jobs) == 4 and sorted(k[:10] for k in clip) == ["clip-image", "clip-text-"]
+    assert sum(1 for keys in jobs if keys == {"train", "eval"}) == 2  # one per layer
+    scoring = [opts for name, opts, _ in submitted if name == "_score_task"]
+    assert len(scoring) == 2 and all(o["num_cpus"] == 1 and o["memory"] > 0 and "num_gpus" not in o for o in scoring)
