@@ -209,7 +209,6 @@ static int FN(amx_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *
                     /* z + bias, softmax (AMX implies AVX-512), in the thread's block
                      * scratch: Z and G never make a round trip to memory */
                     iis_simd_softmax_rows(a.zb, y + b0, K, bias, 0, rows, p, a.z2, Kp);
-                    if (w->keep_z) memcpy(w->z + b0 * K, a.zb, sizeof(float) * (size_t)rows * (size_t)K);
                 }
                 iis_amx_residuals(g, rows, K, a.gt);
                 iis_amx_backward_hilo(a.gt, a.xv, precise ? a.xvl : NULL, d, K, pt, b0 == lo);

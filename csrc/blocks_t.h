@@ -78,114 +78,135 @@ static void FN(block_row)(const iis_design *X, int64_t i, double s, REAL *out)
     out[d] = (REAL)s;
 }
 
+/* The curvatures w_iq = p_iq (1 - p_iq) at theta of the rows [b0, b0 + rows) into wb
+ * (rows x K, float32; NaN and negatives 0), in blocks of IIS_FUSED_BLOCK rows over
+ * the threads (each with its own logits block in w and K + 1 doubles in sp) */
+static int FN(block_curv)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int K,
+                          const REAL *cr, FN(work) * w, int64_t b0, int rows, double *sp,
+                          float *wb)
+{
+    const int nsub = (rows + IIS_FUSED_BLOCK - 1) / IIS_FUSED_BLOCK;
+    int nt = iis_nt_for(ctx, (int64_t)rows * K * (X->idx ? (X->k > 0 ? X->k : 1) : X->d / 32 + 1)), sb;
+    iis_poll pl = {0, 0.0};
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (sb = 0; sb < nsub; sb++) {
+        const int64_t r0 = (int64_t)sb * IIS_FUSED_BLOCK;
+        const int rr = (int)(rows - r0 < IIS_FUSED_BLOCK ? rows - r0 : IIS_FUSED_BLOCK);
+        REAL *zb = FN(zblock)(w, K);
+        if (iis_team_interrupted(ctx, &pl)) continue;
+        FN(block_logits)(ctx, X, K, w->weff, cr, b0 + r0, rr, zb);
+        FN(softmax_rows)(ctx, zb, y + b0 + r0, K, NULL, 0, rr, sp + (size_t)iis_thread_num() * (K + 1));
+        for (int r = 0; r < rr; r++) {
+            REAL *zi = zb + (size_t)r * K;
+            float *wi = wb + (size_t)(r0 + r) * K;
+            zi[y[b0 + r0 + r]] += 1;
+            for (int q = 0; q < K; q++) {
+                float pv = (float)zi[q], wv = pv * (1.0f - pv);
+                wi[q] = wv > 0 ? wv : 0;
+            }
+        }
+    }
+    return pl.stop ? IIS_EINTR : IIS_OK;
+}
+
+/* rows per block of the curvatures in block_build (a multiple of IIS_FUSED_BLOCK) */
+#define IIS_CURV_ROWS 4096
+
 /* The K Cholesky factors of the damped H_q at theta into Lb (K of them, each the lower
  * triangle packed by columns in float32: IIS_PACKED(d1) floats); G0 is the undamped
- * Gram (lower). *ok = 0 when a block could not be
- * factored (the solver keeps its preconditioner). Every class is one thread's
- * work from its rows in index order: the same bits for any thread count. */
+ * Gram (lower). *ok = 0 when a block could not be factored (the solver keeps its
+ * preconditioner). The curvatures are computed twice in blocks of IIS_CURV_ROWS rows
+ * (never n x K of them): once for each class's histogram and mass, once to take its
+ * rows. Every class is one thread's work from its rows in index order: the same bits
+ * for any thread count. */
 static int FN(block_build)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int K,
-                           double l2, const double *theta, int have_z, FN(work) * w,
-                           const double *G0, float *Lb, int *ok)
+                           double l2, const double *theta, FN(work) * w, const double *G0,
+                           float *Lb, int *ok)
 {
     const int64_t n = X->n;
     const int d = X->d, d1 = d + 1;
     const size_t dd = (size_t)d1 * (size_t)d1;
     const int64_t m = n / K; /* rows per block (block_wanted: at least 2 d1, below n) */
     const int nslab = (K + IIS_BLOCK_SLAB - 1) / IIS_BLOCK_SLAB;
-    int nt = iis_nt_for(ctx, n * (int64_t)K), c, err = IIS_OK, bad = 0;
+    int c, err = IIS_OK, bad = 0;
     int64_t *cnt = (int64_t *)calloc((size_t)K, sizeof(int64_t)), **rows = NULL;
+    int64_t *room = (int64_t *)calloc((size_t)K, sizeof(int64_t)), *fill = (int64_t *)calloc((size_t)K, sizeof(int64_t));
     double *wsum = (double *)calloc((size_t)K, sizeof(double));
     double *wsel = (double *)calloc((size_t)K, sizeof(double));
     double *cv = (double *)malloc(sizeof(double) * (size_t)K);
+    double *sp = (double *)calloc((size_t)iis_nthreads(ctx) * ((size_t)K + 1), sizeof(double));
+    float *wb = (float *)malloc(sizeof(float) * IIS_CURV_ROWS * (size_t)K), **wrow = NULL;
+    uint32_t *hist = (uint32_t *)calloc((size_t)K * IIS_BLOCK_BUCKETS, sizeof(uint32_t)), *tb = NULL;
     REAL *cr = w->gw;
     *ok = 0;
-    if (!cnt || !wsum || !wsel || !cv || !(rows = (int64_t **)calloc((size_t)K, sizeof(int64_t *)))) {
+    if (!cnt || !room || !fill || !wsum || !wsel || !cv || !sp || !wb || !hist ||
+        !(tb = (uint32_t *)calloc((size_t)K, sizeof(uint32_t))) ||
+        !(rows = (int64_t **)calloc((size_t)K, sizeof(int64_t *))) ||
+        !(wrow = (float **)calloc((size_t)K, sizeof(float *)))) {
         err = IIS_ENOMEM;
         goto done;
     }
     for (int j = 0; j < d1; j++) /* an overflowed Gram (see precond_build): no blocks */
         for (int r = j; r < d1; r++)
             if (!isfinite(G0[(size_t)j * d1 + r])) goto done;
-    /* p - e_y at theta into w->z, unless the last pass (at theta) left it there */
-    if (have_z) goto probs_ready;
     FN(effective)(X, K, theta, w->weff, cv);
     for (int q = 0; q < K; q++) cr[q] = (REAL)cv[q];
-    if ((err = FN(logits)(ctx, X, K, w->weff, cr, w->z)) != IIS_OK) goto done;
-    FN(softmax_chunks)(ctx, y, K, n, nt, w);
-probs_ready:
-    /* w->z <- the curvatures w_iq = p_iq (1 - p_iq) (float32; NaN and negatives 0) */
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (c = 0; c < w->nch; c++) {
-        int64_t lo, hi;
-        iis_chunk(n, w->nch, c, &lo, &hi);
-        for (int64_t i = lo; i < hi; i++) {
-            REAL *zi = w->z + i * (int64_t)K;
-            zi[y[i]] += 1;
-            for (int q = 0; q < K; q++) {
-                float pv = (float)zi[q], wv = pv * (1.0f - pv);
-                zi[q] = wv > 0 ? wv : 0;
+    /* first sweep: per class the histogram of the curvatures (buckets) and their mass */
+    for (int64_t b0 = 0; b0 < n; b0 += IIS_CURV_ROWS) {
+        const int nr = (int)(n - b0 < IIS_CURV_ROWS ? n - b0 : IIS_CURV_ROWS);
+        if ((err = FN(block_curv)(ctx, X, y, K, cr, w, b0, nr, sp, wb)) != IIS_OK) goto done;
+#pragma omp parallel for num_threads(iis_nt_for(ctx, (int64_t)nr * K)) schedule(dynamic, 1)
+        for (c = 0; c < nslab; c++) {
+            const int q0 = c * IIS_BLOCK_SLAB, q1 = q0 + IIS_BLOCK_SLAB < K ? q0 + IIS_BLOCK_SLAB : K;
+            for (int r = 0; r < nr; r++) {
+                const float *wi = wb + (size_t)r * K;
+                for (int q = q0; q < q1; q++) {
+                    wsum[q] += (double)wi[q];
+                    hist[(size_t)q * IIS_BLOCK_BUCKETS + (FN(curv_bits)(wi[q]) >> 20)]++;
+                }
             }
         }
     }
     /* per class: the m rows of largest w (all rows of buckets above the threshold
-     * bucket, then the lowest indices of that bucket), and the curvature masses */
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-    for (c = 0; c < nslab; c++) {
-        const int q0 = c * IIS_BLOCK_SLAB, q1 = q0 + IIS_BLOCK_SLAB < K ? q0 + IIS_BLOCK_SLAB : K;
-        const int ns = q1 - q0;
-        uint32_t *hist = (uint32_t *)calloc((size_t)IIS_BLOCK_SLAB * IIS_BLOCK_BUCKETS, sizeof(uint32_t));
-        int64_t room[IIS_BLOCK_SLAB], fill[IIS_BLOCK_SLAB];
-        uint32_t tb[IIS_BLOCK_SLAB];
-        double ws[IIS_BLOCK_SLAB];
-        int fail = !hist;
-        for (int t = 0; t < ns; t++) ws[t] = 0.0;
-        if (!fail) {
-            for (int64_t i = 0; i < n; i++) {
-                const REAL *zi = w->z + i * (int64_t)K + q0;
-                for (int t = 0; t < ns; t++) {
-                    float wv = (float)zi[t];
-                    ws[t] += (double)wv;
-                    hist[(size_t)t * IIS_BLOCK_BUCKETS + (FN(curv_bits)(wv) >> 20)]++;
-                }
-            }
-            for (int t = 0; t < ns && !fail; t++) {
-                const uint32_t *h = hist + (size_t)t * IIS_BLOCK_BUCKETS;
-                int64_t cum = 0;
-                int b = IIS_BLOCK_BUCKETS - 1;
-                for (; b > 1; b--) {
-                    if (cum + h[b] >= m) break;
-                    cum += h[b];
-                }
-                /* bucket 0 holds the zeros (and the smallest subnormals): never taken */
-                tb[t] = (uint32_t)b;
-                room[t] = cum + h[b] < m ? h[b] : m - cum;
-                cnt[q0 + t] = cum + room[t];
-                wsum[q0 + t] = ws[t];
-                fill[t] = 0;
-                rows[q0 + t] = (int64_t *)malloc(sizeof(int64_t) * (size_t)(cnt[q0 + t] > 0 ? cnt[q0 + t] : 1));
-                fail = !rows[q0 + t];
-            }
+     * bucket, then the lowest indices of that bucket) */
+    for (int q = 0; q < K; q++) {
+        const uint32_t *h = hist + (size_t)q * IIS_BLOCK_BUCKETS;
+        int64_t cum = 0;
+        int b = IIS_BLOCK_BUCKETS - 1;
+        for (; b > 1; b--) {
+            if (cum + h[b] >= m) break;
+            cum += h[b];
         }
-        free(hist);
-        if (fail) {
-#pragma omp atomic write
+        /* bucket 0 holds the zeros (and the smallest subnormals): never taken */
+        tb[q] = (uint32_t)b;
+        room[q] = cum + h[b] < m ? h[b] : m - cum;
+        cnt[q] = cum + room[q];
+        rows[q] = (int64_t *)malloc(sizeof(int64_t) * (size_t)(cnt[q] > 0 ? cnt[q] : 1));
+        wrow[q] = (float *)malloc(sizeof(float) * (size_t)(cnt[q] > 0 ? cnt[q] : 1));
+        if (!rows[q] || !wrow[q]) {
             err = IIS_ENOMEM;
-            continue;
+            goto done;
         }
-        for (int t = 0; t < ns; t++) ws[t] = 0.0;
-        for (int64_t i = 0; i < n; i++) {
-            const REAL *zi = w->z + i * (int64_t)K + q0;
-            for (int t = 0; t < ns; t++) {
-                float wv = (float)zi[t];
-                uint32_t bk = FN(curv_bits)(wv) >> 20;
-                if (bk < tb[t] || (bk == tb[t] && room[t]-- <= 0)) continue;
-                rows[q0 + t][fill[t]++] = i;
-                ws[t] += (double)wv;
+    }
+    /* second sweep: the rows taken, their curvatures and the mass they carry */
+    for (int64_t b0 = 0; b0 < n; b0 += IIS_CURV_ROWS) {
+        const int nr = (int)(n - b0 < IIS_CURV_ROWS ? n - b0 : IIS_CURV_ROWS);
+        if ((err = FN(block_curv)(ctx, X, y, K, cr, w, b0, nr, sp, wb)) != IIS_OK) goto done;
+#pragma omp parallel for num_threads(iis_nt_for(ctx, (int64_t)nr * K)) schedule(dynamic, 1)
+        for (c = 0; c < nslab; c++) {
+            const int q0 = c * IIS_BLOCK_SLAB, q1 = q0 + IIS_BLOCK_SLAB < K ? q0 + IIS_BLOCK_SLAB : K;
+            for (int r = 0; r < nr; r++) {
+                const float *wi = wb + (size_t)r * K;
+                for (int q = q0; q < q1; q++) {
+                    uint32_t bk = FN(curv_bits)(wi[q]) >> 20;
+                    if (bk < tb[q] || (bk == tb[q] && room[q]-- <= 0)) continue;
+                    rows[q][fill[q]] = b0 + r;
+                    wrow[q][fill[q]++] = wi[q];
+                    wsel[q] += (double)wi[q];
+                }
             }
         }
-        for (int t = 0; t < ns; t++) wsel[q0 + t] = ws[t];
     }
-    if (err != IIS_OK) goto done;
     /* H_q from its rows (one syrk, or on AMX tiles: bf16 products are plenty for a
      * preconditioner), the rest of its curvature on the Gram, damped, factored in place */
 #pragma omp parallel num_threads(iis_nt_for(ctx, (int64_t)K * m * d1 * d1 / 64))
@@ -233,7 +254,7 @@ probs_ready:
             if (!buf || !hd || err != IIS_OK) continue;
             for (int64_t r = 0; r < cnt[q]; r++) {
                 const int64_t i = rows[q][r];
-                FN(block_row)(X, i, sqrt((double)w->z[i * (int64_t)K + q] / (double)n),
+                FN(block_row)(X, i, sqrt((double)wrow[q][r] / (double)n),
                               buf + (size_t)r * d1);
             }
 #if AMX_PASSES
@@ -282,9 +303,18 @@ probs_ready:
     }
     if (err == IIS_OK && !bad) *ok = 1;
 done:
-    if (rows)
-        for (int q = 0; q < K; q++) free(rows[q]);
+    for (int q = 0; q < K; q++) {
+        if (rows) free(rows[q]);
+        if (wrow) free(wrow[q]);
+    }
     free(rows);
+    free(wrow);
+    free(room);
+    free(fill);
+    free(tb);
+    free(sp);
+    free(wb);
+    free(hist);
     free(cnt);
     free(wsum);
     free(wsel);

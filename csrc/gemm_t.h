@@ -13,8 +13,9 @@
  * calling thread, so Ctrl-C waits for at most one round, not a whole pass */
 #define IIS_GEMM_ROUND 16
 
-/* C (n x K) = A (n x d, ld lda) B (d x K); all row-major. IIS_EINTR when interrupted. */
-static int FN(par_gemm_ab)(const iis_ctx *ctx, int nt, int64_t n, int d, int K, const REAL *A,
+/* C (n x K) = A (n x d, ld lda) B (d x K); all row-major. IIS_EINTR when interrupted.
+ * (inline: not every includer calls it) */
+static inline int FN(par_gemm_ab)(const iis_ctx *ctx, int nt, int64_t n, int d, int K, const REAL *A,
                            int64_t lda, const REAL *B, REAL *C)
 {
     int64_t nb = (n + IIS_GEMM_BLOCK - 1) / IIS_GEMM_BLOCK, round = (int64_t)IIS_GEMM_ROUND * nt;

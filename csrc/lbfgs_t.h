@@ -207,7 +207,7 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
         err = IIS_ENOMEM;
         goto cleanup;
     }
-    if ((err = FN(work_alloc)(&w, X, K, 1)) != IIS_OK) goto cleanup;
+    if ((err = FN(work_alloc)(ctx, &w, X, K)) != IIS_OK) goto cleanup;
 #if AMX_PASSES
     (void)FN(amx_setup)(ctx, X, K, &w, 0); /* without its buffers: the float32 passes */
 #endif
@@ -252,16 +252,13 @@ int FN(iis_logreg_fit)(const iis_ctx *ctx, const iis_design *X, const int32_t *y
                 break;
             }
         }
-        /* the passes of the iteration before the blocks leave p - e_y in w.z */
-        if (blk && it == IIS_BLOCK_AT - 1) w.keep_z = 1;
         if (blk && it == IIS_BLOCK_AT) {
-            int ok = 0, z_at_theta = w.keep_z;
-            w.keep_z = 0;
+            int ok = 0;
             if (!(Hb = (float *)malloc(sizeof(float) * (size_t)K * IIS_PACKED(X->d + 1)))) {
                 err = IIS_ENOMEM;
                 goto cleanup;
             }
-            if ((err = FN(block_build)(ctx, X, y, K, prm->l2, theta, z_at_theta, &w, G0, Hb, &ok)) !=
+            if ((err = FN(block_build)(ctx, X, y, K, prm->l2, theta, &w, G0, Hb, &ok)) !=
                 IIS_OK)
                 goto cleanup;
             if (ok) { /* a new metric: the pairs start again, from the class-centred iterate */
@@ -452,12 +449,12 @@ int FN(iis_logreg_predict)(const iis_ctx *ctx, const iis_design *X, int n_classe
                            const REAL *b, REAL *logits, int32_t *pred)
 {
     const int K = n_classes;
-    int err = IIS_OK;
+    int err = IIS_OK, nt;
     size_t dk;
-    int64_t i, n;
-    REAL *z = logits;
-    REAL *weff = NULL, *cr = NULL;
+    int64_t bi, n, nb;
+    REAL *zbuf = NULL, *weff = NULL, *cr = NULL;
     double *c = NULL, *theta = NULL;
+    iis_poll pl = {0, 0.0};
     if (!X || K < 1 || X->n < 0 || X->d < 0) return IIS_EINVAL;
     if (!X->idx && (X->ldx < X->d || !iis_fits_int(X->ldx) || !iis_fits_int(X->n)))
         return IIS_EINVAL;
@@ -465,12 +462,15 @@ int FN(iis_logreg_predict)(const iis_ctx *ctx, const iis_design *X, int n_classe
     n = X->n;
     if (n == 0) return IIS_OK;
     dk = (size_t)X->d * (size_t)K;
+    nb = (n + IIS_FUSED_BLOCK - 1) / IIS_FUSED_BLOCK;
+    nt = iis_nt_for(ctx, n * (int64_t)K * (X->idx ? (X->k > 0 ? X->k : 1) : (X->d > 0 ? X->d : 1)));
     theta = (double *)malloc(sizeof(double) * (dk + (size_t)K));
     c = (double *)malloc(sizeof(double) * (size_t)K);
     weff = (REAL *)malloc(sizeof(REAL) * (dk + 1));
     cr = (REAL *)malloc(sizeof(REAL) * (size_t)K);
-    if (!z) z = (REAL *)malloc(sizeof(REAL) * (size_t)n * (size_t)K);
-    if (!theta || !c || !weff || !cr || !z) {
+    /* without logits to return: one block of them per thread */
+    if (!logits) zbuf = (REAL *)malloc(sizeof(REAL) * (size_t)nt * IIS_FUSED_BLOCK * (size_t)K);
+    if (!theta || !c || !weff || !cr || (!logits && !zbuf)) {
         err = IIS_ENOMEM;
         goto cleanup;
     }
@@ -478,20 +478,26 @@ int FN(iis_logreg_predict)(const iis_ctx *ctx, const iis_design *X, int n_classe
     for (int q = 0; q < K; q++) theta[dk + q] = b[q];
     FN(effective)(X, K, theta, weff, c);
     for (int q = 0; q < K; q++) cr[q] = (REAL)c[q];
-    if ((err = FN(logits)(ctx, X, K, weff, cr, z)) != IIS_OK) goto cleanup;
-    if (pred) {
-        int nt = iis_nt_for(ctx, n * (int64_t)K);
+    /* per block of rows: z_b = X_b weff + c, then the argmax of each row */
 #pragma omp parallel for num_threads(nt) schedule(static)
-        for (i = 0; i < n; i++) {
-            const REAL *zi = z + i * (int64_t)K;
-            int best = 0;
-            for (int q = 1; q < K; q++)
-                if (zi[q] > zi[best]) best = q;
-            pred[i] = best;
-        }
+    for (bi = 0; bi < nb; bi++) {
+        const int64_t b0 = bi * IIS_FUSED_BLOCK;
+        const int rows = (int)(n - b0 < IIS_FUSED_BLOCK ? n - b0 : IIS_FUSED_BLOCK);
+        REAL *zb = logits ? logits + b0 * K : zbuf + (size_t)iis_thread_num() * IIS_FUSED_BLOCK * K;
+        if (iis_team_interrupted(ctx, &pl)) continue;
+        FN(block_logits)(ctx, X, K, weff, cr, b0, rows, zb);
+        if (pred)
+            for (int r = 0; r < rows; r++) {
+                const REAL *zi = zb + (size_t)r * K;
+                int best = 0;
+                for (int q = 1; q < K; q++)
+                    if (zi[q] > zi[best]) best = q;
+                pred[b0 + r] = best;
+            }
     }
+    if (pl.stop) err = IIS_EINTR;
 cleanup:
-    if (z != logits) free(z);
+    free(zbuf);
     free(weff);
     free(cr);
     free(c);
@@ -516,7 +522,7 @@ int FN(iis_logreg_objective)(const iis_ctx *ctx, const iis_design *X, const int3
     if (!(theta = (double *)malloc(sizeof(double) * p))) return IIS_ENOMEM;
     for (size_t e = 0; e < dk; e++) theta[e] = w[e];
     for (int q = 0; q < K; q++) theta[dk + q] = b[q];
-    if ((err = FN(work_alloc)(&wk, X, K, 1)) != IIS_OK) goto cleanup;
+    if ((err = FN(work_alloc)(ctx, &wk, X, K)) != IIS_OK) goto cleanup;
     if (amx) {
 #if AMX_PASSES
         if ((err = FN(amx_setup)(ctx, X, K, &wk, 1)) != IIS_OK) goto cleanup;

@@ -4,8 +4,13 @@
  * its gradient at theta from one pass, on the AMX tiles where amx_passes_t.h set them up).
  */
 
+/* rows per block of a pass: X_b (512 x d floats) stays in a 2 MB L2 for d up to ~1000,
+ * Z_b (512 x K) in L1/L2; 256 to 2,048 measured within noise on W1 (the fused pass) */
+#define IIS_FUSED_BLOCK 512
+
 typedef struct {
-    REAL *z;       /* n x K logits, then softmax - onehot */
+    REAL *z;       /* per thread: one block of logits (IIS_FUSED_BLOCK x K), then
+                      softmax - onehot; the passes never hold n x K */
     REAL *weff;    /* d x K effective weights (W / sigma) */
     REAL *gw;      /* the bias c in REAL (K + 1 entries) */
     REAL *gpart;   /* dense: natz x d x K partial products of X^T G */
@@ -25,7 +30,6 @@ typedef struct {
     unsigned char *scr; /* per thread: xa, xv, xal, xvl, z2, gt, zb (scr_bytes each) */
     size_t scr_bytes;
     int nscr;
-    int keep_z; /* the AMX pass copies its p - e_y rows to z (as the other passes leave them) */
 } FN(work);
 
 static void FN(work_free)(FN(work) * w)
@@ -45,22 +49,23 @@ static void FN(work_free)(FN(work) * w)
     free(w->scr);
 }
 
-static int FN(work_alloc)(FN(work) * w, const iis_design *X, int K, int need_grad)
+static int FN(work_alloc)(const iis_ctx *ctx, FN(work) * w, const iis_design *X, int K)
 {
     size_t dk = (size_t)X->d * (size_t)K;
     memset(w, 0, sizeof(*w));
     w->nch = X->n < IIS_NCHUNK ? (int)(X->n > 0 ? X->n : 1) : IIS_NCHUNK;
-    w->z = (REAL *)malloc(sizeof(REAL) * (size_t)X->n * (size_t)K + sizeof(REAL));
+    w->z = (REAL *)malloc(sizeof(REAL) * (size_t)iis_nthreads(ctx) * IIS_FUSED_BLOCK * (size_t)K +
+                          sizeof(REAL));
     w->weff = (REAL *)malloc(sizeof(REAL) * (dk + 1));
     w->gw = (REAL *)malloc(sizeof(REAL) * (dk + (size_t)K + 1));
     w->part = (double *)malloc(sizeof(double) * (size_t)w->nch * (size_t)(K + 1));
     if (!w->z || !w->weff || !w->gw || !w->part) return IIS_ENOMEM;
-    if (!X->idx && need_grad && X->d > 0) {
+    if (!X->idx && X->d > 0) {
         w->natz = FN(atz_chunks)(X->n, X->d, K);
         w->gpart = (REAL *)malloc(sizeof(REAL) * ((size_t)w->natz * dk + 1));
         if (!w->gpart) return IIS_ENOMEM;
     }
-    if (X->idx && need_grad) {
+    if (X->idx) {
         /* cap the scatter buffers at ~64 MB; the chunk count depends only on the
          * problem size, never on the thread count */
         size_t cap = (size_t)(64u << 20) / (sizeof(REAL) * (dk + 1));
@@ -71,6 +76,12 @@ static int FN(work_alloc)(FN(work) * w, const iis_design *X, int K, int need_gra
         if (!w->ellacc) return IIS_ENOMEM;
     }
     return IIS_OK;
+}
+
+/* the calling thread's block of logits (a team of at most iis_nthreads(ctx) threads) */
+static REAL *FN(zblock)(const FN(work) * w, int K)
+{
+    return w->z + (size_t)iis_thread_num() * IIS_FUSED_BLOCK * (size_t)K;
 }
 
 /* weff = W / sigma (per row), c = b - sum_j mu_j / sigma_j W_j */
@@ -112,12 +123,11 @@ IIS_HOT static void FN(ell_logits_rows)(const int32_t *restrict idx, const REAL 
     }
 }
 
-/* ELL gradient: acc (d x K) = sum_i x_i g_i^T over rows [lo, hi) */
+/* ELL gradient: acc (d x K) += sum_i x_i g_i^T over rows [lo, hi) */
 IIS_HOT static void FN(ell_grad_rows)(const int32_t *restrict idx, const REAL *restrict val, int k,
-                                      const REAL *restrict g, int K, size_t dk, int64_t lo,
-                                      int64_t hi, REAL *restrict acc)
+                                      const REAL *restrict g, int K, int64_t lo, int64_t hi,
+                                      REAL *restrict acc)
 {
-    memset(acc, 0, sizeof(REAL) * dk);
     for (int64_t i = lo; i < hi; i++) {
         const REAL *restrict gi = g + i * (int64_t)K;
         const int32_t *ix = idx + i * (int64_t)k;
@@ -169,22 +179,6 @@ IIS_HOT static void FN(softmax_rows)(const iis_ctx *ctx, REAL *restrict z,
     }
 }
 
-/* w->z (n x K logits) <- softmax - e_y row by row, over the fixed chunks; w->part gets
- * each chunk's column sums and loss */
-static void FN(softmax_chunks)(const iis_ctx *ctx, const int32_t *y, int K, int64_t n, int nt,
-                               FN(work) * w)
-{
-    int c;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (c = 0; c < w->nch; c++) {
-        int64_t lo, hi;
-        double *p = w->part + (size_t)c * (K + 1);
-        iis_chunk(n, w->nch, c, &lo, &hi);
-        memset(p, 0, sizeof(double) * (size_t)(K + 1));
-        FN(softmax_rows)(ctx, w->z, y, K, NULL, lo, hi, p);
-    }
-}
-
 /* out[e] = sum over the nch partial products part[c] (each dk long), in chunk order
  * and in double: the same sum for any thread count */
 static void FN(sum_parts)(const iis_ctx *ctx, const REAL *part, int nch, size_t dk, double *out)
@@ -197,10 +191,6 @@ static void FN(sum_parts)(const iis_ctx *ctx, const REAL *part, int nch, size_t 
         out[e] = t;
     }
 }
-
-/* rows per block of the fused pass: X_b (512 x d floats) stays in a 2 MB L2 for d up
- * to ~1000, Z_b (512 x K) in L1/L2; 256 to 2,048 measured within noise on W1 */
-#define IIS_FUSED_BLOCK 512
 
 /* One pass over a dense design, fused: for each block of rows, Z_b = X_b weff + c
  * (one GEMM), softmax and loss on Z_b while it is in cache, then part_c += X_b^T G_b
@@ -233,7 +223,7 @@ static int FN(fused_dense_pass)(const iis_ctx *ctx, const iis_design *X, const i
             for (int64_t b0 = lo; b0 < hi && !iis_team_interrupted(ctx, &pl);
                  b0 += IIS_FUSED_BLOCK) {
                 int rows = (int)(hi - b0 < IIS_FUSED_BLOCK ? hi - b0 : IIS_FUSED_BLOCK);
-                REAL *zb = w->z + b0 * K;
+                REAL *zb = FN(zblock)(w, K);
                 REAL one = 1, zero = 0, beta = b0 == lo ? 0 : 1;
                 /* column-major views: Z_b^T (K x rows) = weff^T X_b^T;
                  * part^T (K x d) (+)= G_b^T (K x rows) X_b (rows x d) */
@@ -241,7 +231,7 @@ static int FN(fused_dense_pass)(const iis_ctx *ctx, const iis_design *X, const i
                 int ik = K, id = d, ir = rows, il = (int)ldx;
                 GEMM(ctx)(&nn, &nn, &ik, &ir, &id, &one, weff, &ik, x + b0 * ldx, &il, &zero, zb,
                           &ik);
-                FN(softmax_rows)(ctx, w->z, y, K, cr, b0, b0 + rows, p);
+                FN(softmax_rows)(ctx, zb, y + b0, K, cr, 0, rows, p);
                 GEMM(ctx)(&nn, &tt, &ik, &id, &ir, &one, zb, &ik, x + b0 * ldx, &il, &beta, part,
                           &ik);
             }
@@ -252,29 +242,67 @@ static int FN(fused_dense_pass)(const iis_ctx *ctx, const iis_design *X, const i
     return IIS_OK;
 }
 
-/* z (n x K) = X weff + c, with c in REAL */
-static int FN(logits)(const iis_ctx *ctx, const iis_design *X, int K, const REAL *weff,
-                      const REAL *cr, REAL *z)
+/* Z_b (rows x K) = X_b weff + c for the rows [b0, b0 + rows), rows <= IIS_FUSED_BLOCK
+ * (one GEMM, or the ELL rows; the same bits wherever the block is computed) */
+static void FN(block_logits)(const iis_ctx *ctx, const iis_design *X, int K, const REAL *weff,
+                             const REAL *cr, int64_t b0, int rows, REAL *zb)
 {
-    int64_t i, n = X->n;
-    int nt = iis_nt_for(ctx, n * (int64_t)K * (X->idx ? (X->k > 0 ? X->k : 1) : 1));
     if (X->idx) {
-        int64_t nb = (n + 255) / 256, bi;
+        const int64_t k = X->k;
+        FN(ell_logits_rows)(X->idx + b0 * k, (const REAL *)X->val + b0 * k, X->k, weff, cr, K, 0,
+                            rows, zb);
+        return;
+    }
+    if (X->d > 0) { /* column-major view: Z_b^T (K x rows) = weff^T X_b^T */
+        char nn = 'N';
+        int ik = K, id = X->d, ir = rows, il = (int)X->ldx;
+        REAL one = 1, zero = 0;
+        GEMM(ctx)(&nn, &nn, &ik, &ir, &id, &one, weff, &ik, (const REAL *)X->x + b0 * X->ldx, &il,
+                  &zero, zb, &ik);
+    } else {
+        memset(zb, 0, sizeof(REAL) * (size_t)rows * (size_t)K);
+    }
+    for (int r = 0; r < rows; r++)
+        for (int q = 0; q < K; q++) zb[(size_t)r * K + q] += cr[q];
+}
+
+/* One pass over an ELL design (or one without columns), fused as the dense pass is:
+ * per block of rows Z_b (logits), softmax and loss while Z_b is in cache, then
+ * acc_c += X_b^T G_b (ELL). Rows are cut into *npart fixed chunks (w->nch_ell for
+ * ELL, w->nch otherwise), each with its own partials added in chunk order: the result
+ * does not depend on the thread count. On return grad[0, dk) = X^T G (0 without
+ * columns) and w->part holds the chunks' softmax partials. */
+static int FN(rows_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int K,
+                         const REAL *weff, const REAL *cr, FN(work) * w, double *grad, int *npart)
+{
+    const int64_t n = X->n;
+    const int nch = X->idx ? w->nch_ell : w->nch;
+    const size_t dk = (size_t)X->d * (size_t)K;
+    int nt = iis_nt_for(ctx, n * (int64_t)K * (X->idx ? (X->k > 0 ? X->k : 1) : 1)), c;
+    iis_poll pl = {0, 0.0};
 #pragma omp parallel for num_threads(nt) schedule(static)
-        for (bi = 0; bi < nb; bi++) {
-            int64_t lo = bi * 256, hi = lo + 256 < n ? lo + 256 : n;
-            FN(ell_logits_rows)(X->idx, (const REAL *)X->val, X->k, weff, cr, K, lo, hi, z);
+    for (c = 0; c < nch; c++) {
+        int64_t lo, hi;
+        REAL *zb = FN(zblock)(w, K), *acc = X->idx ? w->ellacc + (size_t)c * dk : NULL;
+        double *p = w->part + (size_t)c * (K + 1);
+        iis_chunk(n, nch, c, &lo, &hi);
+        memset(p, 0, sizeof(double) * (size_t)(K + 1));
+        if (acc) memset(acc, 0, sizeof(REAL) * dk);
+        for (int64_t b0 = lo; b0 < hi && !iis_team_interrupted(ctx, &pl); b0 += IIS_FUSED_BLOCK) {
+            int rows = (int)(hi - b0 < IIS_FUSED_BLOCK ? hi - b0 : IIS_FUSED_BLOCK);
+            FN(block_logits)(ctx, X, K, weff, cr, b0, rows, zb);
+            FN(softmax_rows)(ctx, zb, y + b0, K, NULL, 0, rows, p);
+            if (acc)
+                FN(ell_grad_rows)(X->idx + b0 * X->k, (const REAL *)X->val + b0 * X->k, X->k, zb, K, 0,
+                                  rows, acc);
         }
-        return IIS_OK;
     }
-    if (FN(par_gemm_ab)(ctx, iis_nt_for(ctx, n * (int64_t)K * X->d / 32), n, X->d, K,
-                        (const REAL *)X->x, X->ldx, weff, z) != IIS_OK)
-        return IIS_EINTR;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (i = 0; i < n; i++) {
-        REAL *zi = z + i * (int64_t)K;
-        for (int q = 0; q < K; q++) zi[q] += cr[q];
-    }
+    if (pl.stop) return IIS_EINTR;
+    if (X->idx)
+        FN(sum_parts)(ctx, w->ellacc, nch, dk, grad);
+    else
+        memset(grad, 0, sizeof(double) * dk);
+    *npart = nch;
     return IIS_OK;
 }
 
@@ -308,13 +336,12 @@ static int FN(amx_pass)(const iis_ctx *ctx, const iis_design *X, const int32_t *
                         double *grad);
 #endif
 
-/* f and gradient at theta; z is overwritten by G = softmax(z) - onehot(y) */
+/* f and gradient at theta, from one pass over the rows in blocks */
 static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, int K, double l2,
                      const double *theta, double *grad, double *fval, FN(work) * w)
 {
     int64_t n = X->n;
-    int nt = iis_nt_for(ctx, n * (int64_t)K * (X->idx ? (X->k > 0 ? X->k : 1) : 1)), c;
-    int d = X->d;
+    int c, d = X->d;
     size_t dk = (size_t)d * (size_t)K;
     double *cvec = grad + dk; /* borrow the bias part of grad for c */
     double loss = 0.0, reg = 0.0;
@@ -342,13 +369,8 @@ static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
     if (!X->idx && d > 0) {
         if (FN(fused_dense_pass)(ctx, X, y, K, w->weff, cr, w, grad) != IIS_OK) return IIS_EINTR;
         npart = w->natz;
-    } else {
-        int err = FN(logits)(ctx, X, K, w->weff, cr, w->z);
-        if (err != IIS_OK) return err;
-        /* per row: loss_i = lse(z_i) - z_iy; z_i <- softmax(z_i) - e_y; partial sums
-         * per fixed chunk */
-        FN(softmax_chunks)(ctx, y, K, n, nt, w);
-        npart = w->nch;
+    } else if (FN(rows_pass)(ctx, X, y, K, w->weff, cr, w, grad, &npart) != IIS_OK) {
+        return IIS_EINTR;
     }
     for (int q = 0; q < K; q++) grad[dk + q] = 0.0;
     for (c = 0; c < npart; c++) {
@@ -356,18 +378,9 @@ static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
         loss += p[K];
         for (int q = 0; q < K; q++) grad[dk + q] += p[q];
     }
-    /* gradient wrt the effective weights: X^T G */
-    if (X->idx) {
-        int nch = w->nch_ell;
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (c = 0; c < nch; c++) {
-            int64_t lo, hi;
-            iis_chunk(n, nch, c, &lo, &hi);
-            FN(ell_grad_rows)(X->idx, (const REAL *)X->val, X->k, w->z, K, dk, lo, hi,
-                              w->ellacc + (size_t)c * dk);
-        }
-        FN(sum_parts)(ctx, w->ellacc, nch, dk, grad);
-    } else if (d > 0) { /* X^T G is in grad already (fused or AMX pass) */
+    /* the gradient wrt the effective weights, X^T G, is in grad already: from the
+     * effective weights to W */
+    if (!X->idx && d > 0) {
         if (w->amx && w->cx)
             for (int j = 0; j < d; j++)
                 for (int q = 0; q < K; q++) grad[(size_t)j * K + q] += w->cx[j] * grad[dk + q];
@@ -377,8 +390,6 @@ static int FN(fgrad)(const iis_ctx *ctx, const iis_design *X, const int32_t *y, 
                 for (int q = 0; q < K; q++)
                     grad[(size_t)j * K + q] = (grad[(size_t)j * K + q] - m0 * grad[dk + q]) * inv;
             }
-    } else {
-        for (size_t e = 0; e < dk; e++) grad[e] = 0.0;
     }
     /* scale by 1/n and add the penalty */
     for (size_t e = 0; e < dk; e++) {
