@@ -20,7 +20,7 @@ from its (W, b), eval accuracy on the eval split, nonzeros counted exactly (W !=
 Equal nonzeros: for each budget B of nonzero weights, each solver's point with the most
 nonzeros <= B, and the time its path took to get there.
 
-    python benchmarks/sparse_path.py [--quick] [--n-lambdas 20] [--threads 2] [--budget 900]
+    python benchmarks/sparse_path.py [--quick] [--n-lambdas 20] [--threads 2] [--budget 400]
 """
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ def main(argv=None):
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--glm-epochs", type=int, default=1000)
-    ap.add_argument("--budget", type=float, default=900.0, help="seconds per opponent path")
+    ap.add_argument("--budget", type=float, default=400.0, help="seconds per opponent path")
     ap.add_argument("--skip", nargs="*", default=[], choices=["glm_saga", "sklearn"])
     ap.add_argument("--out", default=str(HERE / "results" / "sparse_path"))
     ap.add_argument("--render", help="print the tables of a saved JSON result and exit")

@@ -217,13 +217,13 @@ def sparse_path(activations: Any, labels: Any, *, alpha: float = 0.99, n_lambdas
         out: Dict[str, List[Any]] = {k: [] for k in (
             "weights", "intercepts", "nonzeros", "nonzeros_per_class", "concepts_used", "objective",
             "loss", "kkt", "n_iter", "converged", "seconds", "train_accuracy", "eval_accuracy")}
-        lam_prev, lip = float(lams[0]), 1.0
+        lam_prev = float(lams[0])
         for lam in lams:
             t0 = time.perf_counter()
             info = _core.enet_fit(a, y, K, w, b, grad, grad_b, lam=float(lam), lam_prev=max(lam_prev, float(lam)),
                                   alpha=float(alpha), grouped=bool(grouped), tol=float(tol),
-                                  max_iter=min(int(max_iter), 2**31 - 1), lipschitz=lip, n_threads=nt)
-            lip, lam_prev = 0.5 * info["lipschitz"], float(lam)
+                                  max_iter=min(int(max_iter), 2**31 - 1), n_threads=nt)
+            lam_prev = float(lam)
             _record(out, a, y, ev, w, b, float(lam), alpha, grouped, info, time.perf_counter() - t0)
     from scipy import sparse as _sp
 

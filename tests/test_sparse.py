@@ -292,7 +292,7 @@ def test_screening_and_kkt_check_readd_concepts():
         w, b = np.zeros((30, 3)), b0.copy()
         _, g, gb = _core.enet_objective(x, y, 3, w, b)
         info = _core.enet_fit(x, y, 3, w, b, g, gb, lam=lam, lam_prev=lam_prev, alpha=0.99, grouped=False,
-                              tol=1e-9, max_iter=100_000, lipschitz=1.0)
+                              tol=1e-9, max_iter=100_000)
         return w, b, info
 
     _, g0, _ = _core.enet_objective(x, y, 3, np.zeros((30, 3)), b0)
