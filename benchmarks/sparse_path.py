@@ -173,17 +173,20 @@ def table(res, budgets):
 
 
 def same_lambda(res):
-    """objective and eval accuracy of every solver at each lambda all of them reached"""
+    """objective, eval accuracy and the path's seconds of every solver at each lambda all of
+    them reached, and glm-saga's seconds over iis's"""
     names = [k for k in ("iis", "glm_saga", "sklearn") if k in res]
     n = min(len(res[k]["points"]) for k in names)
-    lines = ["| lambda | " + " | ".join(f"{k} objective | {k} nonzeros | {k} eval acc" for k in names) + " |",
-             "|" + "---|" * (3 * len(names) + 1)]
+    lines = ["| lambda | " + " | ".join(f"{k} objective | {k} nonzeros | {k} eval acc | {k} s" for k in names)
+             + " | glm-saga s / iis s |", "|" + "---|" * (4 * len(names) + 2)]
     for i in range(n):
         cells = []
         for k in names:
             p = res[k]["points"][i]
-            cells += [f"{p['objective']:.5f}", str(p["nonzeros"]), f"{p['eval_accuracy']:.4f}"]
-        lines.append(f"| {res['iis']['points'][i]['lambda']:.4g} | " + " | ".join(cells) + " |")
+            cells += [f"{p['objective']:.5f}", str(p["nonzeros"]), f"{p['eval_accuracy']:.4f}", f"{p['seconds']:.1f}"]
+        ratio = (f"{res['glm_saga']['points'][i]['seconds'] / max(res['iis']['points'][i]['seconds'], 1e-9):.1f}x"
+                 if "glm_saga" in res else "-")
+        lines.append(f"| {res['iis']['points'][i]['lambda']:.4g} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(lines)
 
 

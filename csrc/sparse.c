@@ -461,15 +461,15 @@ static int sp_grad(const iis_ctx *ctx, int nt, const sp_data *D, sp_work *w, dou
 /* Proximal Newton on the rows S from W (logits in Z) until the KKT violation on S is
  * <= tol or *it reaches max_iter. Model of the CE at W: its gradient g and the Hessian
  * approximation mu diag(R) (Sg (x) C) diag(R): the design's Gram times the class factor
- * (exact where p_i does not depend on x_i), scaled to the Hessian's exact diagonal (R) and
- * by mu, the true over the model curvature along the previous step (1 at the first).
+ * (exact where p_i does not depend on x_i), scaled to the Hessian's exact diagonal at the
+ * first step (R) and by mu, the true over the model curvature along the previous step.
  * D minimises model + penalty by coordinate descent (no data pass); step t = 1, 1/2, ...
  * until F(W + t D) <= F(W) + sigma t (<g, D> + pen(W + D) - pen(W)).
  * On return Z, G, gW hold the logits, residuals and gradient of the final W, *loss its CE. */
 static int sp_newton(const iis_ctx *ctx, const sp_data *D, sp_work *w, const iis_enet_params *p,
                      int *it, double *loss, double *viol, double *v)
 {
-    int nt = iis_nthreads(ctx), s = w->s, K = D->K, st;
+    int nt = iis_nthreads(ctx), s = w->s, K = D->K, st, it0 = *it;
     size_t sk = (size_t)s * K, nk = (size_t)D->n * K;
     if ((st = sp_grad(ctx, nt, D, w, loss))) return st;
     w->mu = 1;
@@ -478,7 +478,7 @@ static int sp_newton(const iis_ctx *ctx, const sp_data *D, sp_work *w, const iis
         int64_t i;
         *viol = sp_kkt_s(w, K, p);
         if (*viol <= p->tol || *it >= p->max_iter) return IIS_OK;
-        if ((st = sp_classes(ctx, nt, D, w)) || (st = sp_diag_scale(ctx, nt, D, w))) return st;
+        if ((st = sp_classes(ctx, nt, D, w)) || (*it == it0 && (st = sp_diag_scale(ctx, nt, D, w)))) return st;
         sp_cd(w, K, p, SP_FORCING * *viol, v);
         for (size_t u = 0; u < sk + K; u++) w->D[u] = w->U[u] - w->W[u];
         /* predicted decrease delta = <g, D> + pen(W + D) - pen(W) (< 0 unless D = 0) */
