@@ -370,13 +370,9 @@ static void sp_cd(sp_work *w, int K, const iis_enet_params *p, double eps, doubl
         for (int t = 0; t < K; t++) r += fabs(w->C[(size_t)c * K + t]);
         cinf = r > cinf ? r : cinf;
     }
-    while (passes < SP_PASSES) {
-        passes++;
-        if (sp_cd_pass(w, K, p, cinf, 0, v) <= eps) break;
-
-        while (passes < SP_PASSES && (passes++, sp_cd_pass(w, K, p, cinf, 1, v) > eps)) {
+    while (passes++ < SP_PASSES && sp_cd_pass(w, K, p, cinf, 0, v) > eps)
+        while (passes++ < SP_PASSES && sp_cd_pass(w, K, p, cinf, 1, v) > eps) {
         }
-    }
 }
 
 /* D^T H D = mean_i sum_k p_ik e_ik^2 - (sum_k p_ik e_ik)^2, e = X D (P in G, X D in E) */
