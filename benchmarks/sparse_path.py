@@ -20,7 +20,7 @@ from its (W, b), eval accuracy on the eval split, nonzeros counted exactly (W !=
 Equal nonzeros: for each budget B of nonzero weights, each solver's point with the most
 nonzeros <= B, and the time its path took to get there.
 
-    python benchmarks/sparse_path.py [--quick] [--n-lambdas 20] [--threads 2] [--budget 900]
+    python benchmarks/sparse_path.py [--quick] [--n-lambdas 20] [--threads 2] [--budget 400]
 """
 from __future__ import annotations
 
@@ -173,17 +173,20 @@ def table(res, budgets):
 
 
 def same_lambda(res):
-    """objective and eval accuracy of every solver at each lambda all of them reached"""
+    """objective, eval accuracy and the path's seconds of every solver at each lambda all of
+    them reached, and glm-saga's seconds over iis's"""
     names = [k for k in ("iis", "glm_saga", "sklearn") if k in res]
     n = min(len(res[k]["points"]) for k in names)
-    lines = ["| lambda | " + " | ".join(f"{k} objective | {k} nonzeros | {k} eval acc" for k in names) + " |",
-             "|" + "---|" * (3 * len(names) + 1)]
+    lines = ["| lambda | " + " | ".join(f"{k} objective | {k} nonzeros | {k} eval acc | {k} s" for k in names)
+             + " | glm-saga s / iis s |", "|" + "---|" * (4 * len(names) + 2)]
     for i in range(n):
         cells = []
         for k in names:
             p = res[k]["points"][i]
-            cells += [f"{p['objective']:.5f}", str(p["nonzeros"]), f"{p['eval_accuracy']:.4f}"]
-        lines.append(f"| {res['iis']['points'][i]['lambda']:.4g} | " + " | ".join(cells) + " |")
+            cells += [f"{p['objective']:.5f}", str(p["nonzeros"]), f"{p['eval_accuracy']:.4f}", f"{p['seconds']:.1f}"]
+        ratio = (f"{res['glm_saga']['points'][i]['seconds'] / max(res['iis']['points'][i]['seconds'], 1e-9):.1f}x"
+                 if "glm_saga" in res else "-")
+        lines.append(f"| {res['iis']['points'][i]['lambda']:.4g} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(lines)
 
 
@@ -209,7 +212,7 @@ def main(argv=None):
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--glm-epochs", type=int, default=1000)
-    ap.add_argument("--budget", type=float, default=900.0, help="seconds per opponent path")
+    ap.add_argument("--budget", type=float, default=400.0, help="seconds per opponent path")
     ap.add_argument("--skip", nargs="*", default=[], choices=["glm_saga", "sklearn"])
     ap.add_argument("--out", default=str(HERE / "results" / "sparse_path"))
     ap.add_argument("--render", help="print the tables of a saved JSON result and exit")

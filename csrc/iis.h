@@ -378,15 +378,13 @@ typedef struct {
     double lambda_prev;   /* the path's previous lambda (strong rule); lambda for the first */
     int grouped;
     double tol;           /* stop when the max KKT violation (sparse.c) is <= tol (> 0) */
-    int max_iter;         /* proximal-gradient iterations at most */
-    double lipschitz;     /* first estimate of the CE gradient's Lipschitz constant (> 0) */
+    int max_iter;         /* proximal Newton steps at most */
 } iis_enet_params;
 
 typedef struct {
     int n_iter, converged;
     double kkt;        /* max KKT violation over all weights and intercepts */
     double loss;       /* mean CE at the solution */
-    double lipschitz;  /* the last backtracking estimate (the next lambda's start) */
     int n_screened;    /* rows kept by the strong rule */
     int n_added;       /* rows the KKT check added back */
 } iis_enet_info;

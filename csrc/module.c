@@ -1725,11 +1725,11 @@ fail:
 }
 
 static const char *enet_fit_kw[] = {"X", "y", "n_classes", "W", "b", "grad", "grad_b", "lam",
-                                    "lam_prev", "alpha", "grouped", "tol", "max_iter", "lipschitz",
-                                    "n_threads", NULL};
+                                    "lam_prev", "alpha", "grouped", "tol", "max_iter", "n_threads",
+                                    NULL};
 
 /* enet_fit(X, y, n_classes, W, b, grad, grad_b, lam, lam_prev, alpha, grouped, tol, max_iter,
- *          lipschitz, n_threads=0) -> dict: one point of the path, W, b, grad, grad_b updated
+ *          n_threads=0) -> dict: one point of the path, W, b, grad, grad_b updated
  * in place (see iis_enet_fit_d) */
 static PyObject *py_enet_fit(PyObject *self, PyObject *args, PyObject *kw)
 {
@@ -1742,19 +1742,18 @@ static PyObject *py_enet_fit(PyObject *self, PyObject *args, PyObject *kw)
     iis_ctx ctx;
     (void)self;
     memset(&p, 0, sizeof(p));
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiOOOOdddpdid|i", (char **)enet_fit_kw, &ox, &oy,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiOOOOdddpdi|i", (char **)enet_fit_kw, &ox, &oy,
                                      &K, &ow, &ob, &og, &ogb, &p.lambda, &p.lambda_prev, &p.alpha,
-                                     &p.grouped, &p.tol, &p.max_iter, &p.lipschitz, &nt))
+                                     &p.grouped, &p.tol, &p.max_iter, &nt))
         return NULL;
     if (enet_inputs(ox, oy, K, &x, &y) < 0) return NULL;
     if (!(w = enet_out(ow, "W", PyArray_DIM(x, 1), K)) || !(b = enet_out(ob, "b", K, -1)) ||
         !(g = enet_out(og, "grad", PyArray_DIM(x, 1), K)) || !(gb = enet_out(ogb, "grad_b", K, -1)))
         return NULL;
     if (!(p.lambda >= 0) || !(p.lambda_prev >= p.lambda) || !(p.alpha > 0 && p.alpha <= 1) ||
-        !(p.tol > 0) || p.max_iter < 0 || !(p.lipschitz > 0) || !isfinite(p.lambda_prev) ||
-        !isfinite(p.lipschitz)) {
-        PyErr_SetString(PyExc_ValueError, "need lam >= 0, lam_prev >= lam, 0 < alpha <= 1, tol > 0, "
-                        "max_iter >= 0 and lipschitz > 0, all finite");
+        !(p.tol > 0) || p.max_iter < 0 || !isfinite(p.lambda_prev)) {
+        PyErr_SetString(PyExc_ValueError, "need lam >= 0, lam_prev >= lam, 0 < alpha <= 1, tol > 0 "
+                        "and max_iter >= 0, all finite");
         return NULL;
     }
     if (arrays_overlap(w, x) || arrays_overlap(b, x) || arrays_overlap(g, x) || arrays_overlap(w, g) ||
@@ -1769,9 +1768,9 @@ static PyObject *py_enet_fit(PyObject *self, PyObject *args, PyObject *kw)
                         PyArray_DATA(gb), &info);
     IIS_END_ALLOW_THREADS
     if (st != IIS_OK) return raise_status(st, "enet_fit");
-    return Py_BuildValue("{s:i,s:i,s:d,s:d,s:d,s:i,s:i}", "n_iter", info.n_iter, "converged",
-                         info.converged, "kkt", info.kkt, "loss", info.loss, "lipschitz",
-                         info.lipschitz, "n_screened", info.n_screened, "n_added", info.n_added);
+    return Py_BuildValue("{s:i,s:i,s:d,s:d,s:i,s:i}", "n_iter", info.n_iter, "converged",
+                         info.converged, "kkt", info.kkt, "loss", info.loss, "n_screened",
+                         info.n_screened, "n_added", info.n_added);
 }
 
 /* ==== end of the sparse heads' block ================================================== */
@@ -1839,7 +1838,7 @@ static PyMethodDef methods[] = {
      "enet_objective(X, y, n_classes, W, b, n_threads=0) -> (mean CE, dW, db)"},
     {"enet_fit", KW(py_enet_fit),
      "enet_fit(X, y, n_classes, W, b, grad, grad_b, lam, lam_prev, alpha, grouped, tol, max_iter, "
-     "lipschitz, n_threads=0) -> info dict; one point of the elastic-net path (W, b, grad, grad_b "
+     "n_threads=0) -> info dict; one point of the elastic-net path (W, b, grad, grad_b "
      "updated in place)"},
     {NULL, NULL, 0, NULL}};
 

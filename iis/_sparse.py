@@ -4,7 +4,9 @@ The C core (``csrc/sparse.c``) solves each point of the path
 ``mean CE(A W + b, y) + lambda (alpha R(W) + (1 - alpha)/2 ||W||_F^2)``,
 ``R(W) = ||W||_1`` or, grouped, the sum of the concepts' row norms across classes,
 to ``max KKT violation <= tol``, warm-started from the previous lambda with the
-strong rule screening the concepts and a KKT check re-adding violators.
+strong rule screening the concepts and a KKT check re-adding violators, by proximal
+Newton steps whose quadratic model (the design's Gram times a class factor) is minimised by
+coordinate descent without reading the data.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ class SparsePath:
     train_accuracy, eval_accuracy : ndarray (L,)
         Top-1 accuracy (``eval_accuracy`` is None without ``eval``).
     n_iter, converged, seconds : ndarray (L,)
-        Solver iterations, ``kkt <= tol``, wall time of each point.
+        Proximal Newton steps, ``kkt <= tol``, wall time of each point.
     """
 
     def __init__(self, **fields: Any) -> None:
@@ -137,8 +139,8 @@ def sparse_path(activations: Any, labels: Any, *, alpha: float = 0.99, n_lambdas
     At each lambda the C core minimises, in float64,
     ``mean CE(A W + b, y) + lambda (alpha R(W) + (1 - alpha)/2 ||W||_F^2)`` with
     ``R(W) = ||W||_1`` (or, with ``grouped``, ``sum_j ||W[j, :]||_2``: a concept leaves all
-    classes at once) and unpenalised intercepts ``b``, by accelerated proximal gradient on
-    the concepts the strong rule keeps, warm-started from the previous lambda; a KKT check
+    classes at once) and unpenalised intercepts ``b``, by proximal Newton steps on the
+    concepts the strong rule keeps, warm-started from the previous lambda; a KKT check
     over all concepts re-adds any the rule dropped wrongly.
 
     Parameters
@@ -164,8 +166,12 @@ def sparse_path(activations: Any, labels: Any, *, alpha: float = 0.99, n_lambdas
         intercepts is ``<= tol``, i.e. with ``g = dCE/dW + lambda (1 - alpha) W``:
         ``|g + lambda alpha sign(w)| <= tol`` where ``w != 0``, ``|g| <= lambda alpha + tol``
         where ``w = 0`` (grouped: the same for the rows' 2-norms), ``|dCE/db| <= tol``.
+        The bound is absolute, on the gradient's scale: with activations of unit scale,
+        ``tol`` well below ``lambda_min_ratio * lambda_max`` keeps the low end of the path
+        apart from its neighbours (a point whose previous solution already meets ``tol``
+        takes no step).
     max_iter : int
-        Proximal-gradient iterations per lambda at most (a ConvergenceWarning otherwise).
+        Proximal Newton steps per lambda at most (a ConvergenceWarning otherwise).
     n_threads : int or None
         OpenMP threads (None = all cores); the result has the same bits for any count.
 
@@ -217,13 +223,13 @@ def sparse_path(activations: Any, labels: Any, *, alpha: float = 0.99, n_lambdas
         out: Dict[str, List[Any]] = {k: [] for k in (
             "weights", "intercepts", "nonzeros", "nonzeros_per_class", "concepts_used", "objective",
             "loss", "kkt", "n_iter", "converged", "seconds", "train_accuracy", "eval_accuracy")}
-        lam_prev, lip = float(lams[0]), 1.0
+        lam_prev = float(lams[0])
         for lam in lams:
             t0 = time.perf_counter()
             info = _core.enet_fit(a, y, K, w, b, grad, grad_b, lam=float(lam), lam_prev=max(lam_prev, float(lam)),
                                   alpha=float(alpha), grouped=bool(grouped), tol=float(tol),
-                                  max_iter=min(int(max_iter), 2**31 - 1), lipschitz=lip, n_threads=nt)
-            lip, lam_prev = 0.5 * info["lipschitz"], float(lam)
+                                  max_iter=min(int(max_iter), 2**31 - 1), n_threads=nt)
+            lam_prev = float(lam)
             _record(out, a, y, ev, w, b, float(lam), alpha, grouped, info, time.perf_counter() - t0)
     from scipy import sparse as _sp
 
