@@ -24,6 +24,13 @@ _NORM_CODE = {"none": 0, "layernorm": 1, "standardize": 2}
 # n_train x K (1.28M x 1000: 5 GB) out of the memory peak.
 _WARM_START_MAX_BYTES = 64 << 20
 
+# A probe on more train rows than _WARM_ROWS starts from the probe fitted on every
+# _WARM_STEP-th row to _WARM_TOL times tol (_warm_start); docs/method.md gives the
+# passes this saves.
+_WARM_ROWS = 1 << 17
+_WARM_STEP = 8
+_WARM_TOL = 10.0
+
 # Significance level of the chance test of the probe (see score's docstring).
 CHANCE_LEVEL = 0.01
 
@@ -257,12 +264,15 @@ class ProgressEvent:
 
     The fits run in this order: each ratio of the grid (ascending), then the probe.
     Each sends ``"start"``, then ``"iteration"`` after every L-BFGS iteration (one full
-    pass over its data, or a few), then ``"end"``.
+    pass over its data, or a few), then ``"end"``. A probe on more than 131,072 train
+    rows first fits every 8th row (every 64th before that, and so on) as its start:
+    those iterations come as ``"warm"`` events, between ``"start"`` and the first
+    ``"iteration"``, each fit's counted from 1.
 
     Attributes
     ----------
     stage : {"ratio", "probe"}
-    event : {"start", "iteration", "end"}
+    event : {"start", "warm", "iteration", "end"}
     index : int
         Position of the ratio in the sorted grid (the probe: the grid's length).
     n_ratios : int
@@ -272,7 +282,8 @@ class ProgressEvent:
     kept : int or None
         Concepts kept per sample, k(s) (None for the probe).
     iteration : int
-        L-BFGS iterations taken so far (0 at ``"start"``); increasing within a stage.
+        L-BFGS iterations taken so far in this fit (0 at ``"start"``; the ``"warm"``
+        fits count their own).
     loss, grad_max : float
         Objective and max |gradient| at the current iterate (NaN at ``"start"``).
     accuracy : float or None
@@ -309,13 +320,15 @@ class _ProgressPrinter:
 
     def __call__(self, e: ProgressEvent) -> None:
         now = time.perf_counter()
-        throttled = e.event == "iteration" or self.throttle_ends
+        throttled = e.event in ("iteration", "warm") or self.throttle_ends
         if (e.event == "start" and e.stage == "ratio") or (throttled and now - self.last < self.every):
             return
         self.last = now
         where = "probe" if e.stage == "probe" else f"s={e.sparsity:.3g} ({e.index + 1}/{e.n_ratios})"
         if e.event == "start":
             what = "start"
+        elif e.event == "warm":
+            what = f"start from a subsample: it {e.iteration}  f={e.loss:.6g}  |g|={e.grad_max:.2e}"
         elif e.event == "iteration":
             what = f"it {e.iteration}  f={e.loss:.6g}  |g|={e.grad_max:.2e}"
         else:
@@ -551,22 +564,57 @@ def _chance_test(hits: int, n: int, majority: int) -> tuple:
 
 def _probe(ftr, ytr, fev, yev, K, l2, tol, max_iter, nt, start_logits=None, report=None, n_ratios=0):
     """Dense probe: the same solver on features standardised with train statistics
-    (applied implicitly inside the kernel, so the features are not copied), started
-    from the least-squares fit of start_logits (n_train x K) when given: the optimum is
-    unique, the start only saves iterations. ``report`` receives its ProgressEvents."""
+    (applied implicitly inside the kernel, so the features are not copied). Its eval
+    accuracy, iterations, converged flag and stop code. ``report`` receives its
+    ProgressEvents."""
     def event(ev, it, loss, gmax, acc=None, stop=None):
         report(ProgressEvent("probe", ev, n_ratios, n_ratios, None, None, it, loss, gmax, acc, stop))
 
-    trace = None if report is None else lambda _kind, _i, it, loss, gmax, *_: event("iteration", it, loss, gmax)
-    mu, sigma = _core.colstats(ftr, n_threads=nt)
-    k = kernels()
     if report is not None:
         event("start", 0, float("nan"), float("nan"))
-    w, b, n_iter, conv, loss, gmax, stop = _core.logreg_fit(
-        ftr, y=ytr, n_classes=K, l2=l2, tol=tol, max_iter=max_iter, mu=mu, sigma=sigma, n_threads=nt,
-        precondition=1, start_logits=start_logits, kernels=k, progress=trace)
-    _, pred = _core.logreg_predict(fev, w=w, b=b, mu=mu, sigma=sigma, n_threads=nt, kernels=k)
+    w, b, mu, sigma, n_iter, conv, loss, gmax, stop = _probe_fit(
+        ftr, ytr, K, l2, tol, max_iter, nt, start_logits, None if report is None else event)
+    _, pred = _core.logreg_predict(fev, w=w, b=b, mu=mu, sigma=sigma, n_threads=nt, kernels=kernels())
     acc = float(_core.accuracy(pred, yev))
     if report is not None:
         event("end", n_iter, loss, gmax, acc, STOP_REASONS[stop])
     return acc, n_iter, conv, stop
+
+
+def _probe_fit(ftr, ytr, K, l2, tol, max_iter, nt, start_logits=None, event=None):
+    """The probe's weights on standardised features, and the solver's report:
+    ``(w, b, mu, sigma, n_iter, converged, loss, grad_max, stop)``.
+
+    It starts from the least-squares fit of start_logits (n_train x K) when given,
+    otherwise, on more than _WARM_ROWS rows, from the probe fitted on every
+    _WARM_STEP-th row (:func:`_warm_start`); with neither, from zero. The optimum is
+    unique and the stopping rule is the full fit's: a start only saves passes."""
+    mu, sigma = _core.colstats(ftr, n_threads=nt)
+    k = kernels()
+    w0 = b0 = None
+    if start_logits is None:
+        w0, b0 = _warm_start(ftr, ytr, K, l2, tol, max_iter, mu, sigma, nt, event)
+    trace = None if event is None else lambda _kind, _i, it, loss, gmax, *_: event("iteration", it, loss, gmax)
+    w, b, n_iter, conv, loss, gmax, stop = _core.logreg_fit(
+        ftr, y=ytr, n_classes=K, l2=l2, tol=tol, max_iter=max_iter, w0=w0, b0=b0, mu=mu, sigma=sigma,
+        n_threads=nt, precondition=1, start_logits=start_logits, kernels=k, progress=trace)
+    return w, b, mu, sigma, n_iter, conv, loss, gmax, stop
+
+
+def _warm_start(x, y, K, l2, tol, max_iter, mu, sigma, nt, event=None):
+    """``(w, b)`` of the probe fitted on every _WARM_STEP-th row of x (itself warm-started
+    the same way) to _WARM_TOL times tol, with the full data's mu and sigma so that it
+    is a start for the full fit; ``(None, None)`` for at most _WARM_ROWS rows.
+
+    The rows are a view (memory-mapped features are not copied; a class-sorted file
+    gives each class its share). Every 8th row's optimum is within sampling noise of
+    the full one, far above tol, so fitting it tighter than _WARM_TOL tol buys nothing."""
+    if x.shape[0] <= _WARM_ROWS:
+        return None, None
+    xs, ys = x[::_WARM_STEP], np.ascontiguousarray(y[::_WARM_STEP])
+    w0, b0 = _warm_start(xs, ys, K, l2, tol, max_iter, mu, sigma, nt, event)
+    trace = None if event is None else lambda _kind, _i, it, loss, gmax, *_: event("warm", it, loss, gmax)
+    w, b, *_ = _core.logreg_fit(xs, y=ys, n_classes=K, l2=l2, tol=_WARM_TOL * tol, max_iter=max_iter, w0=w0,
+                                b0=b0, mu=mu, sigma=sigma, n_threads=nt, precondition=1, kernels=kernels(),
+                                progress=trace)
+    return w, b

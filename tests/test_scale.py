@@ -98,3 +98,50 @@ def test_score_peak_memory_far_below_train_logits(tmp_path):
     r = json.loads(p.stdout.strip().splitlines()[-1])
     logits_bytes = n * k * 4
     assert r["peak"] < logits_bytes / 2, (r, logits_bytes)
+
+
+def _digits64():
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return np.ascontiguousarray(x, dtype=np.float64), y.astype(np.int32)
+
+
+@pytest.mark.parametrize("rows", [200, 100])  # one level of warm start (1797 -> 225 rows), two (-> 29)
+def test_probe_warm_start_reaches_the_same_optimum(monkeypatch, rows):
+    """A probe started from every 8th row's fit meets the full fit's stopping rule, and
+    its weights and objective agree with a probe from zero within what that rule bounds."""
+    from iis import _api
+    from iis._reference import assert_same_optimum
+
+    x, y = _digits64()
+    args = (x, y, 10, 1e-3, 1e-6, 1000, 2)
+    fits = []
+    for warm_rows in (10**9, rows):
+        monkeypatch.setattr(_api, "_WARM_ROWS", warm_rows)
+        events = []
+        w, b, mu, sigma, _, conv, _, gmax, stop = _api._probe_fit(*args, event=lambda *e: events.append(e))
+        assert conv and stop == 0 and gmax <= 1e-6
+        warm = [e for e in events if e[0] == "warm"]
+        assert (len(warm) > 0) == (warm_rows == rows), "the start is fitted only above _WARM_ROWS rows"
+        if warm_rows == 100:  # two fits of the start, each counting its iterations from 1
+            assert sum(e[1] == 1 for e in warm) == 2
+        fits.append((w, b))
+    xs = (x - mu) / sigma
+    assert_same_optimum(fits, xs, y, 1e-3)
+
+
+def test_probe_warm_start_events_before_the_full_fit(monkeypatch):
+    from iis import _api
+
+    x, y = _digits64()
+    x = x[:, 8:40]  # n_train x K above a quarter of the features' bytes: no start from the IP's logits
+    monkeypatch.setattr(_api, "_WARM_ROWS", 200)
+    monkeypatch.setattr(_api, "_WARM_START_MAX_BYTES", 0)
+    events = []
+    res = iis.score(x[:1500], y[:1500], x[1500:], y[1500:], iis.ConceptLibrary.prototype(x[:1500], y[:1500], 20),
+                    sparsities=(0.0, 0.5), n_threads=1, progress=events.append)
+    probe = [e.event for e in events if e.stage == "probe"]
+    assert probe[0] == "start" and probe[-1] == "end" and "warm" in probe
+    assert probe.index("iteration") > max(i for i, e in enumerate(probe) if e == "warm")
+    assert events[-1].iteration == res.probe_n_iter
