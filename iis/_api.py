@@ -652,6 +652,8 @@ def probe(train_features: Any, train_labels: Any, eval_features: Any, eval_label
     ProbeResult
     """
     ftr, fev, classes, ytr, yev, n_eval = _inputs(train_features, train_labels, eval_features, eval_labels)
+    check_finite_rows(ftr, "train_features")  # no projection pass checks them here
+    check_finite_rows(fev, "eval_features")
     l2, tol, max_iter = _solver_options(l2, tol, max_iter)
     nt = check_threads(n_threads)
     report = _report(progress, yev.shape[0], n_eval)

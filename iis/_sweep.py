@@ -2,9 +2,10 @@
 
 :func:`sweep` reads a spec (a TOML file or a dict, docs/sweep.md), extracts each
 (model, layer or checkpoint, dataset) once into an on-disk cache of ``.npy`` files keyed
-by a hash of everything that determines them, scores every cell from memory-mapped
-features and writes one JSON result per cell atomically, so that a killed sweep resumes
-where it stopped. The table of results is a pandas DataFrame (``results.csv``, and
+by a hash of everything that determines them, fits the dense probe once per unit (kept
+in the cache beside the features, shared by the unit's libraries), scores every cell from
+memory-mapped features and writes one JSON result per cell atomically, so that a killed
+sweep resumes where it stopped. The table of results is a pandas DataFrame (``results.csv``, and
 ``results.parquet`` when pyarrow is installed). ``backend="ray"`` runs the extraction
 and scoring as Ray tasks that exchange features through the cache directory.
 """
@@ -848,8 +849,9 @@ def _table(spec: Dict[str, Any], rows: List[Dict[str, Any]]):
 
 # ----------------------------------------------------------------------------- the Ray backend
 # (pip install "iis[ray]"). One extraction task per (model, layer or checkpoint, dataset)
-# asks for the model's gpus; when it has filled the shared cache, the unit's cells run as
-# scoring tasks that ask for `threads` CPUs and the memory their features need. Features
+# asks for the model's gpus; when it has filled the shared cache, one probe task per dense
+# probe fits it into the cache, then the unit's cells run as scoring tasks; both ask for
+# `threads` CPUs and the memory their features need. Features
 # travel through the cache directory (which every node must see at the same path), never
 # through the driver; tasks return only the small result rows, which record what Ray gave
 # each task (columns ray_extract and ray_score). A request that no node of the cluster can

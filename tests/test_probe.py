@@ -131,6 +131,14 @@ def test_probe_is_checked_as_score_checks(digits):
         iis.probe(xtr, ytr[:-1], xev, yev)
     with pytest.raises(ValueError, match="tol must be > 0"):
         iis.probe(xtr, ytr, xev, yev, tol=0)
+    bad = xev.copy()
+    bad[7, 3] = np.nan
+    with pytest.raises(ValueError, match=r"eval_features contains NaN or Inf \(first in row 7\)"):
+        iis.probe(xtr, ytr, bad, yev)
+    bad = xtr.copy()
+    bad[5, 0] = 1e300
+    with pytest.raises(ValueError, match=r"train_features has entries as large as 1e\+300 \(first in row 5\)"):
+        iis.probe(bad, ytr, xev, yev)
     p = iis.probe(xtr, ytr, xev, yev, n_threads=1)
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.accuracy = 1.0
