@@ -13,8 +13,8 @@ from . import _blas
 
 _blas.install()
 
-from ._api import (DEFAULT_GRID, STOP_REASONS, ConvergenceWarning, IISResult, ProgressEvent,  # noqa: E402
-                   activation_stats, project, score)
+from ._api import (DEFAULT_GRID, STOP_REASONS, ConvergenceWarning, IISResult, ProbeResult,  # noqa: E402
+                   ProgressEvent, activation_stats, probe, project, score)
 from ._config import show_config  # noqa: E402
 from ._library import ConceptLibrary  # noqa: E402
 from ._infodisent import InfoDisent, InfoDisentExplanation  # noqa: E402
@@ -33,9 +33,11 @@ __all__ = [
     "InfoDisent",
     "InfoDisentExplanation",
     "InterpretablePredictor",
+    "ProbeResult",
     "ProgressEvent",
     "activation_stats",
     "load_concepts",
+    "probe",
     "project",
     "score",
     "show_config",

@@ -372,7 +372,8 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
           library: Any, *, sparsities: Sequence[float] = DEFAULT_GRID,
           normalize: Optional[str] = None, mask: str = "hard", keep: str = "default",
           l2: float = 1e-4, tol: float = 1e-5, max_iter: int = 1000,
-          n_threads: Optional[int] = None, progress: Any = None) -> IISResult:
+          n_threads: Optional[int] = None, progress: Any = None,
+          probe: Optional["ProbeResult"] = None) -> IISResult:
     """Inherent Interpretability Score of a representation (docs/method.md).
 
     Parameters
@@ -427,6 +428,15 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         of each fit, after each of its L-BFGS iterations and at its end; an
         exception it raises stops the call and propagates. Progress never
         changes the result.
+    probe : ProbeResult or None
+        The dense probe of these features, as :func:`probe` returned it: used
+        in place of fitting one (``timings["probe"]`` is then about 0), so that
+        libraries scored on the same representation share one probe and divide
+        by the very same accuracy. It must have been fitted on splits of the
+        same sizes, classes, dimension and dtype with the same ``l2``, ``tol``
+        and ``max_iter`` (a ValueError names the field that differs). None
+        (default): fit the probe here, started from the first ratio's train
+        logits (the optimum is the same, within ``tol``).
 
     Returns
     -------
@@ -446,36 +456,18 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
     """
     t_all = time.perf_counter()
     # finiteness is checked by the projection kernels, on tiles already in cache
-    ftr = as_float_matrix(train_features, "train_features", check_finite=False)
-    fev = as_float_matrix(eval_features, "eval_features", check_finite=False)
-    if ftr.shape[1] != fev.shape[1]:
-        raise ValueError(f"train_features have d={ftr.shape[1]} but eval_features have d={fev.shape[1]}")
-    if ftr.dtype != fev.dtype:  # promote the narrower split (explicitly requested by the caller)
-        dt = np.result_type(ftr.dtype, fev.dtype)
-        ftr, fev = ftr.astype(dt, copy=False), fev.astype(dt, copy=False)
-    classes, ytr, (yev,) = encode_labels(train_labels, [eval_labels], ["eval_labels"])
-    if ytr.shape[0] != ftr.shape[0]:
-        raise ValueError(f"train_labels has {ytr.shape[0]} entries but train_features has {ftr.shape[0]} rows")
-    if yev.shape[0] != fev.shape[0]:
-        raise ValueError(f"eval_labels has {yev.shape[0]} entries but eval_features has {fev.shape[0]} rows")
-    n_eval = yev.shape[0]
-    if np.any(yev < 0):  # unseen classes (warned): errors for the IP and the probe alike
-        fev, yev = fev[yev >= 0], yev[yev >= 0]
-    if len(classes) < 2:
-        raise ValueError(f"train_labels hold {len(classes)} class; IIS needs at least 2")
+    ftr, fev, classes, ytr, yev, n_eval = _inputs(train_features, train_labels, eval_features, eval_labels)
     lib = _resolve_library(library, ftr.shape[1], ftr.dtype)
     s = check_sparsities(sparsities)
     norm = check_option(normalize if normalize is not None else lib.default_normalize, "normalize",
                         NORMALIZATIONS)
     check_option(mask, "mask", ("hard", "soft"))
     check_option(keep, "keep", ("default", "published"))
-    check_positive(l2, "l2", strict=False)
-    check_positive(tol, "tol")
-    check_positive(max_iter, "max_iter", integer=True)
+    l2, tol, max_iter = _solver_options(l2, tol, max_iter)
+    if probe is not None:
+        _check_probe(probe, ftr, classes, n_eval, l2, tol, max_iter)
     nt = check_threads(n_threads)
-    report = _progress_callable(progress)
-    if report is not None and yev.shape[0] < n_eval:  # accuracies over all eval rows, as in the result
-        report = _rescaled(report, yev.shape[0] / n_eval)
+    report = _report(progress, yev.shape[0], n_eval)
     K = len(classes)
     timings: Dict[str, float] = {}
 
@@ -497,11 +489,10 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         timings["project"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        max_iter = min(int(max_iter), 2**31 - 1)  # the core counts iterations in a C int
         # atr and aev are this call's own: hard masks may be applied to them in place
         # the probe starts from the least-squares fit of the first IP's train logits
         logits0 = None
-        if ftr.shape[0] * K * atr.itemsize <= max(_WARM_START_MAX_BYTES, ftr.nbytes // 4):
+        if probe is None and ftr.shape[0] * K * atr.itemsize <= max(_WARM_START_MAX_BYTES, ftr.nbytes // 4):
             logits0 = np.empty((ftr.shape[0], K), dtype=atr.dtype)
         acc, kept, n_iter, conv, stop = _core.path(
             atr, ytr, aev, yev, n_classes=K, sparsities=s, soft=mask == "soft", published=keep == "published",
@@ -512,9 +503,13 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         del atr, aev
 
         t0 = time.perf_counter()
-        probe_acc, p_iter, p_conv, p_stop = _probe(ftr, ytr, fev, yev, K, float(l2), float(tol), int(max_iter), nt,
-                                                   None if logits0 is None else logits0.astype(ftr.dtype, copy=False),
-                                                   report, len(s))
+        if probe is None:
+            probe_acc, p_iter, p_conv, p_stop = _probe(
+                ftr, ytr, fev, yev, K, l2, tol, max_iter, nt,
+                None if logits0 is None else logits0.astype(ftr.dtype, copy=False), report, len(s))
+        else:  # the accuracy over the seen eval rows, as _probe measures it: hits / rows
+            probe_acc, p_iter, p_conv, p_stop = (probe.hits / yev.shape[0], probe.n_iter, probe.converged,
+                                                 STOP_REASONS.index(probe.stop_reason))
         del logits0
         timings["probe"] = time.perf_counter() - t0
 
@@ -534,7 +529,7 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
         arr = acc / probe_acc
     hits = int(round(probe_acc * yev.shape[0]))
     if yev.shape[0] < n_eval:  # the accuracies over all eval rows, unseen classes as errors
-        acc, probe_acc = acc * (yev.shape[0] / n_eval), probe_acc * yev.shape[0] / n_eval
+        acc, probe_acc = acc * (yev.shape[0] / n_eval), _all_rows(probe_acc, yev.shape[0], n_eval)
     chance, p_value = _chance_test(hits, n_eval, int(np.bincount(yev).max()))
     total = float(_core.trapezoid(s, arr=np.ascontiguousarray(arr)))
     timings["total"] = time.perf_counter() - t_all
@@ -550,6 +545,156 @@ def score(train_features: Any, train_labels: Any, eval_features: Any, eval_label
     if not result.probe_above_chance:
         warnings.warn(result.chance_text(), UserWarning, stacklevel=2)
     return result
+
+
+def _inputs(train_features: Any, train_labels: Any, eval_features: Any, eval_labels: Any) -> tuple:
+    """(ftr, fev, classes, ytr, yev, n_eval) of score's and probe's arguments, checked: the
+    features in one dtype (the narrower split promoted), the labels as codes of the
+    sorted train classes, and the eval rows of unseen classes left out (warned; n_eval
+    counts them). Finiteness is checked later by the kernels, on tiles already in cache."""
+    ftr = as_float_matrix(train_features, "train_features", check_finite=False)
+    fev = as_float_matrix(eval_features, "eval_features", check_finite=False)
+    if ftr.shape[1] != fev.shape[1]:
+        raise ValueError(f"train_features have d={ftr.shape[1]} but eval_features have d={fev.shape[1]}")
+    if ftr.dtype != fev.dtype:  # promote the narrower split (explicitly requested by the caller)
+        dt = np.result_type(ftr.dtype, fev.dtype)
+        ftr, fev = ftr.astype(dt, copy=False), fev.astype(dt, copy=False)
+    classes, ytr, (yev,) = encode_labels(train_labels, [eval_labels], ["eval_labels"], stacklevel=5)
+    if ytr.shape[0] != ftr.shape[0]:
+        raise ValueError(f"train_labels has {ytr.shape[0]} entries but train_features has {ftr.shape[0]} rows")
+    if yev.shape[0] != fev.shape[0]:
+        raise ValueError(f"eval_labels has {yev.shape[0]} entries but eval_features has {fev.shape[0]} rows")
+    n_eval = yev.shape[0]
+    if np.any(yev < 0):  # unseen classes (warned): errors for the IP and the probe alike
+        fev, yev = fev[yev >= 0], yev[yev >= 0]
+    if len(classes) < 2:
+        raise ValueError(f"train_labels hold {len(classes)} class; IIS needs at least 2")
+    return ftr, fev, classes, ytr, yev, n_eval
+
+
+def _solver_options(l2: Any, tol: Any, max_iter: Any) -> tuple:
+    """(l2, tol, max_iter) checked, as the core takes them (it counts iterations in a C int)."""
+    check_positive(l2, "l2", strict=False)
+    check_positive(tol, "tol")
+    check_positive(max_iter, "max_iter", integer=True)
+    return float(l2), float(tol), min(int(max_iter), 2**31 - 1)
+
+
+def _report(progress: Any, n_seen: int, n_eval: int) -> Optional[Callable[[ProgressEvent], Any]]:
+    """The progress callable, its accuracies over all eval rows (as in the results)."""
+    report = _progress_callable(progress)
+    return report if report is None or n_seen == n_eval else _rescaled(report, n_seen / n_eval)
+
+
+def _all_rows(acc: float, n_seen: int, n_eval: int) -> float:
+    """An accuracy over the seen eval rows as one over all of them, unseen classes as errors."""
+    return acc if n_seen == n_eval else acc * n_seen / n_eval
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Outcome of :func:`probe`: the dense probe of a representation, to share between
+    the :func:`score` calls of several libraries on it (``score(..., probe=...)``).
+
+    Attributes
+    ----------
+    accuracy : float
+        Top-1 accuracy over all eval rows (rows of classes absent from train
+        count as errors), as :attr:`IISResult.probe_accuracy`.
+    hits : int
+        Eval rows predicted right.
+    n_iter : int
+        L-BFGS iterations.
+    converged : bool
+        True exactly when max |grad| <= tol.
+    stop_reason : str
+        One of :data:`STOP_REASONS`.
+    n_train, n_eval, dim : int
+        Rows of the splits (all eval rows) and feature dimension it was fitted on.
+    classes : tuple
+        The sorted train classes (Python values).
+    dtype : str
+        The features' dtype (``"float32"`` or ``"float64"``).
+    l2, tol : float
+    max_iter : int
+        The solver options it was fitted with.
+    """
+
+    accuracy: float
+    hits: int
+    n_iter: int
+    converged: bool
+    stop_reason: str
+    n_train: int
+    n_eval: int
+    classes: tuple
+    dim: int
+    dtype: str
+    l2: float
+    tol: float
+    max_iter: int
+
+
+def probe(train_features: Any, train_labels: Any, eval_features: Any, eval_labels: Any, *,
+          l2: float = 1e-4, tol: float = 1e-5, max_iter: int = 1000, n_threads: Optional[int] = None,
+          progress: Any = None) -> ProbeResult:
+    """The dense probe of a representation: what :func:`score` divides by, fitted once.
+
+    Multinomial logistic regression (``mean CE + l2/2 ||W||^2``, bias unpenalised)
+    on the features standardised with train statistics, by the solver of
+    :func:`score`, started from zero: the result depends on the features, labels
+    and solver options only, never on a concept library. Pass it to every
+    :func:`score` call on the same features (``score(..., probe=p)``) to fit it
+    once instead of once per library.
+
+    Parameters
+    ----------
+    train_features, eval_features : array-like (N, d), float32 or float64
+    train_labels, eval_labels : array-like (N,)
+        As in :func:`score` (eval rows of classes absent from train count as errors).
+    l2, tol, max_iter : float, float, int
+        As in :func:`score`; a :func:`score` call given this probe must use the same.
+    n_threads : int or None
+        As in :func:`score`.
+    progress : None, bool or callable
+        As in :func:`score`: the probe's ``"probe"`` events (``index`` and
+        ``n_ratios`` are 0).
+
+    Returns
+    -------
+    ProbeResult
+    """
+    ftr, fev, classes, ytr, yev, n_eval = _inputs(train_features, train_labels, eval_features, eval_labels)
+    check_finite_rows(ftr, "train_features")  # no projection pass checks them here
+    check_finite_rows(fev, "eval_features")
+    l2, tol, max_iter = _solver_options(l2, tol, max_iter)
+    nt = check_threads(n_threads)
+    report = _report(progress, yev.shape[0], n_eval)
+    with single_blas():
+        acc, n_iter, conv, stop = _probe(ftr, ytr, fev, yev, len(classes), l2, tol, max_iter, nt, None, report, 0)
+    if STOP_REASONS[stop] != "converged":
+        warnings.warn(convergence_message("the probe", STOP_REASONS[stop], tol, max_iter), ConvergenceWarning,
+                      stacklevel=2)
+    return ProbeResult(accuracy=float(_all_rows(acc, yev.shape[0], n_eval)), hits=int(round(acc * yev.shape[0])),
+                       n_iter=int(n_iter), converged=bool(conv), stop_reason=STOP_REASONS[stop],
+                       n_train=int(ftr.shape[0]), n_eval=int(n_eval), classes=tuple(classes.tolist()),
+                       dim=int(ftr.shape[1]), dtype=ftr.dtype.name, l2=l2, tol=tol, max_iter=max_iter)
+
+
+def _check_probe(p: Any, ftr: np.ndarray, classes: np.ndarray, n_eval: int, l2: float, tol: float,
+                 max_iter: int) -> None:
+    """ValueError naming the first field in which probe ``p`` differs from this call."""
+    if not isinstance(p, ProbeResult):
+        raise TypeError(f"probe must be a ProbeResult (from iis.probe) or None, got {type(p).__name__}")
+    here = {"n_train": int(ftr.shape[0]), "n_eval": int(n_eval), "classes": tuple(classes.tolist()),
+            "dim": int(ftr.shape[1]), "dtype": ftr.dtype.name, "l2": l2, "tol": tol, "max_iter": max_iter}
+    for name, value in here.items():
+        if getattr(p, name) != value:
+            got = getattr(p, name)
+            if name == "classes":
+                value, got = f"{len(value)} classes {list(value)[:5]}", f"{len(got)} classes {list(got)[:5]}"
+            raise ValueError(f"the probe was fitted with {name} = {got} but this call has {name} = {value}; "
+                             "fit it on these features with these options (iis.probe)")
 
 
 def _chance_test(hits: int, n: int, majority: int) -> tuple:

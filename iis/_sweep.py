@@ -2,14 +2,16 @@
 
 :func:`sweep` reads a spec (a TOML file or a dict, docs/sweep.md), extracts each
 (model, layer or checkpoint, dataset) once into an on-disk cache of ``.npy`` files keyed
-by a hash of everything that determines them, scores every cell from memory-mapped
-features and writes one JSON result per cell atomically, so that a killed sweep resumes
-where it stopped. The table of results is a pandas DataFrame (``results.csv``, and
+by a hash of everything that determines them, fits the dense probe once per unit (kept
+in the cache beside the features, shared by the unit's libraries), scores every cell from
+memory-mapped features and writes one JSON result per cell atomically, so that a killed
+sweep resumes where it stopped. The table of results is a pandas DataFrame (``results.csv``, and
 ``results.parquet`` when pyarrow is installed). ``backend="ray"`` runs the extraction
 and scoring as Ray tasks that exchange features through the cache directory.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,6 +26,8 @@ import numpy as np
 __all__ = ["sweep", "load_spec"]
 
 _CACHE_FORMAT = "iis.sweep.features/1"
+_PROBE_FORMAT = "iis.sweep.probe/1"
+_PROBE_OPTIONS = ("l2", "tol", "max_iter")  # the solver options the dense probe depends on
 _PACKAGED = {"efficientnet_lite0": 0, "efficientnet_lite1": 1, "efficientnet_lite2": 2}  # ImageNet, offline
 _TOP = {"out", "cache", "sparsities", "threads", "device", "batch_size", "seed", "solver", "models",
         "datasets", "libraries"}
@@ -613,8 +617,9 @@ def run_cell(spec: Dict[str, Any], cell: Dict[str, Any], unit: Dict[str, Any],
 
     Its features are extracted first unless ``extracted`` (what :func:`extract_unit`
     returned elsewhere, or ``{"error": message}``) says that was done. The library is
-    built from train features (and train elements, maps or CLIP embeddings) only. Errors
-    are recorded in the result, not raised. ``progress`` goes to :func:`iis.score`."""
+    built from train features (and train elements, maps or CLIP embeddings) only. The
+    dense probe is the unit's shared one (:func:`_shared_probe`). Errors are recorded
+    in the result, not raised. ``progress`` goes to :func:`iis.probe` and :func:`iis.score`."""
     from . import score
 
     row: Dict[str, Any] = {"cell_id": cell["id"], **cell["row"], "status": "ok", "error": ""}
@@ -627,11 +632,12 @@ def run_cell(spec: Dict[str, Any], cell: Dict[str, Any], unit: Dict[str, Any],
         row["time_extract"] = ext["seconds"]
         ftr, ytr = _load_cached(spec["cache"], unit["keys"]["train"])
         fev, yev = _load_cached(spec["cache"], unit["keys"]["eval"])
+        probe, row["time_probe"] = _shared_probe(spec, unit, progress)
         t1 = time.perf_counter()
         library, n_elements = _build_library(spec, cell, unit, ftr, ytr)
         row["time_library"] = time.perf_counter() - t1
         res = score(ftr, ytr, fev, yev, library, sparsities=spec["sparsities"], n_threads=spec["threads"],
-                    progress=progress, **spec["solver"])
+                    progress=progress, probe=probe, **spec["solver"])
         row.update(n_concepts=library.n_concepts, probe_accuracy=res.probe_accuracy, iis=res.iis,
                    iis_normalized=res.iis_normalized, n_train=res.n_train, n_eval=res.n_eval,
                    n_classes=res.n_classes, dim=int(ftr.shape[1]), n_elements=n_elements,
@@ -645,6 +651,37 @@ def run_cell(spec: Dict[str, Any], cell: Dict[str, Any], unit: Dict[str, Any],
     path = os.path.join(spec["out"], "cells", cell["id"] + ".json")
     _atomic(path, lambda tmp: _write_text(tmp, json.dumps(row, indent=1)))
     return row
+
+
+def _probe_path(spec: Dict[str, Any], unit: Dict[str, Any]) -> str:
+    """Where a unit's dense probe is kept: next to its features, under a key of everything it
+    depends on (the train and eval features' keys, the probe's solver options, threads and
+    kernels), so that a changed input or option is a new probe, never a stale one."""
+    from ._blas import kernels
+
+    key = _digest({"format": _PROBE_FORMAT, "train": unit["keys"]["train"], "eval": unit["keys"]["eval"],
+                   "solver": {k: spec["solver"][k] for k in _PROBE_OPTIONS if k in spec["solver"]},
+                   "threads": spec["threads"], "kernels": kernels()})
+    return os.path.join(spec["cache"], key[:2], key + ".probe.json")
+
+
+def _shared_probe(spec: Dict[str, Any], unit: Dict[str, Any], progress: Any = None):
+    """(ProbeResult, seconds it took) of a unit's features: fitted once (:func:`iis.probe`) and
+    kept in the cache, then shared by every library's cell of the unit, on any backend."""
+    from . import ProbeResult, probe
+
+    path = _probe_path(spec, unit)
+    if not os.path.exists(path):
+        ftr, ytr = _load_cached(spec["cache"], unit["keys"]["train"])
+        fev, yev = _load_cached(spec["cache"], unit["keys"]["eval"])
+        t0 = time.perf_counter()
+        p = probe(ftr, ytr, fev, yev, n_threads=spec["threads"], progress=progress,
+                  **{k: spec["solver"][k] for k in _PROBE_OPTIONS if k in spec["solver"]})
+        rec = {"format": _PROBE_FORMAT, "seconds": time.perf_counter() - t0, "probe": dataclasses.asdict(p)}
+        _atomic(path, lambda tmp: _write_text(tmp, json.dumps(rec, indent=1)))
+    with open(path) as f:  # what was stored, also right after fitting: the same probe on every run
+        rec = json.load(f)
+    return ProbeResult(**dict(rec["probe"], classes=tuple(rec["probe"]["classes"]))), rec["seconds"]
 
 
 def _build_library(spec: Dict[str, Any], cell: Dict[str, Any], unit: Dict[str, Any], ftr: np.ndarray,
@@ -812,8 +849,9 @@ def _table(spec: Dict[str, Any], rows: List[Dict[str, Any]]):
 
 # ----------------------------------------------------------------------------- the Ray backend
 # (pip install "iis[ray]"). One extraction task per (model, layer or checkpoint, dataset)
-# asks for the model's gpus; when it has filled the shared cache, the unit's cells run as
-# scoring tasks that ask for `threads` CPUs and the memory their features need. Features
+# asks for the model's gpus; when it has filled the shared cache, one probe task per dense
+# probe fits it into the cache, then the unit's cells run as scoring tasks; both ask for
+# `threads` CPUs and the memory their features need. Features
 # travel through the cache directory (which every node must see at the same path), never
 # through the driver; tasks return only the small result rows, which record what Ray gave
 # each task (columns ray_extract and ray_score). A request that no node of the cluster can
@@ -896,12 +934,18 @@ def run_ray(spec: Dict[str, Any], units: List[Dict[str, Any]], todo: List[Dict[s
                     jobs.append((ui, dict(u, keys={n: k})))
                 unit_jobs[ui].append(first_job[k])
     extract = ray.remote(_extract_task)
+    probe = ray.remote(_probe_task)
     score = ray.remote(_score_task)
     pending: Dict[Any, Any] = {}
     for j, (ui, job) in enumerate(jobs):
         opts = {"num_cpus": spec["threads"], "num_gpus": units[ui]["model"]["gpus"]}
         pending[extract.options(**opts).remote(spec, job)] = ("x", j)
     done: Dict[int, Dict[str, Any]] = {}
+    # the dense probe: one task per probe (train and eval features, solver options) for all
+    # the libraries' cells of the units that share it, once the first such unit is extracted
+    probe_of = {ui: _probe_path(spec, units[ui]) for ui in by_unit}
+    probes: Dict[str, Optional[Dict[str, Any]]] = {}  # path: its task's result (None while it runs)
+    waiting = set(by_unit)  # units whose scoring tasks are not submitted yet
     try:
         while pending:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
@@ -909,10 +953,24 @@ def run_ray(spec: Dict[str, Any], units: List[Dict[str, Any]], todo: List[Dict[s
             if what == "cell":
                 yield ray.get(ref)
                 continue
-            done[item] = ray.get(ref)
-            for ui in [ui for ui in by_unit if item in unit_jobs[ui] and all(j in done for j in unit_jobs[ui])]:
-                for c, opts, e in _score_requests(spec, ray.nodes(), by_unit[ui], ui,
-                                                  [(jobs[j][0], done[j]) for j in unit_jobs[ui]]):
+            if what == "probe":
+                probes[item] = ray.get(ref)
+            else:
+                done[item] = ray.get(ref)
+            for ui in [ui for ui in waiting if all(j in done for j in unit_jobs[ui])]:
+                ext, opts = _unit_request(spec, ray.nodes(), ui, [(jobs[j][0], done[j]) for j in unit_jobs[ui]])
+                path = probe_of[ui]
+                if "error" not in ext and path not in probes:
+                    probes[path] = None
+                    pending[probe.options(**opts).remote(spec, units[ui])] = ("probe", path)
+                if "error" not in ext and probes[path] is None:
+                    continue  # its probe is running
+                waiting.discard(ui)
+                if "error" not in ext and probes[path].get("error"):
+                    ext, opts = dict(ext, error=probes[path]["error"]), {"num_cpus": 1}
+                for i, c in enumerate(by_unit[ui]):
+                    # the extraction's time is counted once, in the unit's first cell
+                    e = ext if i == 0 else dict(ext, seconds=0.0)
                     pending[score.options(**opts).remote(spec, c, units[ui], e)] = ("cell", c)
     except BaseException:
         for ref in pending:
@@ -920,10 +978,20 @@ def run_ray(spec: Dict[str, Any], units: List[Dict[str, Any]], todo: List[Dict[s
         raise
 
 
-def _score_requests(spec: Dict[str, Any], nodes: List[Dict[str, Any]], cells: List[Dict[str, Any]], ui: int,
-                    exts: List[Tuple[int, Dict[str, Any]]]) -> Iterator[Tuple[Dict[str, Any], Dict[str, Any], Dict]]:
-    """(cell, task options, extraction result) of a unit's scoring tasks once its extraction
-    jobs (``(owning unit, result)``, its own first) are done."""
+def _probe_task(spec: Dict[str, Any], unit: Dict[str, Any]) -> Dict[str, Any]:
+    """Fit a unit's dense probe into the cache (its cells read it from there)."""
+    try:
+        _shared_probe(spec, unit)
+    except Exception as exc:  # reported by every cell that shares it
+        return {"error": f"the dense probe failed: {type(exc).__name__}: {exc}"}
+    return {}
+
+
+def _unit_request(spec: Dict[str, Any], nodes: List[Dict[str, Any]], ui: int,
+                  exts: List[Tuple[int, Dict[str, Any]]]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(extraction result, task options) of a unit's probe and scoring tasks once its
+    extraction jobs (``(owning unit, result)``, its own first) are done; the result holds
+    an ``"error"`` when a job failed or no node has the memory the tasks need."""
     errors = [e["error"] for _, e in exts if e.get("error")]
     ext = {"ray_extract": exts[0][1]["ray_extract"], "extracted": [n for _, e in exts for n in e.get("extracted", [])],
            # a job's time is counted in the unit that owns it
@@ -937,6 +1005,4 @@ def _score_requests(spec: Dict[str, Any], nodes: List[Dict[str, Any]], cells: Li
                         "256 MiB) but no node of the Ray cluster has that much")
     if "error" in ext:
         opts = {"num_cpus": 1}  # it only records the error
-    for i, c in enumerate(cells):
-        # the extraction's time is counted once, in the unit's first cell
-        yield c, opts, ext if i == 0 else dict(ext, seconds=0.0)
+    return ext, opts

@@ -94,7 +94,7 @@ def check_finite_rows(x: np.ndarray, name: str, block: int = 8192,
                              "rescale the array")
 
 
-def encode_labels(train: Any, evals: Sequence[Any] = (), names: Sequence[str] = ()) -> tuple:
+def encode_labels(train: Any, evals: Sequence[Any] = (), names: Sequence[str] = (), stacklevel: int = 4) -> tuple:
     """Map class labels to codes 0..K-1, the classes being the sorted unique train labels.
 
     Returns ``(classes, y_train, [y_eval, ...])`` with int32 codes; an eval label
@@ -107,7 +107,7 @@ def encode_labels(train: Any, evals: Sequence[Any] = (), names: Sequence[str] = 
         raise TypeError(f"train_labels mix types that cannot be ordered: {exc}") from None
     out = []
     for lab, nm in zip(evals, names):
-        out.append(match_labels(classes, lab, nm, stacklevel=4))
+        out.append(match_labels(classes, lab, nm, stacklevel=stacklevel))
     return classes, y_tr.astype(np.int32).reshape(-1), out
 
 

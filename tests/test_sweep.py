@@ -24,7 +24,7 @@ import iis.elements  # noqa: E402
 import iis._sweep as sw  # noqa: E402
 from iis.datasets import load_digits_images, select_per_class, train_eval_split  # noqa: E402
 
-TIMES = ["time_extract", "time_library", "time_score", "time_total"]
+TIMES = ["time_extract", "time_probe", "time_library", "time_score", "time_total"]
 
 
 def base_spec(tmp_path, **over):
@@ -47,6 +47,11 @@ def read_table(out):
 def numeric(df):
     """The table without times and Ray placement (what differs from run to run)."""
     return df.drop(columns=[c for c in TIMES + ["ray_extract", "ray_score"] if c in df])
+
+
+def probe_files(out):
+    """The dense probes kept in a sweep's cache."""
+    return sum(f.endswith(".probe.json") for _, _, fs in os.walk(os.path.join(out, "cache")) for f in fs)
 
 
 @pytest.fixture
@@ -92,9 +97,11 @@ def test_cells_equal_the_pipeline_written_by_hand(tmp_path, count_extract):
         torch.set_num_threads(threads)
     libs = [iis.ConceptLibrary.prototype(fel, el.labels, n_concepts=12, seed=0),
             iis.ConceptLibrary.cluster(ftr, n_concepts=6, seed=0, element_labels=labels[tr], n_threads=1)]
+    probe = iis.probe(ftr, labels[tr], fev, labels[ev], n_threads=1)  # one for both libraries
+    assert probe_files(tmp_path / "out") == 1 and df["time_probe"].nunique() == 1
     for (_, row), lib in zip(df.iterrows(), libs):
-        res = iis.score(ftr, labels[tr], fev, labels[ev], lib, sparsities=[0, 0.5, 0.9], n_threads=1)
-        assert row["iis"] == res.iis and row["probe_accuracy"] == res.probe_accuracy
+        res = iis.score(ftr, labels[tr], fev, labels[ev], lib, sparsities=[0, 0.5, 0.9], n_threads=1, probe=probe)
+        assert row["iis"] == res.iis and row["probe_accuracy"] == res.probe_accuracy == probe.accuracy
         assert row["iis_normalized"] == res.iis_normalized
         assert [row["arr@0"], row["arr@0.5"], row["arr@0.9"]] == list(res.arr)
         assert (row["n_train"], row["n_eval"], row["dim"]) == (len(tr), len(ev), 256)
@@ -384,7 +391,46 @@ def test_progress_lines_show_the_running_cells_fits(tmp_path, capsys, monkeypatc
         prefix = f"[iis sweep] cell {i + 1}/2 {r['model']}/{r['layer']}/{r['dataset']}/{r['library']}: "
         mine = [ln[len(prefix):] for ln in err if ln.startswith(prefix)]
         assert any(ln.startswith("s=0 (1/") and "  it 1  f=" in ln for ln in mine), mine
-        assert any(ln.startswith("probe  done: accuracy " + f"{r['probe_accuracy']:.4f}") for ln in mine), mine
+        # the first cell fits the probe both cells share
+        fit = any(ln.startswith("probe  done: accuracy " + f"{r['probe_accuracy']:.4f}") for ln in mine)
+        assert fit == (i == 0), mine
     # the cell lines sit between the cells' count lines
     counts = [i for i, ln in enumerate(err) if "cells done" in ln]
     assert all(ln.startswith("[iis sweep] cell 1/2") for ln in err[counts[0] + 1:counts[1]])
+
+
+def test_one_probe_per_representation_kept_across_runs_and_refit_for_new_options(tmp_path, monkeypatch):
+    """The dense probe depends on the features and the solver's l2, tol and max_iter only:
+    fitted once per (model, layer, dataset) for all libraries, found again by a restarted
+    sweep, fitted anew when one of its options changes (never a stale hit)."""
+    fits = []
+    real = iis.probe
+    monkeypatch.setattr(iis, "probe", lambda *a, **k: fits.append(k) or real(*a, **k))
+    spec = base_spec(tmp_path)
+    spec["models"][0]["layers"] = ["layer3", "layer2"]
+    df = iis.sweep(spec, progress=False)
+    assert (df["status"] == "ok").all() and len(df) == 4
+    assert len(fits) == 2 and probe_files(spec["out"]) == 2  # two layers, two libraries each
+    for _, unit in df.groupby("layer"):
+        assert unit["probe_accuracy"].nunique() == 1 and unit["time_probe"].nunique() == 1
+    # a restarted sweep (its cells' results deleted) reuses the stored probes
+    for f in os.listdir(os.path.join(spec["out"], "cells")):
+        os.remove(os.path.join(spec["out"], "cells", f))
+    again = iis.sweep(spec, progress=False)
+    assert len(fits) == 2
+    pd.testing.assert_frame_equal(numeric(df), numeric(again), check_exact=True)
+    assert again["time_probe"].tolist() == df["time_probe"].tolist()  # the stored probe's time
+    # an option of the probe is a new key: refitted; one it does not depend on is not
+    spec["solver"] = {"tol": 1e-4}
+    iis.sweep(spec, progress=False)
+    assert len(fits) == 4 and fits[-1]["tol"] == 1e-4 and probe_files(spec["out"]) == 4
+    spec["solver"] = {"tol": 1e-4, "mask": "soft"}
+    iis.sweep(spec, progress=False)
+    assert len(fits) == 4
+
+
+def test_a_failing_probe_fails_its_cells(tmp_path):
+    spec = base_spec(tmp_path, solver={"max_iter": 0})
+    df = iis.sweep(spec, progress=False)
+    assert df["status"].tolist() == ["error", "error"]
+    assert all("max_iter" in e for e in df["error"])

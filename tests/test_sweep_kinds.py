@@ -1,6 +1,6 @@
 """Every library kind in a sweep (issue 20): text (LF-CBM with an open_clip model), End2End
 and InfoDisent beside Prototype, on real digits. Each row equals the pipeline written by
-hand (features, CLIP embeddings, spatial maps, the library, iis.score), libraries see train
+hand (features, CLIP embeddings, spatial maps, the library, iis.probe, iis.score), libraries see train
 data only, and their options are in the cache keys: a changed option reruns its cell, an
 unchanged one is a hit."""
 
@@ -125,9 +125,11 @@ def test_every_kind_equals_the_pipeline_by_hand(tmp_path, count, by_hand):
     # the maps pool to the features: InfoDisent's channels live in the space iis.score reads
     np.testing.assert_allclose(by_hand["maps"].mean(axis=1), by_hand["ftr"], rtol=1e-4, atol=1e-5)
     h = by_hand
+    probe = iis.probe(h["ftr"], h["ytr"], h["fev"], h["yev"], n_threads=1)  # one for the four libraries
     for (_, row), lib in zip(df.iterrows(), h["libs"]):
-        res = iis.score(h["ftr"], h["ytr"], h["fev"], h["yev"], lib, sparsities=[0, 0.5, 0.9], n_threads=1)
-        assert row["iis"] == res.iis and row["probe_accuracy"] == res.probe_accuracy
+        res = iis.score(h["ftr"], h["ytr"], h["fev"], h["yev"], lib, sparsities=[0, 0.5, 0.9], n_threads=1,
+                        probe=probe)
+        assert row["iis"] == res.iis and row["probe_accuracy"] == res.probe_accuracy == probe.accuracy
         assert row["iis_normalized"] == res.iis_normalized
         assert [row["arr@0"], row["arr@0.5"], row["arr@0.9"]] == list(res.arr)
         assert row["n_concepts"] == lib.n_concepts

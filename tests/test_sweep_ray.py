@@ -47,8 +47,14 @@ def test_ray_backend_gives_the_local_table_bit_for_bit(tmp_path, cluster):
     # the features were extracted by the tasks into the second cache, with the same bits
     files = sorted(os.path.relpath(os.path.join(d, f), spec["out"])
                    for d, _, fs in os.walk(os.path.join(spec["out"], "cache")) for f in fs)
-    assert len(files) == 2 * (3 * 2 + 1)  # (train, eval, elements) x 2 layers + the element images
+    probes = [f for f in files if f.endswith(".probe.json")]
+    assert len(files) - len(probes) == 2 * (3 * 2 + 1)  # (train, eval, elements) x 2 layers + the element images
+    assert len(probes) == 2  # one dense probe per layer, for both libraries
     for f in files:
+        if f in probes:  # the same probe, fitted by a Ray task (its time aside)
+            here, there = (json.load(open(os.path.join(o, f))) for o in (spec["out"], remote["out"]))
+            assert here["probe"] == there["probe"]
+            continue
         assert np.array_equal(np.load(os.path.join(spec["out"], f)), np.load(os.path.join(remote["out"], f)))
     # a rerun on Ray finds every cell done
     assert (iis.sweep(remote, backend="ray", progress=False)["iis"] == b["iis"]).all()
@@ -67,7 +73,7 @@ def test_ctrl_c_on_ray_cancels_and_the_rerun_finishes(tmp_path, cluster, monkeyp
 
     def interrupted_wait(*args, **kw):
         calls.append(1)
-        if len(calls) == 2:  # the extraction is done, the scoring tasks are submitted
+        if len(calls) == 2:  # the extraction is done, the probe task is submitted
             raise KeyboardInterrupt
         return real(*args, **kw)
 
@@ -126,12 +132,9 @@ def test_scoring_memory_no_node_has_fails_its_cells(tmp_path, cluster, monkeypat
     assert all("GiB of memory" in e and "no node of the Ray cluster has that much" in e for e in df["error"])
 
 
-def test_clip_embeddings_are_one_task_for_all_units(tmp_path, cluster, monkeypatch):
-    """CLIP embeddings do not depend on the model: two layers (two units running at once)
-    share one extraction task for them instead of computing them twice."""
-    pytest.importorskip("open_clip")
-    from test_sweep_kinds import LIBRARIES
-
+@pytest.fixture
+def submitted(monkeypatch):
+    """The Ray tasks the sweep submits: (function name, options, arguments)."""
     real_remote, submitted = ray.remote, []
 
     class Spy:
@@ -148,6 +151,33 @@ def test_clip_embeddings_are_one_task_for_all_units(tmp_path, cluster, monkeypat
             return Submit()
 
     monkeypatch.setattr(ray, "remote", Spy)
+    return submitted
+
+
+def test_one_probe_task_per_representation(tmp_path, cluster, submitted):
+    """Two layers, two libraries each: two probe tasks, each before its layer's two scoring
+    tasks, which read the probe it stored and record its time."""
+    spec = base_spec(tmp_path)
+    spec["models"][0]["layers"] = ["layer3", "layer2"]
+    df = iis.sweep(spec, backend="ray", progress=False)
+    assert (df["status"] == "ok").all() and len(df) == 4
+    names = [name for name, _, _ in submitted]
+    assert names.count("_probe_task") == 2 and names.count("_score_task") == 4
+    order = [(name, args[1 if name == "_probe_task" else 2]["layer"]) for name, _, args in submitted
+             if name != "_extract_task"]
+    assert sorted(layer for name, layer in order if name == "_probe_task") == ["layer2", "layer3"]
+    for layer in ("layer2", "layer3"):  # its probe task is submitted before its scoring tasks
+        assert order.index(("_probe_task", layer)) < order.index(("_score_task", layer))
+    for _, unit in df.groupby("layer"):
+        assert unit["time_probe"].nunique() == 1 and unit["probe_accuracy"].nunique() == 1
+
+
+def test_clip_embeddings_are_one_task_for_all_units(tmp_path, cluster, submitted):
+    """CLIP embeddings do not depend on the model: two layers (two units running at once)
+    share one extraction task for them instead of computing them twice."""
+    pytest.importorskip("open_clip")
+    from test_sweep_kinds import LIBRARIES
+
     spec = base_spec(tmp_path, libraries=[dict(LIBRARIES[2])])
     spec["models"][0]["layers"] = ["layer3", "layer2"]
     df = iis.sweep(spec, backend="ray", progress=False)
