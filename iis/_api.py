@@ -642,7 +642,8 @@ def probe(train_features: Any, train_labels: Any, eval_features: Any, eval_label
 
     Multinomial logistic regression (``mean CE + l2/2 ||W||^2``, bias unpenalised)
     on the features standardised with train statistics, by the solver of
-    :func:`score`, started from zero: the result depends on the features, labels
+    :func:`score`, started from zero (on more than 131,072 train rows, from the
+    probe fitted on every 8th row): the result depends on the features, labels
     and solver options only, never on a concept library. Pass it to every
     :func:`score` call on the same features (``score(..., probe=p)``) to fit it
     once instead of once per library.

@@ -321,6 +321,8 @@ def _load_dataset(d: Dict[str, Any]) -> Dict[str, Any]:
         if "images" not in z or "labels" not in z:
             raise ValueError(f"dataset {d['path']} needs 'images' (N, H, W[, 3]) and 'labels' (N,) arrays")
         images, labels = z["images"], z["labels"]
+        if labels.dtype.kind == "S":  # the shared probe's record (JSON) holds the classes
+            raise ValueError(f"dataset {d['path']}: 'labels' are bytes ({labels.dtype}); store them as str")
     else:
         files, labels = _image_folder(d["path"])
         images, labels = np.asarray(files), np.asarray(labels)

@@ -139,6 +139,15 @@ def test_cache_hits_only_for_unchanged_inputs(tmp_path, count_extract, monkeypat
     assert len(count_extract) == 18
 
 
+def test_bytes_labels_are_refused_with_their_cure(tmp_path):
+    images, labels = load_digits_images(size=32, n_per_class=3)
+    npz = tmp_path / "digits.npz"
+    np.savez(npz, images=images, labels=labels.astype("S1"))
+    df = iis.sweep(base_spec(tmp_path, datasets=[{"source": "npz", "path": str(npz), "name": "d"}]), progress=False)
+    assert (df["status"] == "error").all()
+    assert df["error"].str.contains("'labels' are bytes").all() and df["error"].str.contains("store them as str").all()
+
+
 def test_image_folder_files_and_their_mtimes_key_the_cache(tmp_path, count_extract):
     from PIL import Image
 
