@@ -115,16 +115,31 @@ def child(folder: Path, threads: int) -> None:
                                        n_concepts=M, seed=SEED)
     before = _status()
     t0 = time.perf_counter()
+    marks, warm_its, log = {}, [], open(folder / "progress.log", "w", buffering=1)  # copied beside the results
+
+    def progress(e):  # the probe's phases (its start from a subsample, then the full fit), and a log
+        now = time.perf_counter() - t0
+        if e.stage == "probe":
+            marks.setdefault(e.event, now)
+            if e.event == "warm":
+                warm_its.append(e.iteration)
+                marks["warm_end"] = now
+        log.write(f"{now:.1f} {e.stage} {e.index} {e.event} {e.iteration} {e.loss:.6g} {e.grad_max:.3g}\n")
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = iis.score(ftr, ytr, fev, yev, lib, n_threads=threads)
+        res = iis.score(ftr, ytr, fev, yev, lib, n_threads=threads, progress=progress)
     wall = time.perf_counter() - t0
+    # iterations of each warm-start fit (the counter restarts at 1 per fit), deepest first
+    warm = [int(a) for a in np.diff(np.flatnonzero(np.r_[np.diff(warm_its) != 1, True]), prepend=-1)]
+    probe_warm_s = marks["warm_end"] - marks["start"] if warm else 0.0
     after = _status()
     print(json.dumps(dict(
         wall_s=wall, timings=res.timings, probe_accuracy=res.probe_accuracy, iis=res.iis,
         iis_normalized=res.iis_normalized, sparsities=res.sparsities.tolist(), kept=res.kept.tolist(),
         ip_accuracy=res.ip_accuracy.tolist(), arr=res.arr.tolist(), n_iter=res.n_iter.tolist(),
         stop_reason=res.stop_reason, probe_n_iter=res.probe_n_iter, probe_stop_reason=res.probe_stop_reason,
+        probe_warm_iters=warm, probe_warm_s=probe_warm_s,
         rss_before_score=before.get("VmRSS"), vmhwm=after.get("VmHWM"),
         train_bytes=int(ftr.nbytes), eval_bytes=int(fev.nbytes),
         warnings=[str(w.message)[:200] for w in caught], iis_file=iis.__file__)))
@@ -165,6 +180,7 @@ written); K = {K}, Prototype library M = {M}, the default grid. Generated in {r[
 | sparsity path (8 ratios) | {t["path"]:.1f} s |
 | probe | {t["probe"]:.1f} s |
 | probe L-BFGS iterations | {r["probe_n_iter"]} ({r["probe_stop_reason"]}) |
+| probe's warm start (fits on every 64th, then every 8th row: iterations) | {r["probe_warm_s"]:.1f} s ({", ".join(map(str, r["probe_warm_iters"])) or "none"}) |
 | probe accuracy | {r["probe_accuracy"]:.4f} |
 | IIS (normalised) | {r["iis"]:.4f} ({r["iis_normalized"]:.4f}) |
 | peak RSS (child VmHWM, whole process) | {_gib(r["vmhwm"])} |
@@ -217,6 +233,7 @@ def main() -> None:
              ru_maxrss_children=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
     r["rss_ratio"] = r["vmhwm"] / r["train_bytes"]
     report(r, Path(args.out))
+    shutil.copy(folder / "progress.log", Path(args.out).with_suffix(".log"))  # every fit's events, timed
     print(Path(args.out).with_suffix(".md").read_text())
     if not args.keep:
         shutil.rmtree(folder)

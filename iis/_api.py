@@ -25,11 +25,9 @@ _NORM_CODE = {"none": 0, "layernorm": 1, "standardize": 2}
 _WARM_START_MAX_BYTES = 64 << 20
 
 # A probe on more train rows than _WARM_ROWS starts from the probe fitted on every
-# _WARM_STEP-th row to _WARM_TOL times tol (_warm_start); docs/method.md gives the
-# passes this saves.
+# _WARM_STEP-th row (_warm_start); docs/method.md gives the passes this saves.
 _WARM_ROWS = 1 << 17
 _WARM_STEP = 8
-_WARM_TOL = 10.0
 
 # Significance level of the chance test of the probe (see score's docstring).
 CHANCE_LEVEL = 0.01
@@ -749,18 +747,19 @@ def _probe_fit(ftr, ytr, K, l2, tol, max_iter, nt, start_logits=None, event=None
 
 def _warm_start(x, y, K, l2, tol, max_iter, mu, sigma, nt, event=None):
     """``(w, b)`` of the probe fitted on every _WARM_STEP-th row of x (itself warm-started
-    the same way) to _WARM_TOL times tol, with the full data's mu and sigma so that it
-    is a start for the full fit; ``(None, None)`` for at most _WARM_ROWS rows.
+    the same way), with the full data's mu and sigma so that it is a start for the full
+    fit; ``(None, None)`` for at most _WARM_ROWS rows.
 
     The rows are a view (memory-mapped features are not copied; a class-sorted file
-    gives each class its share). Every 8th row's optimum is within sampling noise of
-    the full one, far above tol, so fitting it tighter than _WARM_TOL tol buys nothing."""
+    gives each class its share). The start is fitted to the same tol: on 320,000 x 2048
+    features (K = 1,000) a start fitted to 10 tol left the full fit 22 iterations, one
+    fitted to tol 13, and none 19."""
     if x.shape[0] <= _WARM_ROWS:
         return None, None
     xs, ys = x[::_WARM_STEP], np.ascontiguousarray(y[::_WARM_STEP])
     w0, b0 = _warm_start(xs, ys, K, l2, tol, max_iter, mu, sigma, nt, event)
     trace = None if event is None else lambda _kind, _i, it, loss, gmax, *_: event("warm", it, loss, gmax)
-    w, b, *_ = _core.logreg_fit(xs, y=ys, n_classes=K, l2=l2, tol=_WARM_TOL * tol, max_iter=max_iter, w0=w0,
+    w, b, *_ = _core.logreg_fit(xs, y=ys, n_classes=K, l2=l2, tol=tol, max_iter=max_iter, w0=w0,
                                 b0=b0, mu=mu, sigma=sigma, n_threads=nt, precondition=1, kernels=kernels(),
                                 progress=trace)
     return w, b
