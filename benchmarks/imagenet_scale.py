@@ -115,14 +115,16 @@ def child(folder: Path, threads: int) -> None:
                                        n_concepts=M, seed=SEED)
     before = _status()
     t0 = time.perf_counter()
-    marks, warm_its, log = {}, [], open(folder / "progress.log", "w", buffering=1)  # copied beside the results
+    marks, warm, log = {}, [], open(folder / "progress.log", "w", buffering=1)  # copied beside the results
 
     def progress(e):  # the probe's phases (its start from a subsample, then the full fit), and a log
         now = time.perf_counter() - t0
         if e.stage == "probe":
             marks.setdefault(e.event, now)
-            if e.event == "warm":
-                warm_its.append(e.iteration)
+            if e.event == "warm":  # each fit of the start counts its iterations from 1
+                if e.iteration == 1:
+                    warm.append(0)
+                warm[-1] = e.iteration
                 marks["warm_end"] = now
         log.write(f"{now:.1f} {e.stage} {e.index} {e.event} {e.iteration} {e.loss:.6g} {e.grad_max:.3g}\n")
 
@@ -130,8 +132,6 @@ def child(folder: Path, threads: int) -> None:
         warnings.simplefilter("always")
         res = iis.score(ftr, ytr, fev, yev, lib, n_threads=threads, progress=progress)
     wall = time.perf_counter() - t0
-    # iterations of each warm-start fit (the counter restarts at 1 per fit), deepest first
-    warm = [int(a) for a in np.diff(np.flatnonzero(np.r_[np.diff(warm_its) != 1, True]), prepend=-1)]
     probe_warm_s = marks["warm_end"] - marks["start"] if warm else 0.0
     after = _status()
     print(json.dumps(dict(

@@ -25,7 +25,7 @@ _NORM_CODE = {"none": 0, "layernorm": 1, "standardize": 2}
 _WARM_START_MAX_BYTES = 64 << 20
 
 # A probe on more train rows than _WARM_ROWS starts from the probe fitted on every
-# _WARM_STEP-th row (_warm_start); docs/method.md gives the passes this saves.
+# _WARM_STEP-th row (_probe_fit); docs/method.md gives the passes this saves.
 _WARM_ROWS = 1 << 17
 _WARM_STEP = 8
 
@@ -676,8 +676,14 @@ def probe(train_features: Any, train_labels: Any, eval_features: Any, eval_label
                       stacklevel=2)
     return ProbeResult(accuracy=float(_all_rows(acc, yev.shape[0], n_eval)), hits=int(round(acc * yev.shape[0])),
                        n_iter=int(n_iter), converged=bool(conv), stop_reason=STOP_REASONS[stop],
-                       n_train=int(ftr.shape[0]), n_eval=int(n_eval), classes=tuple(classes.tolist()),
-                       dim=int(ftr.shape[1]), dtype=ftr.dtype.name, l2=l2, tol=tol, max_iter=max_iter)
+                       **_fitted_on(ftr, classes, n_eval, l2, tol, max_iter))
+
+
+def _fitted_on(ftr: np.ndarray, classes: np.ndarray, n_eval: int, l2: float, tol: float,
+               max_iter: int) -> Dict[str, Any]:
+    """The ProbeResult fields that say what a probe is fitted on (what score checks)."""
+    return {"n_train": int(ftr.shape[0]), "n_eval": int(n_eval), "classes": tuple(classes.tolist()),
+            "dim": int(ftr.shape[1]), "dtype": ftr.dtype.name, "l2": l2, "tol": tol, "max_iter": max_iter}
 
 
 def _check_probe(p: Any, ftr: np.ndarray, classes: np.ndarray, n_eval: int, l2: float, tol: float,
@@ -685,9 +691,7 @@ def _check_probe(p: Any, ftr: np.ndarray, classes: np.ndarray, n_eval: int, l2: 
     """ValueError naming the first field in which probe ``p`` differs from this call."""
     if not isinstance(p, ProbeResult):
         raise TypeError(f"probe must be a ProbeResult (from iis.probe) or None, got {type(p).__name__}")
-    here = {"n_train": int(ftr.shape[0]), "n_eval": int(n_eval), "classes": tuple(classes.tolist()),
-            "dim": int(ftr.shape[1]), "dtype": ftr.dtype.name, "l2": l2, "tol": tol, "max_iter": max_iter}
-    for name, value in here.items():
+    for name, value in _fitted_on(ftr, classes, n_eval, l2, tol, max_iter).items():
         if getattr(p, name) != value:
             got = getattr(p, name)
             if name == "classes":
@@ -725,41 +729,27 @@ def _probe(ftr, ytr, fev, yev, K, l2, tol, max_iter, nt, start_logits=None, repo
     return acc, n_iter, conv, stop
 
 
-def _probe_fit(ftr, ytr, K, l2, tol, max_iter, nt, start_logits=None, event=None):
+def _probe_fit(x, y, K, l2, tol, max_iter, nt, start_logits=None, event=None, stats=None):
     """The probe's weights on standardised features, and the solver's report:
     ``(w, b, mu, sigma, n_iter, converged, loss, grad_max, stop)``.
 
-    It starts from the least-squares fit of start_logits (n_train x K) when given,
-    otherwise, on more than _WARM_ROWS rows, from the probe fitted on every
-    _WARM_STEP-th row (:func:`_warm_start`); with neither, from zero. The optimum is
-    unique and the stopping rule is the full fit's: a start only saves passes."""
-    mu, sigma = _core.colstats(ftr, n_threads=nt)
-    k = kernels()
+    It starts from the least-squares fit of start_logits (n_train x K) when given;
+    otherwise, on more than _WARM_ROWS rows, from the probe fitted (the same way) on
+    every _WARM_STEP-th row, a view: memory-mapped features are not copied, and a
+    class-sorted file gives each class its share; with neither, from zero. The optimum
+    is unique and the stopping rule is the full fit's: a start only saves passes. The
+    start is fitted to the same tol: on 320,000 x 2048 features (K = 1,000) a start
+    fitted to 10 tol left the full fit 22 iterations, one fitted to tol 13, and none 19.
+    ``stats``: the full data's (mu, sigma) when this is the fit of such a start (its
+    iterations are then "warm" events); None computes them from x."""
+    mu, sigma = _core.colstats(x, n_threads=nt) if stats is None else stats
     w0 = b0 = None
-    if start_logits is None:
-        w0, b0 = _warm_start(ftr, ytr, K, l2, tol, max_iter, mu, sigma, nt, event)
-    trace = None if event is None else lambda _kind, _i, it, loss, gmax, *_: event("iteration", it, loss, gmax)
+    if start_logits is None and x.shape[0] > _WARM_ROWS:
+        w0, b0 = _probe_fit(x[::_WARM_STEP], np.ascontiguousarray(y[::_WARM_STEP]), K, l2, tol, max_iter, nt,
+                            event=event, stats=(mu, sigma))[:2]
+    kind = "iteration" if stats is None else "warm"
+    trace = None if event is None else lambda _kind, _i, it, loss, gmax, *_: event(kind, it, loss, gmax)
     w, b, n_iter, conv, loss, gmax, stop = _core.logreg_fit(
-        ftr, y=ytr, n_classes=K, l2=l2, tol=tol, max_iter=max_iter, w0=w0, b0=b0, mu=mu, sigma=sigma,
-        n_threads=nt, precondition=1, start_logits=start_logits, kernels=k, progress=trace)
+        x, y=y, n_classes=K, l2=l2, tol=tol, max_iter=max_iter, w0=w0, b0=b0, mu=mu, sigma=sigma,
+        n_threads=nt, precondition=1, start_logits=start_logits, kernels=kernels(), progress=trace)
     return w, b, mu, sigma, n_iter, conv, loss, gmax, stop
-
-
-def _warm_start(x, y, K, l2, tol, max_iter, mu, sigma, nt, event=None):
-    """``(w, b)`` of the probe fitted on every _WARM_STEP-th row of x (itself warm-started
-    the same way), with the full data's mu and sigma so that it is a start for the full
-    fit; ``(None, None)`` for at most _WARM_ROWS rows.
-
-    The rows are a view (memory-mapped features are not copied; a class-sorted file
-    gives each class its share). The start is fitted to the same tol: on 320,000 x 2048
-    features (K = 1,000) a start fitted to 10 tol left the full fit 22 iterations, one
-    fitted to tol 13, and none 19."""
-    if x.shape[0] <= _WARM_ROWS:
-        return None, None
-    xs, ys = x[::_WARM_STEP], np.ascontiguousarray(y[::_WARM_STEP])
-    w0, b0 = _warm_start(xs, ys, K, l2, tol, max_iter, mu, sigma, nt, event)
-    trace = None if event is None else lambda _kind, _i, it, loss, gmax, *_: event("warm", it, loss, gmax)
-    w, b, *_ = _core.logreg_fit(xs, y=ys, n_classes=K, l2=l2, tol=tol, max_iter=max_iter, w0=w0,
-                                b0=b0, mu=mu, sigma=sigma, n_threads=nt, precondition=1, kernels=kernels(),
-                                progress=trace)
-    return w, b

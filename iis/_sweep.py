@@ -962,14 +962,15 @@ def run_ray(spec: Dict[str, Any], units: List[Dict[str, Any]], todo: List[Dict[s
             for ui in [ui for ui in waiting if all(j in done for j in unit_jobs[ui])]:
                 ext, opts = _unit_request(spec, ray.nodes(), ui, [(jobs[j][0], done[j]) for j in unit_jobs[ui]])
                 path = probe_of[ui]
-                if "error" not in ext and path not in probes:
-                    probes[path] = None
-                    pending[probe.options(**opts).remote(spec, units[ui])] = ("probe", path)
-                if "error" not in ext and probes[path] is None:
-                    continue  # its probe is running
+                if "error" not in ext:
+                    if path not in probes:
+                        probes[path] = None
+                        pending[probe.options(**opts).remote(spec, units[ui])] = ("probe", path)
+                    if probes[path] is None:
+                        continue  # its probe is running
+                    if probes[path].get("error"):
+                        ext, opts = dict(ext, error=probes[path]["error"]), {"num_cpus": 1}
                 waiting.discard(ui)
-                if "error" not in ext and probes[path].get("error"):
-                    ext, opts = dict(ext, error=probes[path]["error"]), {"num_cpus": 1}
                 for i, c in enumerate(by_unit[ui]):
                     # the extraction's time is counted once, in the unit's first cell
                     e = ext if i == 0 else dict(ext, seconds=0.0)
